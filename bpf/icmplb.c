@@ -1,0 +1,325 @@
+//go:build ignore
+
+// XDP ICMP echo load balancer: full NAT of echo requests to a VIP towards a
+// backend chosen by Maglev hashing, and reverse NAT of the backends' replies
+// through an LRU conntrack. Everything it does not own goes to the kernel
+// untouched (XDP_PASS).
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "icmplb.h"
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+/* Set by the agent on the CollectionSpec before loading. */
+volatile const __be32 cfg_vip;
+volatile const __be32 cfg_snat;
+volatile const __u32 cfg_maglev_size = 1;
+/* A NAT id whose session was idle this long may be given to a new session. */
+volatile const __u64 cfg_nat_idle_ns = 60ULL * 1000000000ULL;
+
+#define NAT_ID_TRIES 8
+
+/* maglev: slot (hash % cfg_maglev_size) -> backend index. Size set by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 65537);
+} maglev SEC(".maps");
+
+/* backends: backend index -> address, next-hop MAC, flags. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(max_entries, 1024);
+} backends SEC(".maps");
+
+/* ct_fwd: (client, echo id) -> (backend, NAT id). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct fwd_key);
+	__type(value, struct fwd_val);
+	__uint(max_entries, 65536);
+} ct_fwd SEC(".maps");
+
+/* ct_rev: (backend, NAT id) -> (client, echo id, client's next-hop MAC). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct rev_key);
+	__type(value, struct rev_val);
+	__uint(max_entries, 65536);
+} ct_rev SEC(".maps");
+
+/* nat_next: [0] -> next NAT id candidate, shared by all CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} nat_next SEC(".maps");
+
+/* stats: enum reason -> packets, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, enum reason);
+	__type(value, __u64);
+	__uint(max_entries, REASON_MAX);
+} stats SEC(".maps");
+
+/* backend_stats: backend index -> counters, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct backend_counters);
+	__uint(max_entries, 1024);
+} backend_stats SEC(".maps");
+
+static __always_inline int count(enum reason r, int verdict)
+{
+	__u64 *n = bpf_map_lookup_elem(&stats, &r);
+
+	if (n)
+		*n += 1;
+	return verdict;
+}
+
+/* Ones'-complement arithmetic (RFC 1624): HC' = ~(~HC + ~m + m'). */
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+static __always_inline __u32 csum_add16(__u32 sum, __u16 from, __u16 to)
+{
+	return sum + (__u16)~from + to;
+}
+
+static __always_inline __u32 csum_add32(__u32 sum, __u32 from, __u32 to)
+{
+	sum = csum_add16(sum, (__u16)from, (__u16)to);
+	return csum_add16(sum, (__u16)(from >> 16), (__u16)(to >> 16));
+}
+
+static __always_inline int ip_csum_ok(struct iphdr *ip)
+{
+	__u16 *w = (__u16 *)ip;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
+		sum += w[i];
+	return csum_fold(sum) == 0xffff;
+}
+
+static __always_inline void rewrite(struct ethhdr *eth, struct iphdr *ip, struct icmp_echo *icmp,
+				    const __u8 *dst_mac, __be32 saddr, __be32 daddr, __be16 echo_id)
+{
+	__u32 sum;
+
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, dst_mac, ETH_ALEN);
+
+	sum = (__u16)~ip->check;
+	sum = csum_add32(sum, ip->saddr, saddr);
+	sum = csum_add32(sum, ip->daddr, daddr);
+	ip->check = ~csum_fold(sum);
+	ip->saddr = saddr;
+	ip->daddr = daddr;
+
+	/* ICMPv4 has no pseudo-header: only the identifier touches its checksum. */
+	sum = (__u16)~icmp->checksum;
+	sum = csum_add16(sum, icmp->id, echo_id);
+	icmp->checksum = ~csum_fold(sum);
+	icmp->id = echo_id;
+}
+
+static __always_inline __u32 session_hash(__be32 client, __be16 echo_id)
+{
+	__u64 h = ((__u64)client << 16) | echo_id;
+
+	/* murmur3 fmix64: spreads nearby addresses and ids over the table. */
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return (__u32)h;
+}
+
+/* Gives the session a NAT id unused at this backend, or 0 when none was free. */
+static __always_inline int nat_alloc(struct rev_key *rk, struct rev_val *rv, __u64 now)
+{
+	__u32 zero = 0;
+	__u32 *next = bpf_map_lookup_elem(&nat_next, &zero);
+
+	if (!next)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < NAT_ID_TRIES; i++) {
+		__u16 cand = (__u16)__sync_fetch_and_add(next, 1);
+		struct rev_val *old;
+
+		rk->nat_id = bpf_htons(cand);
+		old = bpf_map_lookup_elem(&ct_rev, rk);
+		if (old && now - old->last_seen_ns < cfg_nat_idle_ns)
+			continue;
+		if (bpf_map_update_elem(&ct_rev, rk, rv, BPF_ANY) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
+					  struct icmp_echo *icmp)
+{
+	struct fwd_key fk = { .client = ip->saddr, .echo_id = icmp->id };
+	struct rev_key rk = {};
+	struct rev_val rv = { .client = ip->saddr, .echo_id = icmp->id };
+	struct backend *be = NULL;
+	struct fwd_val *fv;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 idx;
+
+	__builtin_memcpy(rv.client_mac, eth->h_source, ETH_ALEN);
+	rv.last_seen_ns = now;
+
+	fv = bpf_map_lookup_elem(&ct_fwd, &fk);
+	if (fv) {
+		idx = fv->backend_idx;
+		be = bpf_map_lookup_elem(&backends, &idx);
+		/* The session stays on its backend while that backend is in the pool
+		 * and its NAT id still belongs to this session. */
+		if (be && (be->flags & BACKEND_F_ACTIVE) && be->addr == fv->backend) {
+			struct rev_val *cur;
+
+			rk.backend = fv->backend;
+			rk.nat_id = fv->nat_id;
+			cur = bpf_map_lookup_elem(&ct_rev, &rk);
+			if (cur && cur->client == fk.client && cur->echo_id == fk.echo_id) {
+				__builtin_memcpy(cur->client_mac, eth->h_source, ETH_ALEN);
+				cur->last_seen_ns = now;
+				goto forward;
+			}
+		}
+	}
+
+	{
+		__u32 slot = session_hash(fk.client, fk.echo_id) % cfg_maglev_size;
+		__u32 *pick = bpf_map_lookup_elem(&maglev, &slot);
+
+		if (!pick)
+			return count(REASON_NO_BACKEND, XDP_DROP);
+		idx = *pick;
+		be = bpf_map_lookup_elem(&backends, &idx);
+		if (!be || !(be->flags & BACKEND_F_ACTIVE))
+			return count(REASON_NO_BACKEND, XDP_DROP);
+	}
+	if (!(be->flags & BACKEND_F_NEIGH))
+		return count(REASON_NEIGH_UNRESOLVED, XDP_PASS);
+
+	rk.backend = be->addr;
+	rv.backend_idx = idx;
+	if (!nat_alloc(&rk, &rv, now))
+		return count(REASON_NAT_EXHAUSTED, XDP_PASS);
+	{
+		struct fwd_val nv = { .backend = be->addr, .backend_idx = idx, .nat_id = rk.nat_id };
+
+		bpf_map_update_elem(&ct_fwd, &fk, &nv, BPF_ANY);
+	}
+
+forward:
+	if (!(be->flags & BACKEND_F_NEIGH))
+		return count(REASON_NEIGH_UNRESOLVED, XDP_PASS);
+	{
+		struct backend_counters *bs = bpf_map_lookup_elem(&backend_stats, &idx);
+
+		if (bs) {
+			bs->requests++;
+			bs->request_bytes += ctx->data_end - ctx->data;
+		}
+	}
+	rewrite(eth, ip, icmp, be->mac, cfg_snat, be->addr, rk.nat_id);
+	return count(REASON_REQUEST_FORWARDED, XDP_TX);
+}
+
+static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
+					struct icmp_echo *icmp)
+{
+	struct rev_key rk = { .backend = ip->saddr, .nat_id = icmp->id };
+	struct rev_val *rv = bpf_map_lookup_elem(&ct_rev, &rk);
+	struct backend_counters *bs;
+	__u32 idx;
+
+	if (!rv)
+		return count(REASON_CONNTRACK_MISS, XDP_PASS);
+	idx = rv->backend_idx;
+	bs = bpf_map_lookup_elem(&backend_stats, &idx);
+	if (bs) {
+		bs->replies++;
+		bs->reply_bytes += ctx->data_end - ctx->data;
+	}
+	rewrite(eth, ip, icmp, rv->client_mac, cfg_vip, rv->client, rv->echo_id);
+	return count(REASON_REPLY_RETURNED, XDP_TX);
+}
+
+SEC("xdp")
+int icmplb(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	struct icmp_echo *icmp;
+	__u16 tot_len;
+
+	if ((void *)(eth + 1) > data_end)
+		return count(REASON_MALFORMED, XDP_PASS);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return count(REASON_NOT_IPV4, XDP_PASS);
+
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return count(REASON_MALFORMED, XDP_PASS);
+	if (ip->protocol != IPPROTO_ICMP)
+		return count(REASON_NOT_ICMP, XDP_PASS);
+	if (ip->version != 4 || ip->ihl < 5)
+		return count(REASON_MALFORMED, XDP_PASS);
+	if (ip->ihl != 5)
+		return count(REASON_IP_OPTIONS, XDP_PASS);
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return count(REASON_FRAGMENT, XDP_PASS);
+	tot_len = bpf_ntohs(ip->tot_len);
+	if (tot_len < sizeof(*ip) + sizeof(*icmp) || (void *)ip + tot_len > data_end ||
+	    !ip_csum_ok(ip))
+		return count(REASON_MALFORMED, XDP_PASS);
+
+	icmp = (void *)(ip + 1);
+	if ((void *)(icmp + 1) > data_end)
+		return count(REASON_MALFORMED, XDP_PASS);
+
+	if (icmp->type == ICMP_ECHO && icmp->code == 0) {
+		if (ip->daddr != cfg_vip)
+			return count(REASON_NOT_VIP, XDP_PASS);
+		return handle_request(ctx, eth, ip, icmp);
+	}
+	if (icmp->type == ICMP_ECHOREPLY && icmp->code == 0) {
+		if (ip->daddr != cfg_snat)
+			return count(REASON_NOT_VIP, XDP_PASS);
+		return handle_reply(ctx, eth, ip, icmp);
+	}
+	return count(REASON_NOT_ECHO, XDP_PASS);
+}
+
+/* Attached to the far end of a veth so that native-mode XDP_TX frames are
+ * accepted there (a veth peer without an XDP program drops them). */
+SEC("xdp")
+int xdp_pass(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}

@@ -1,0 +1,109 @@
+/* Minimal protocol headers and the ABI shared with Go (bpf2go -type).
+ * Own structs instead of <linux/icmp.h>, which drags in glibc socket headers
+ * that do not build for the BPF target. */
+#pragma once
+
+#include <linux/types.h>
+
+#define ETH_ALEN 6
+#define ETH_P_IP 0x0800
+#define IPPROTO_ICMP 1
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
+struct ethhdr {
+	__u8 h_dest[ETH_ALEN];
+	__u8 h_source[ETH_ALEN];
+	__be16 h_proto;
+} __attribute__((packed));
+
+struct iphdr {
+	__u8 ihl : 4, version : 4;
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__sum16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct icmp_echo {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be16 id;
+	__be16 seq;
+};
+
+/* Why a packet got its verdict; index into the stats map. Go names each one. */
+enum reason {
+	REASON_REQUEST_FORWARDED = 0,
+	REASON_REPLY_RETURNED,
+	REASON_NOT_IPV4,
+	REASON_NOT_ICMP,
+	REASON_NOT_ECHO,
+	REASON_NOT_VIP,
+	REASON_FRAGMENT,
+	REASON_IP_OPTIONS,
+	REASON_MALFORMED,
+	REASON_CONNTRACK_MISS,
+	REASON_NEIGH_UNRESOLVED,
+	REASON_NAT_EXHAUSTED,
+	REASON_NO_BACKEND,
+	REASON_MAX,
+};
+
+#define BACKEND_F_ACTIVE 0x1   /* slot holds a backend */
+#define BACKEND_F_NEIGH 0x2    /* mac is the resolved next hop */
+
+/* backends[idx]: what the data plane needs to send to one backend. */
+struct backend {
+	__be32 addr;
+	__u8 mac[ETH_ALEN];
+	__u16 flags;
+};
+
+/* ct_fwd key: one client's ping session to the VIP. */
+struct fwd_key {
+	__be32 client;
+	__be16 echo_id;
+	__u16 pad;
+};
+
+/* ct_fwd value: where that session goes. */
+struct fwd_val {
+	__be32 backend;
+	__u32 backend_idx;
+	__be16 nat_id;
+	__u16 pad;
+};
+
+/* ct_rev key: what a backend's reply carries (source address, echo id). */
+struct rev_key {
+	__be32 backend;
+	__be16 nat_id;
+	__u16 pad;
+};
+
+/* ct_rev value: how to restore the reply for the client. */
+struct rev_val {
+	__be32 client;
+	__be16 echo_id;
+	__u8 client_mac[ETH_ALEN];
+	__u32 backend_idx;
+	__u32 pad;
+	__u64 last_seen_ns;
+};
+
+/* backend_stats[idx], per CPU. */
+struct backend_counters {
+	__u64 requests;
+	__u64 request_bytes;
+	__u64 replies;
+	__u64 reply_bytes;
+};
