@@ -194,8 +194,8 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 		idx = fv->backend_idx;
 		be = bpf_map_lookup_elem(&backends, &idx);
 		/* The session stays on its backend while that backend is in the pool
-		 * and its NAT id still belongs to this session. */
-		if (be && (be->flags & BACKEND_F_ACTIVE) && be->addr == fv->backend) {
+		 * and reachable, and its NAT id still belongs to this session. */
+		if (be && (be->flags & BACKEND_F_UP) == BACKEND_F_UP && be->addr == fv->backend) {
 			struct rev_val *cur;
 
 			rk.backend = fv->backend;
@@ -234,8 +234,6 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	}
 
 forward:
-	if (!(be->flags & BACKEND_F_NEIGH))
-		return count(REASON_NEIGH_UNRESOLVED, XDP_PASS);
 	{
 		struct backend_counters *bs = bpf_map_lookup_elem(&backend_stats, &idx);
 

@@ -60,6 +60,7 @@ enum reason {
 
 #define BACKEND_F_ACTIVE 0x1   /* slot holds a backend */
 #define BACKEND_F_NEIGH 0x2    /* mac is the resolved next hop */
+#define BACKEND_F_UP (BACKEND_F_ACTIVE | BACKEND_F_NEIGH)
 
 /* backends[idx]: what the data plane needs to send to one backend. */
 struct backend {

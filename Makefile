@@ -1,0 +1,54 @@
+# icmplb — build, test and demo. Every target installs what it needs
+# (Debian packages, Go modules) itself; `test` and `demo` need root.
+
+SHELL := /bin/bash
+GO    ?= go
+
+# The BPF toolchain, set once for bpf2go (see bpf/gen.go).
+export BPF2GO_CC     := clang-16
+export BPF2GO_STRIP  := llvm-strip-16
+export BPF2GO_CFLAGS := -O2 -g -Wall -Werror
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BIN     := bin/icmplb
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+# Debian packages: the BPF toolchain, the network tools the tests and the demo
+# drive, and Prometheus's promtool/server for the rule and end-to-end checks.
+DEBS := clang-16 llvm-16 libbpf-dev iproute2 iputils-ping ethtool tcpdump \
+        prometheus ca-certificates git
+
+.PHONY: all deps build generate check-generate test lint bench demo clean
+
+all: build
+
+deps:
+	@./.ci/install-deps $(DEBS)
+	@$(GO) mod download
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/icmplb
+
+generate: deps
+	cd bpf && $(GO) generate ./...
+
+lint:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	$(GO) tool staticcheck ./...
+
+# Tests include the BPF packet tests, the stale-object check of bpf/ and the
+# end-to-end tests in network namespaces: they need root.
+test: deps build lint
+	ICMPLB_BIN=$(CURDIR)/$(BIN) ICMPLB_REQUIRE_PRIVILEGED=$${CI:-} \
+	  $(GO) test -count=1 -timeout 12m ./...
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+demo: deps build
+	$(GO) run ./internal/demo -bin $(CURDIR)/$(BIN)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,255 @@
+// Package balancer is icmplb's control plane: it checks the kernel and the
+// configuration, loads the XDP data plane, fills its Maglev table and backend
+// maps, keeps backends' next-hop MAC addresses resolved from the kernel's
+// neighbour table, and attaches the program to an interface with a bpf_link.
+// It is the only package that touches BPF objects.
+//
+// It needs Linux 5.12 or newer (XDP bpf_link, BPF atomics) and the
+// capabilities CAP_BPF and CAP_NET_ADMIN.
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/vishvananda/netlink"
+
+	"github.com/icmplb/icmplb/bpf"
+)
+
+// Balancer is a loaded and attached data plane.
+type Balancer struct {
+	cfg    Config
+	log    *slog.Logger
+	iface  *net.Interface
+	objs   bpf.IcmplbObjects
+	link   link.Link
+	mode   string
+	ifIdx  map[netip.Addr]uint32 // backend -> index in the backends map
+	mu     sync.Mutex
+	table  *Maglev
+	states map[netip.Addr]*backendState
+}
+
+type backendState struct {
+	nextHop netip.Addr
+	mac     net.HardwareAddr
+	up      bool
+}
+
+// New checks cfg, the interface and the kernel, loads the data plane, resolves
+// the backends' neighbours and attaches to the interface. Close undoes it.
+func New(cfg Config, log *slog.Logger) (*Balancer, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	iface, err := net.InterfaceByName(cfg.Iface)
+	if err != nil {
+		return nil, fmt.Errorf("interface %q not found; list interfaces with `ip link`", cfg.Iface)
+	}
+	if err := checkPrivileges(); err != nil {
+		return nil, err
+	}
+	if err := checkKernel(); err != nil {
+		return nil, err
+	}
+	mode, err := chooseMode(cfg.XDPMode, iface, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("lift the memlock limit for BPF maps: %w", err)
+	}
+
+	b := &Balancer{cfg: cfg, log: log, iface: iface, mode: mode,
+		ifIdx: map[netip.Addr]uint32{}, states: map[netip.Addr]*backendState{}}
+	if err := b.load(); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			b.Close()
+		}
+	}()
+	if err := b.initBackends(); err != nil {
+		return nil, err
+	}
+	b.resolveAll(2 * time.Second)
+	if err := b.attach(); err != nil {
+		return nil, err
+	}
+	ok = true
+	log.Info("attached", "iface", iface.Name, "mode", mode, "vip", cfg.VIP, "snat", cfg.SNAT,
+		"backends", len(cfg.Backends), "up", b.upCount())
+	return b, nil
+}
+
+func (b *Balancer) load() error {
+	spec, err := bpf.NewSpec(bpf.Config{
+		VIP: b.cfg.VIP, SNAT: b.cfg.SNAT,
+		MaglevSize:    uint32(b.cfg.MaglevSize),
+		MaxBackends:   MaxBackends,
+		ConntrackSize: uint32(b.cfg.ConntrackSize),
+		NATIdle:       b.cfg.NATIdle,
+	})
+	if err != nil {
+		return err
+	}
+	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return fmt.Errorf("the kernel's verifier rejected the data plane (kernel too old? icmplb needs Linux 5.12+): %v", ve)
+		}
+		return fmt.Errorf("load the data plane: %w", err)
+	}
+	return nil
+}
+
+// initBackends gives every configured backend a stable index and checks it is
+// reached through the balancer's interface: replies leave by XDP_TX, so the
+// balancer only works one-arm.
+func (b *Balancer) initBackends() error {
+	sorted := slices.Clone(b.cfg.Backends)
+	slices.SortFunc(sorted, func(x, y netip.Addr) int { return x.Compare(y) })
+	for i, addr := range sorted {
+		routes, err := netlink.RouteGet(addr.AsSlice())
+		if err != nil || len(routes) == 0 {
+			return fmt.Errorf("no route to backend %s: %v", addr, err)
+		}
+		r := routes[0]
+		if r.LinkIndex != b.iface.Index {
+			out := fmt.Sprint(r.LinkIndex)
+			if l, err := net.InterfaceByIndex(r.LinkIndex); err == nil {
+				out = l.Name
+			}
+			return fmt.Errorf("backend %s is routed via %s, not %s: icmplb sends to backends out of the interface it listens on",
+				addr, out, b.iface.Name)
+		}
+		hop := addr
+		if gw, ok := netip.AddrFromSlice(r.Gw); ok && gw.Unmap().IsValid() && !gw.IsUnspecified() {
+			hop = gw.Unmap()
+		}
+		b.ifIdx[addr] = uint32(i)
+		b.states[addr] = &backendState{nextHop: hop}
+		if err := b.writeBackend(addr); err != nil {
+			return err
+		}
+	}
+	return b.rebuildTable()
+}
+
+func (b *Balancer) writeBackend(addr netip.Addr) error {
+	st := b.states[addr]
+	v := bpf.IcmplbBackend{Addr: bpf.Addr(addr), Flags: backendActive}
+	if st.up {
+		copy(v.Mac[:], st.mac)
+		v.Flags |= backendNeigh
+	}
+	if err := b.objs.Backends.Put(b.ifIdx[addr], v); err != nil {
+		return fmt.Errorf("write backend %s: %w", addr, err)
+	}
+	return nil
+}
+
+// Flags of struct backend (bpf/icmplb.h).
+const (
+	backendActive = 0x1
+	backendNeigh  = 0x2
+)
+
+// rebuildTable spreads sessions over the backends whose neighbour is
+// resolved. With none up, it keeps all of them in the table so that the data
+// plane passes requests to the kernel (neighbour unresolved) instead of
+// dropping them.
+func (b *Balancer) rebuildTable() error {
+	var up []netip.Addr
+	for addr, st := range b.states {
+		if st.up {
+			up = append(up, addr)
+		}
+	}
+	if len(up) == 0 {
+		up = slices.Collect(func(yield func(netip.Addr) bool) {
+			for addr := range b.states {
+				if !yield(addr) {
+					return
+				}
+			}
+		})
+	}
+	t, err := UpdateMaglev(b.table, up, b.cfg.MaglevSize)
+	if err != nil {
+		return err
+	}
+	keys := make([]uint32, len(t.Slots))
+	vals := make([]uint32, len(t.Slots))
+	for s, addr := range t.Slots {
+		keys[s], vals[s] = uint32(s), b.ifIdx[addr]
+	}
+	if _, err := b.objs.Maglev.BatchUpdate(keys, vals, nil); err != nil {
+		return fmt.Errorf("write maglev table: %w", err)
+	}
+	b.table = t
+	return nil
+}
+
+func (b *Balancer) upCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, st := range b.states {
+		if st.up {
+			n++
+		}
+	}
+	return n
+}
+
+// Mode is the XDP mode the program is attached in: "native" or "generic".
+func (b *Balancer) Mode() string { return b.mode }
+
+// Run keeps the backends' neighbour entries resolved until ctx is done.
+func (b *Balancer) Run(ctx context.Context) error {
+	t := time.NewTicker(b.cfg.NeighInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := b.refreshNeighbours(); err != nil {
+				b.log.Warn("refresh neighbours", "err", err)
+			}
+		}
+	}
+}
+
+// Close detaches the program and frees its maps.
+func (b *Balancer) Close() error {
+	var errs []error
+	if b.link != nil {
+		if err := b.link.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach XDP from %s: %w", b.iface.Name, err))
+		}
+		b.link = nil
+	}
+	if err := b.objs.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,133 @@
+package balancer
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+)
+
+// Capability bits (linux/capability.h).
+const (
+	capNetAdmin = 12
+	capSysAdmin = 21
+	capBPF      = 39
+)
+
+// checkPrivileges fails early with the capabilities to grant, rather than
+// with EPERM from deep inside the loader.
+func checkPrivileges() error {
+	eff, err := effectiveCaps()
+	if err != nil {
+		return nil // unknown: let the loader report what it hits
+	}
+	has := func(c uint) bool { return eff&(1<<c) != 0 }
+	var missing []string
+	if !has(capBPF) && !has(capSysAdmin) {
+		missing = append(missing, "CAP_BPF")
+	}
+	if !has(capNetAdmin) {
+		missing = append(missing, "CAP_NET_ADMIN")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing privileges: icmplb needs CAP_BPF and CAP_NET_ADMIN (lacks %s); run as root or grant them",
+			strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func effectiveCaps() (uint64, error) {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+	}
+	return 0, errors.New("no CapEff in /proc/self/status")
+}
+
+// checkKernel probes what the data plane needs and names what is missing.
+func checkKernel() error {
+	probes := []struct {
+		what string
+		err  func() error
+	}{
+		{"XDP programs", func() error { return features.HaveProgramType(ebpf.XDP) }},
+		{"LRU hash maps", func() error { return features.HaveMapType(ebpf.LRUHash) }},
+		{"per-CPU array maps", func() error { return features.HaveMapType(ebpf.PerCPUArray) }},
+		{"BPF ISA v3 (atomics)", features.HaveV3ISA},
+	}
+	for _, p := range probes {
+		if err := p.err(); err != nil {
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				return fmt.Errorf("kernel lacks %s, which icmplb needs (Linux 5.12 or newer): %w", p.what, err)
+			}
+			return fmt.Errorf("probe kernel for %s: %w", p.what, err)
+		}
+	}
+	return nil
+}
+
+// chooseMode resolves "auto". On a veth, native XDP_TX frames are dropped
+// unless the peer runs an XDP program, which the balancer cannot see or
+// ensure from its side, so auto picks generic mode there.
+func chooseMode(mode string, iface *net.Interface, log *slog.Logger) (string, error) {
+	veth := isVeth(iface)
+	switch {
+	case mode == ModeAuto && veth:
+		log.Info("interface is a veth: using generic XDP, since native XDP_TX on a veth is dropped unless its peer has an XDP program",
+			"iface", iface.Name)
+		return ModeGeneric, nil
+	case mode == ModeAuto:
+		return ModeNative, nil
+	case mode == ModeNative && veth:
+		log.Warn("native XDP on a veth: replies and forwarded requests are dropped unless the peer veth has an XDP program attached (an XDP_PASS program is enough)",
+			"iface", iface.Name)
+	}
+	return mode, nil
+}
+
+func isVeth(iface *net.Interface) bool {
+	l, err := netlink.LinkByIndex(iface.Index)
+	return err == nil && l.Type() == "veth"
+}
+
+func (b *Balancer) attach() error {
+	opts := link.XDPOptions{Program: b.objs.Icmplb, Interface: b.iface.Index}
+	try := func(mode string) error {
+		opts.Flags = link.XDPDriverMode
+		if mode == ModeGeneric {
+			opts.Flags = link.XDPGenericMode
+		}
+		l, err := link.AttachXDP(opts)
+		if err != nil {
+			return err
+		}
+		b.link, b.mode = l, mode
+		return nil
+	}
+	err := try(b.mode)
+	if err != nil && b.cfg.XDPMode == ModeAuto && b.mode == ModeNative {
+		b.log.Info("native XDP unavailable; falling back to generic", "iface", b.iface.Name, "err", err)
+		err = try(ModeGeneric)
+	}
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, os.ErrExist) || strings.Contains(err.Error(), "busy") {
+		return fmt.Errorf("attach XDP to %s: another XDP program is attached; detach it first (ip link set dev %s xdp off): %w",
+			b.iface.Name, b.iface.Name, err)
+	}
+	return fmt.Errorf("attach XDP (%s mode) to %s: %w", b.mode, b.iface.Name, err)
+}

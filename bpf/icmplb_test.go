@@ -1,0 +1,1096 @@
+package bpf
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// enum xdp_action values: bpf2go exports neither the kernel's enum nor the
+// program's #defines, so the test carries its own copies.
+const (
+	xdpDrop = 1
+	xdpPass = 2
+	xdpTX   = 3
+)
+
+type mac [6]byte
+
+func (m mac) String() string {
+	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+var (
+	vip      = netip.MustParseAddr("10.0.0.100")
+	snatAlt  = netip.MustParseAddr("10.0.0.10")
+	client1  = netip.MustParseAddr("10.0.0.1")
+	client2  = netip.MustParseAddr("10.0.0.4")
+	stranger = netip.MustParseAddr("10.0.0.200")
+
+	lbMAC   = mac{0x02, 0, 0, 0, 0, 0x64}
+	hop1MAC = mac{0x02, 0, 0, 0, 0, 0x01}
+	hop2MAC = mac{0x02, 0, 0, 0, 0, 0x04}
+
+	backendA = backendInfo{idx: 2, addr: netip.MustParseAddr("10.0.0.11"), mac: mac{0x02, 0, 0, 0, 0, 0x0b}}
+	backendB = backendInfo{idx: 5, addr: netip.MustParseAddr("10.0.0.12"), mac: mac{0x02, 0, 0, 0, 0, 0x0c}}
+	backendC = backendInfo{idx: 7, addr: netip.MustParseAddr("10.0.0.13"), mac: mac{0x02, 0, 0, 0, 0, 0x0d}}
+)
+
+// BACKEND_F_* from icmplb.h.
+const (
+	backendActive = 0x1
+	backendNeigh  = 0x2
+	backendReady  = backendActive | backendNeigh
+)
+
+type backendInfo struct {
+	idx  uint32
+	addr netip.Addr
+	mac  mac
+}
+
+// packet describes an Ethernet + IPv4 frame; frame() serialises it with both
+// checksums computed from scratch, so expected outputs never borrow the
+// program's incremental arithmetic.
+type packet struct {
+	ethDst, ethSrc mac
+	tos            uint8
+	ipID           uint16
+	frag           uint16
+	ttl            uint8
+	proto          uint8
+	src, dst       netip.Addr
+	options        []byte
+	icmpType       uint8
+	icmpCode       uint8
+	echoID, seq    uint16
+	payload        []byte
+	// l4 replaces the ICMP message when set (TCP, UDP).
+	l4 []byte
+	// trailer is link-layer padding after the IP datagram.
+	trailer []byte
+}
+
+func defaultPayload() []byte {
+	p := make([]byte, 56)
+	for i := range p {
+		p[i] = byte(0x30 + i)
+	}
+	return p
+}
+
+func echoRequest(from netip.Addr, hop mac, echoID, seq uint16) packet {
+	return packet{
+		ethDst:   lbMAC,
+		ethSrc:   hop,
+		tos:      0x10,
+		ipID:     0xbeef,
+		frag:     0x4000, // DF, as Linux ping sets it: must not count as a fragment
+		ttl:      61,
+		proto:    unix.IPPROTO_ICMP,
+		src:      from,
+		dst:      vip,
+		icmpType: 8,
+		echoID:   echoID,
+		seq:      seq,
+		payload:  defaultPayload(),
+	}
+}
+
+// replyTo is what backend be answers to req after NAT: addressed to snat and
+// carrying the NAT id.
+func replyTo(req packet, be backendInfo, snat netip.Addr, natID uint16) packet {
+	r := req
+	r.ethDst = lbMAC
+	r.ethSrc = be.mac
+	r.tos = 0
+	r.ipID = 0x4321
+	r.frag = 0
+	r.ttl = 64
+	r.src = be.addr
+	r.dst = snat
+	r.icmpType = 0
+	r.echoID = natID
+	return r
+}
+
+func (p packet) frame() []byte {
+	l4 := p.l4
+	if l4 == nil {
+		l4 = make([]byte, 8+len(p.payload))
+		l4[0] = p.icmpType
+		l4[1] = p.icmpCode
+		binary.BigEndian.PutUint16(l4[4:], p.echoID)
+		binary.BigEndian.PutUint16(l4[6:], p.seq)
+		copy(l4[8:], p.payload)
+		binary.BigEndian.PutUint16(l4[2:], checksum(l4))
+	}
+	hlen := 20 + len(p.options)
+	ip := make([]byte, hlen)
+	ip[0] = 4<<4 | byte(hlen/4)
+	ip[1] = p.tos
+	binary.BigEndian.PutUint16(ip[2:], uint16(hlen+len(l4)))
+	binary.BigEndian.PutUint16(ip[4:], p.ipID)
+	binary.BigEndian.PutUint16(ip[6:], p.frag)
+	ip[8] = p.ttl
+	ip[9] = p.proto
+	src, dst := p.src.As4(), p.dst.As4()
+	copy(ip[12:], src[:])
+	copy(ip[16:], dst[:])
+	copy(ip[20:], p.options)
+	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+
+	f := ethHeader(p.ethDst, p.ethSrc, 0x0800)
+	f = append(f, ip...)
+	f = append(f, l4...)
+	return append(f, p.trailer...)
+}
+
+func (p packet) frameWith(mut func(p *packet)) []byte {
+	mut(&p)
+	return p.frame()
+}
+
+func ethHeader(dst, src mac, etherType uint16) []byte {
+	f := make([]byte, 14, 128)
+	copy(f[0:], dst[:])
+	copy(f[6:], src[:])
+	binary.BigEndian.PutUint16(f[12:], etherType)
+	return f
+}
+
+// checksum is the RFC 1071 Internet checksum: the complement of the
+// ones'-complement sum of all 16-bit words.
+func checksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// fieldAt names the header field of an Ethernet/IPv4/ICMP frame that byte off
+// belongs to, so a mismatch reads as "ip dst" rather than "offset 31".
+func fieldAt(f []byte, off int) string {
+	switch {
+	case off < 6:
+		return "eth dst"
+	case off < 12:
+		return "eth src"
+	case off < 14:
+		return "ethertype"
+	}
+	if len(f) < 34 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
+		return fmt.Sprintf("L3 byte %d", off-14)
+	}
+	ipOff := off - 14
+	hlen := int(f[14]&0xf) * 4
+	names := []string{"ip version/ihl", "ip tos", "ip tot_len", "ip tot_len", "ip id", "ip id",
+		"ip frag_off", "ip frag_off", "ip ttl", "ip protocol", "ip checksum", "ip checksum",
+		"ip src", "ip src", "ip src", "ip src", "ip dst", "ip dst", "ip dst", "ip dst"}
+	if ipOff < 20 {
+		return names[ipOff]
+	}
+	if ipOff < hlen {
+		return fmt.Sprintf("ip options byte %d", ipOff-20)
+	}
+	if totLen := int(binary.BigEndian.Uint16(f[16:])); ipOff >= totLen {
+		return fmt.Sprintf("trailer byte %d", ipOff-totLen)
+	}
+	icmpNames := []string{"icmp type", "icmp code", "icmp checksum", "icmp checksum",
+		"icmp id", "icmp id", "icmp seq", "icmp seq"}
+	if i := ipOff - hlen; i < 8 {
+		return icmpNames[i]
+	} else {
+		return fmt.Sprintf("payload byte %d", i-8)
+	}
+}
+
+func diffFrames(want, got []byte) string {
+	var b strings.Builder
+	if len(want) != len(got) {
+		fmt.Fprintf(&b, "length: want %d, got %d\n", len(want), len(got))
+	}
+	var fields []string
+	for i := 0; i < min(len(want), len(got)); i++ {
+		if want[i] == got[i] {
+			continue
+		}
+		if fields == nil {
+			fmt.Fprintf(&b, "first difference at offset %d (%s): want %#02x, got %#02x\n",
+				i, fieldAt(want, i), want[i], got[i])
+		}
+		if f := fieldAt(want, i); !slices.Contains(fields, f) {
+			fields = append(fields, f)
+		}
+	}
+	if len(fields) > 0 {
+		fmt.Fprintf(&b, "differing fields: %s\n", strings.Join(fields, ", "))
+	}
+	fmt.Fprintf(&b, "want % x\ngot  % x", want, got)
+	return b.String()
+}
+
+func requireFrame(t *testing.T, what string, want, got []byte) {
+	t.Helper()
+	if !bytes.Equal(want, got) {
+		t.Fatalf("%s differs from the expected frame:\n%s", what, diffFrames(want, got))
+	}
+}
+
+// requireChecksumsVerify reports a broken checksum as such before the byte
+// comparison reports it as a mismatch.
+func requireChecksumsVerify(t *testing.T, f []byte) {
+	t.Helper()
+	if len(f) < 34+8 {
+		t.Fatalf("frame of %d bytes is too short to hold IPv4 + ICMP echo", len(f))
+	}
+	hlen := int(f[14]&0xf) * 4
+	totLen := int(binary.BigEndian.Uint16(f[16:]))
+	if c := checksum(f[14 : 14+hlen]); c != 0 {
+		t.Errorf("IP header checksum does not verify (residue %#04x)", c)
+	}
+	if c := checksum(f[14+hlen : 14+totLen]); c != 0 {
+		t.Errorf("ICMP checksum does not verify (residue %#04x)", c)
+	}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_BPF, CAP_NET_ADMIN) to load BPF programs")
+	}
+}
+
+func testConfig(snat netip.Addr) Config {
+	return Config{
+		VIP:           vip,
+		SNAT:          snat,
+		MaglevSize:    13,
+		MaxBackends:   16,
+		ConntrackSize: 1024,
+		NATIdle:       60 * time.Second,
+	}
+}
+
+type harness struct {
+	cfg      Config
+	objs     IcmplbObjects
+	backends map[uint32]backendInfo
+}
+
+// newHarness loads a fresh collection so that no test sees another's
+// conntrack, NAT allocator or counters.
+func newHarness(t *testing.T, cfg Config) *harness {
+	t.Helper()
+	requireRoot(t)
+	spec, err := NewSpec(cfg)
+	if err != nil {
+		t.Fatalf("NewSpec: %v", err)
+	}
+	h := &harness{cfg: cfg, backends: map[uint32]backendInfo{}}
+	if err := spec.LoadAndAssign(&h.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			t.Fatalf("load: %+v", ve)
+		}
+		t.Fatalf("load: %v", err)
+	}
+	t.Cleanup(func() { h.objs.Close() })
+	return h
+}
+
+func (h *harness) setBackend(t *testing.T, be backendInfo, flags uint16) {
+	t.Helper()
+	v := IcmplbBackend{Addr: Addr(be.addr), Mac: be.mac, Flags: flags}
+	if err := h.objs.Backends.Put(be.idx, v); err != nil {
+		t.Fatalf("backends[%d]: %v", be.idx, err)
+	}
+	h.backends[be.idx] = be
+}
+
+// pointMaglev fills every slot, cycling through idxs.
+func (h *harness) pointMaglev(t *testing.T, idxs ...uint32) {
+	t.Helper()
+	for slot := uint32(0); slot < h.cfg.MaglevSize; slot++ {
+		if err := h.objs.Maglev.Put(slot, idxs[int(slot)%len(idxs)]); err != nil {
+			t.Fatalf("maglev[%d]: %v", slot, err)
+		}
+	}
+}
+
+func (h *harness) setNATNext(t *testing.T, v uint32) {
+	t.Helper()
+	if err := h.objs.NatNext.Put(uint32(0), v); err != nil {
+		t.Fatalf("nat_next: %v", err)
+	}
+}
+
+func (h *harness) stats(t *testing.T) [IcmplbReasonREASON_MAX]uint64 {
+	t.Helper()
+	var out [IcmplbReasonREASON_MAX]uint64
+	for r := range IcmplbReasonREASON_MAX {
+		var perCPU []uint64
+		if err := h.objs.Stats.Lookup(uint32(r), &perCPU); err != nil {
+			t.Fatalf("stats[%d]: %v", r, err)
+		}
+		for _, n := range perCPU {
+			out[r] += n
+		}
+	}
+	return out
+}
+
+func (h *harness) backendCounters(t *testing.T, idx uint32) IcmplbBackendCounters {
+	t.Helper()
+	var perCPU []IcmplbBackendCounters
+	if err := h.objs.BackendStats.Lookup(idx, &perCPU); err != nil {
+		t.Fatalf("backend_stats[%d]: %v", idx, err)
+	}
+	var sum IcmplbBackendCounters
+	for _, c := range perCPU {
+		sum.Requests += c.Requests
+		sum.RequestBytes += c.RequestBytes
+		sum.Replies += c.Replies
+		sum.ReplyBytes += c.ReplyBytes
+	}
+	return sum
+}
+
+func monotonicNow(t *testing.T) uint64 {
+	t.Helper()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatalf("clock_gettime: %v", err)
+	}
+	return uint64(ts.Nano())
+}
+
+// run executes the program once on a private copy of in (test runs with
+// repeat would reuse a rewritten buffer) and checks the verdict and that
+// exactly the wanted reason counter moved, by one.
+func (h *harness) run(t *testing.T, in []byte, wantVerdict uint32, wantReason IcmplbReason) []byte {
+	t.Helper()
+	before := h.stats(t)
+	data := bytes.Clone(in)
+	opts := ebpf.RunOptions{Data: data, DataOut: make([]byte, len(in)+256)}
+	verdict, err := h.objs.Icmplb.Run(&opts)
+	if err != nil {
+		t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
+	}
+	after := h.stats(t)
+	if verdict != wantVerdict {
+		t.Errorf("verdict %d, want %d", verdict, wantVerdict)
+	}
+	for r := range IcmplbReasonREASON_MAX {
+		want := uint64(0)
+		if r == wantReason {
+			want = 1
+		}
+		if d := after[r] - before[r]; d != want {
+			t.Errorf("stats[%d] moved by %d, want %d (want reason %d)", r, d, want, wantReason)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	return opts.DataOut
+}
+
+// requireUntouched runs a frame the balancer must leave to the kernel.
+func (h *harness) requireUntouched(t *testing.T, in []byte, wantVerdict uint32, wantReason IcmplbReason) {
+	t.Helper()
+	out := h.run(t, in, wantVerdict, wantReason)
+	requireFrame(t, "output of a frame that must not be modified", in, out)
+}
+
+// forward sends req and checks it left rewritten towards one of the
+// configured backends; it returns that backend and the NAT id it was given.
+func (h *harness) forward(t *testing.T, req packet) (backendInfo, uint16) {
+	t.Helper()
+	in := req.frame()
+	out := h.run(t, in, xdpTX, IcmplbReasonREASON_REQUEST_FORWARDED)
+	if len(out) != len(in) {
+		t.Fatalf("output is %d bytes, input %d:\n%s", len(out), len(in), diffFrames(in, out))
+	}
+	var be backendInfo
+	found := false
+	for _, b := range h.backends {
+		if a := b.addr.As4(); bytes.Equal(out[30:34], a[:]) {
+			be, found = b, true
+		}
+	}
+	if !found {
+		t.Fatalf("request went to %v, not a configured backend:\n%s",
+			netip.AddrFrom4([4]byte(out[30:34])), diffFrames(in, out))
+	}
+	natID := binary.BigEndian.Uint16(out[38:40])
+
+	want := req
+	want.ethSrc = req.ethDst
+	want.ethDst = be.mac
+	want.src = h.cfg.SNAT
+	want.dst = be.addr
+	want.echoID = natID
+	requireChecksumsVerify(t, out)
+	requireFrame(t, "forwarded request", want.frame(), out)
+	return be, natID
+}
+
+// returnReply sends the backend's reply and checks it left restored for the
+// client: from the VIP, with the client's echo id, to the client's hop MAC.
+func (h *harness) returnReply(t *testing.T, rep packet, client netip.Addr, echoID uint16, hop mac) {
+	t.Helper()
+	in := rep.frame()
+	out := h.run(t, in, xdpTX, IcmplbReasonREASON_REPLY_RETURNED)
+	want := rep
+	want.ethSrc = rep.ethDst
+	want.ethDst = hop
+	want.src = h.cfg.VIP
+	want.dst = client
+	want.echoID = echoID
+	if len(out) != len(in) {
+		t.Fatalf("output is %d bytes, input %d:\n%s", len(out), len(in), diffFrames(in, out))
+	}
+	requireChecksumsVerify(t, out)
+	requireFrame(t, "returned reply", want.frame(), out)
+}
+
+// requireConntrack checks both directions of a session's conntrack state.
+func (h *harness) requireConntrack(t *testing.T, client netip.Addr, echoID uint16, hop mac, be backendInfo, natID uint16) {
+	t.Helper()
+	var fv IcmplbFwdVal
+	fk := IcmplbFwdKey{Client: Addr(client), EchoId: Net16(echoID)}
+	if err := h.objs.CtFwd.Lookup(fk, &fv); err != nil {
+		t.Fatalf("ct_fwd[%v, id %#04x]: %v", client, echoID, err)
+	}
+	if wantFV := (IcmplbFwdVal{Backend: Addr(be.addr), BackendIdx: be.idx, NatId: Net16(natID)}); fv != wantFV {
+		t.Errorf("ct_fwd[%v, id %#04x] = {backend %v, idx %d, nat id %#04x}, want {%v, %d, %#04x}",
+			client, echoID, AddrFrom(fv.Backend), fv.BackendIdx, Host16(fv.NatId), be.addr, be.idx, natID)
+	}
+
+	var rv IcmplbRevVal
+	rk := IcmplbRevKey{Backend: Addr(be.addr), NatId: Net16(natID)}
+	if err := h.objs.CtRev.Lookup(rk, &rv); err != nil {
+		t.Fatalf("ct_rev[%v, nat id %#04x]: %v", be.addr, natID, err)
+	}
+	if AddrFrom(rv.Client) != client || Host16(rv.EchoId) != echoID || mac(rv.ClientMac) != hop || rv.BackendIdx != be.idx {
+		t.Errorf("ct_rev[%v, nat id %#04x] = {client %v, id %#04x, mac %v, idx %d}, want {%v, %#04x, %v, %d}",
+			be.addr, natID, AddrFrom(rv.Client), Host16(rv.EchoId), mac(rv.ClientMac), rv.BackendIdx,
+			client, echoID, hop, be.idx)
+	}
+	if now := monotonicNow(t); rv.LastSeenNs == 0 || rv.LastSeenNs > now {
+		t.Errorf("ct_rev last_seen_ns %d, want a past CLOCK_MONOTONIC time (now %d)", rv.LastSeenNs, now)
+	}
+}
+
+func TestRequestForwarded(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	req := echoRequest(client1, hop1MAC, 0x1234, 1)
+	be, natID := h.forward(t, req)
+	if be != backendA {
+		t.Fatalf("request went to backend %d, want %d", be.idx, backendA.idx)
+	}
+	h.requireConntrack(t, client1, 0x1234, hop1MAC, backendA, natID)
+	want := IcmplbBackendCounters{Requests: 1, RequestBytes: uint64(len(req.frame()))}
+	if got := h.backendCounters(t, backendA.idx); got != want {
+		t.Errorf("backend_stats[%d] = %+v, want %+v", backendA.idx, got, want)
+	}
+}
+
+func TestSessionStaysOnBackend(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	for _, be := range []backendInfo{backendA, backendB, backendC} {
+		h.setBackend(t, be, backendReady)
+	}
+	h.pointMaglev(t, backendA.idx, backendB.idx, backendC.idx)
+
+	first, natID := h.forward(t, echoRequest(client1, hop1MAC, 0x0101, 1))
+	second, natID2 := h.forward(t, echoRequest(client1, hop1MAC, 0x0101, 2))
+	if second != first || natID2 != natID {
+		t.Fatalf("second request went to backend %d with NAT id %#04x, first to %d with %#04x",
+			second.idx, natID2, first.idx, natID)
+	}
+
+	// Conntrack, not the table, decides where a known session goes.
+	other := backendA
+	if first == backendA {
+		other = backendB
+	}
+	h.pointMaglev(t, other.idx)
+	third, natID3 := h.forward(t, echoRequest(client1, hop1MAC, 0x0101, 3))
+	if third != first || natID3 != natID {
+		t.Fatalf("after the table changed, request went to backend %d with NAT id %#04x, want %d with %#04x",
+			third.idx, natID3, first.idx, natID)
+	}
+	h.requireConntrack(t, client1, 0x0101, hop1MAC, first, natID)
+	if got := h.backendCounters(t, first.idx).Requests; got != 3 {
+		t.Errorf("backend_stats[%d].requests = %d, want 3", first.idx, got)
+	}
+
+	fresh, _ := h.forward(t, echoRequest(client1, hop1MAC, 0x0102, 1))
+	if fresh != other {
+		t.Errorf("new session went to backend %d, want %d (the only one in the table)", fresh.idx, other.idx)
+	}
+}
+
+func TestSessionMovesWhenBackendLeaves(t *testing.T) {
+	requireRoot(t)
+	successor := backendInfo{idx: backendA.idx, addr: netip.MustParseAddr("10.0.0.21"), mac: mac{0x02, 0, 0, 0, 0, 0x15}}
+	tests := []struct {
+		name string
+		// leave takes backendA out of service and returns where the session
+		// must go next.
+		leave func(t *testing.T, h *harness) backendInfo
+	}{
+		{"removed", func(t *testing.T, h *harness) backendInfo {
+			h.setBackend(t, backendA, 0)
+			h.pointMaglev(t, backendB.idx)
+			return backendB
+		}},
+		{"neighbour lost", func(t *testing.T, h *harness) backendInfo {
+			h.setBackend(t, backendA, backendActive)
+			h.pointMaglev(t, backendB.idx)
+			return backendB
+		}},
+		// A NAT id allocated at the old address means nothing to the new one.
+		{"index reused for another address", func(t *testing.T, h *harness) backendInfo {
+			h.setBackend(t, successor, backendReady)
+			return successor
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, testConfig(vip))
+			h.setBackend(t, backendA, backendReady)
+			h.setBackend(t, backendB, backendReady)
+			h.pointMaglev(t, backendA.idx)
+
+			h.forward(t, echoRequest(client1, hop1MAC, 0x0707, 1))
+			next := tt.leave(t, h)
+			req := echoRequest(client1, hop1MAC, 0x0707, 2)
+			be, natID := h.forward(t, req)
+			if be != next {
+				t.Fatalf("session went to %v (index %d), want %v (index %d)", be.addr, be.idx, next.addr, next.idx)
+			}
+			h.requireConntrack(t, client1, 0x0707, hop1MAC, next, natID)
+			h.returnReply(t, replyTo(req, next, vip, natID), client1, 0x0707, hop1MAC)
+		})
+	}
+}
+
+func TestReplyReturned(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	req := echoRequest(client1, hop1MAC, 0x1234, 9)
+	_, natID := h.forward(t, req)
+	rep := replyTo(req, backendA, vip, natID)
+	h.returnReply(t, rep, client1, 0x1234, hop1MAC)
+
+	want := IcmplbBackendCounters{
+		Requests:     1,
+		RequestBytes: uint64(len(req.frame())),
+		Replies:      1,
+		ReplyBytes:   uint64(len(rep.frame())),
+	}
+	if got := h.backendCounters(t, backendA.idx); got != want {
+		t.Errorf("backend_stats[%d] = %+v, want %+v", backendA.idx, got, want)
+	}
+}
+
+func TestReplyFollowsLatestClientMAC(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	req := echoRequest(client1, hop1MAC, 0x2222, 1)
+	_, natID := h.forward(t, req)
+	// The client's traffic now arrives through another router.
+	req2 := echoRequest(client1, hop2MAC, 0x2222, 2)
+	_, natID2 := h.forward(t, req2)
+	if natID2 != natID {
+		t.Fatalf("NAT id changed from %#04x to %#04x", natID, natID2)
+	}
+	h.requireConntrack(t, client1, 0x2222, hop2MAC, backendA, natID)
+	h.returnReply(t, replyTo(req2, backendA, vip, natID), client1, 0x2222, hop2MAC)
+}
+
+func TestIdentifierCollision(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	const echoID = 0x0042
+	req1 := echoRequest(client1, hop1MAC, echoID, 1)
+	req2 := echoRequest(client2, hop2MAC, echoID, 1)
+	_, nat1 := h.forward(t, req1)
+	_, nat2 := h.forward(t, req2)
+	if nat1 == nat2 {
+		t.Fatalf("clients %v and %v share NAT id %#04x on one backend", client1, client2, nat1)
+	}
+	h.requireConntrack(t, client1, echoID, hop1MAC, backendA, nat1)
+	h.requireConntrack(t, client2, echoID, hop2MAC, backendA, nat2)
+
+	// Replies in the opposite order, so a "last session wins" bug shows.
+	h.returnReply(t, replyTo(req2, backendA, vip, nat2), client2, echoID, hop2MAC)
+	h.returnReply(t, replyTo(req1, backendA, vip, nat1), client1, echoID, hop1MAC)
+}
+
+func TestTrailingEthernetPadding(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	req := echoRequest(client1, hop1MAC, 0x5a5a, 3)
+	req.payload = []byte{1, 2, 3, 4}
+	// Padding bytes are not always zero on the wire; non-zero ones would show
+	// up in the checksums if they were wrongly summed.
+	req.trailer = bytes.Repeat([]byte{0xa5}, 60-14-20-8-len(req.payload))
+	if n := len(req.frame()); n != 60 {
+		t.Fatalf("test frame is %d bytes, want the 60-byte minimum", n)
+	}
+	_, natID := h.forward(t, req)
+	rep := replyTo(req, backendA, vip, natID)
+	h.returnReply(t, rep, client1, 0x5a5a, hop1MAC)
+
+	want := IcmplbBackendCounters{Requests: 1, RequestBytes: 60, Replies: 1, ReplyBytes: 60}
+	if got := h.backendCounters(t, backendA.idx); got != want {
+		t.Errorf("backend_stats[%d] = %+v, want %+v (frame length, padding included)", backendA.idx, got, want)
+	}
+}
+
+func TestSNATDifferentFromVIP(t *testing.T) {
+	h := newHarness(t, testConfig(snatAlt))
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	req := echoRequest(client1, hop1MAC, 0x0909, 1)
+	_, natID := h.forward(t, req)
+	h.returnReply(t, replyTo(req, backendA, snatAlt, natID), client1, 0x0909, hop1MAC)
+
+	t.Run("reply to VIP", func(t *testing.T) {
+		h.requireUntouched(t, replyTo(req, backendA, vip, natID).frame(), xdpPass, IcmplbReasonREASON_NOT_VIP)
+	})
+	t.Run("request to SNAT", func(t *testing.T) {
+		r := req
+		r.dst = snatAlt
+		h.requireUntouched(t, r.frame(), xdpPass, IcmplbReasonREASON_NOT_VIP)
+	})
+}
+
+func TestNATIDWraps(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+	h.setNATNext(t, 0xffff)
+
+	req1 := echoRequest(client1, hop1MAC, 1, 1)
+	req2 := echoRequest(client2, hop2MAC, 1, 1)
+	if _, nat := h.forward(t, req1); nat != 0xffff {
+		t.Errorf("first NAT id %#04x, want 0xffff", nat)
+	}
+	if _, nat := h.forward(t, req2); nat != 0x0000 {
+		t.Errorf("NAT id after 0xffff is %#04x, want 0x0000", nat)
+	}
+	h.returnReply(t, replyTo(req1, backendA, vip, 0xffff), client1, 1, hop1MAC)
+	h.returnReply(t, replyTo(req2, backendA, vip, 0x0000), client2, 1, hop2MAC)
+}
+
+func TestNATIDSkipsBusyReusesIdle(t *testing.T) {
+	cfg := testConfig(vip)
+	cfg.NATIdle = 10 * time.Second
+	h := newHarness(t, cfg)
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	now := monotonicNow(t)
+	if now < uint64(3*cfg.NATIdle) {
+		t.Skipf("uptime %v is too short to fake an idle session", time.Duration(now))
+	}
+	busy := IcmplbRevVal{Client: Addr(client2), EchoId: Net16(77), ClientMac: hop2MAC, BackendIdx: backendA.idx, LastSeenNs: now}
+	for id := uint16(100); id < 103; id++ {
+		if err := h.objs.CtRev.Put(IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(id)}, busy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	idle := busy
+	idle.LastSeenNs = now - uint64(2*cfg.NATIdle)
+	if err := h.objs.CtRev.Put(IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(103)}, idle); err != nil {
+		t.Fatal(err)
+	}
+	h.setNATNext(t, 100)
+
+	req := echoRequest(client1, hop1MAC, 5, 1)
+	if _, nat := h.forward(t, req); nat != 103 {
+		t.Fatalf("NAT id %d, want 103 (100-102 busy, 103 idle)", nat)
+	}
+	h.requireConntrack(t, client1, 5, hop1MAC, backendA, 103)
+	h.returnReply(t, replyTo(req, backendA, vip, 103), client1, 5, hop1MAC)
+}
+
+// An idle session's NAT id may go to a new session; when the old session
+// wakes up it must get a fresh id instead of hijacking the new owner's.
+func TestNATIDReusedByAnotherSession(t *testing.T) {
+	requireRoot(t)
+	tests := []struct {
+		name        string
+		thief       netip.Addr
+		thiefHop    mac
+		thiefEchoID uint16
+	}{
+		{"other client, same echo id", client2, hop2MAC, 5},
+		{"same client, other echo id", client1, hop1MAC, 6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(vip)
+			cfg.NATIdle = 0
+			h := newHarness(t, cfg)
+			h.setBackend(t, backendA, backendReady)
+			h.pointMaglev(t, backendA.idx)
+
+			const natID = 40
+			h.setNATNext(t, natID)
+			h.forward(t, echoRequest(client1, hop1MAC, 5, 1))
+			h.setNATNext(t, natID)
+			thiefReq := echoRequest(tt.thief, tt.thiefHop, tt.thiefEchoID, 1)
+			if _, got := h.forward(t, thiefReq); got != natID {
+				t.Fatalf("setup: second session got NAT id %d, want the idle %d", got, natID)
+			}
+
+			req := echoRequest(client1, hop1MAC, 5, 2)
+			_, got := h.forward(t, req)
+			if got == natID {
+				t.Fatalf("returning session took NAT id %d, now owned by %v id %d", natID, tt.thief, tt.thiefEchoID)
+			}
+			h.requireConntrack(t, client1, 5, hop1MAC, backendA, got)
+			h.requireConntrack(t, tt.thief, tt.thiefEchoID, tt.thiefHop, backendA, natID)
+			h.returnReply(t, replyTo(thiefReq, backendA, vip, natID), tt.thief, tt.thiefEchoID, tt.thiefHop)
+			h.returnReply(t, replyTo(req, backendA, vip, got), client1, 5, hop1MAC)
+		})
+	}
+}
+
+func TestNATExhausted(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	now := monotonicNow(t)
+	busy := IcmplbRevVal{Client: Addr(client2), EchoId: Net16(77), ClientMac: hop2MAC, BackendIdx: backendA.idx, LastSeenNs: now}
+	// The allocator tries 8 candidates per packet.
+	for id := uint16(0); id < 8; id++ {
+		if err := h.objs.CtRev.Put(IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(id)}, busy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.requireUntouched(t, echoRequest(client1, hop1MAC, 5, 1).frame(), xdpPass, IcmplbReasonREASON_NAT_EXHAUSTED)
+	var fv IcmplbFwdVal
+	if err := h.objs.CtFwd.Lookup(IcmplbFwdKey{Client: Addr(client1), EchoId: Net16(5)}, &fv); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("ct_fwd entry after failed allocation: %+v, %v", fv, err)
+	}
+	if _, nat := h.forward(t, echoRequest(client1, hop1MAC, 5, 2)); nat != 8 {
+		t.Errorf("NAT id %d after exhaustion, want 8", nat)
+	}
+}
+
+func TestNoBackend(t *testing.T) {
+	requireRoot(t)
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, h *harness)
+	}{
+		{"inactive backend", func(t *testing.T, h *harness) {
+			h.setBackend(t, backendA, backendNeigh)
+			h.pointMaglev(t, backendA.idx)
+		}},
+		{"empty backend slot", func(t *testing.T, h *harness) {
+			h.pointMaglev(t, backendB.idx)
+		}},
+		{"index past backends map", func(t *testing.T, h *harness) {
+			h.pointMaglev(t, h.cfg.MaxBackends)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, testConfig(vip))
+			tt.setup(t, h)
+			h.requireUntouched(t, echoRequest(client1, hop1MAC, 1, 1).frame(), xdpDrop, IcmplbReasonREASON_NO_BACKEND)
+		})
+	}
+}
+
+func TestFrameShorterThanEthernet(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	in := ethHeader(lbMAC, hop1MAC, 0x0800)[:13]
+	before := h.stats(t)
+	verdict, err := h.objs.Icmplb.Run(&ebpf.RunOptions{Data: in, DataOut: make([]byte, 256)})
+	if err != nil {
+		// The kernel refuses test input shorter than ETH_HLEN, so the program's
+		// Ethernet bounds check cannot be reached from here.
+		if !errors.Is(err, unix.EINVAL) {
+			t.Fatalf("BPF_PROG_TEST_RUN of a 13-byte frame: %v, want EINVAL", err)
+		}
+		if after := h.stats(t); after != before {
+			t.Fatalf("rejected run moved counters: %v -> %v", before, after)
+		}
+		return
+	}
+	after := h.stats(t)
+	if verdict != xdpPass || after[IcmplbReasonREASON_MALFORMED]-before[IcmplbReasonREASON_MALFORMED] != 1 {
+		t.Fatalf("13-byte frame: verdict %d, stats %v -> %v; want pass, MALFORMED", verdict, before, after)
+	}
+}
+
+func TestPassUntouched(t *testing.T) {
+	requireRoot(t)
+	req := echoRequest(client1, hop1MAC, 0x1234, 1)
+	reqFrame := func(mut func(p *packet)) []byte {
+		p := req
+		mut(&p)
+		return p.frame()
+	}
+	// refreshIPChecksum keeps a deliberately odd header otherwise valid.
+	refreshIPChecksum := func(f []byte) []byte {
+		hlen := max(int(f[14]&0xf)*4, 20)
+		f[24], f[25] = 0, 0
+		binary.BigEndian.PutUint16(f[24:], checksum(f[14:14+hlen]))
+		return f
+	}
+	arp := append(ethHeader(mac{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, hop1MAC, 0x0806),
+		0, 1, 8, 0, 6, 4, 0, 1, // Ethernet/IPv4 request
+		2, 0, 0, 0, 0, 1, 10, 0, 0, 1,
+		0, 0, 0, 0, 0, 0, 10, 0, 0, 100)
+	ipv6 := append(ethHeader(lbMAC, hop1MAC, 0x86dd),
+		0x60, 0, 0, 0, 0, 8, 58, 64, // ICMPv6, payload 8
+		0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+		0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64,
+		128, 0, 0, 0, 0x12, 0x34, 0, 1)
+	vlan := func() []byte {
+		f := req.frame()
+		tagged := append(ethHeader(lbMAC, hop1MAC, 0x8100), 0, 10, 0x08, 0x00)
+		return append(tagged, f[14:]...)
+	}()
+
+	tests := []struct {
+		name   string
+		frame  func() []byte
+		setup  func(t *testing.T, h *harness)
+		reason IcmplbReason
+	}{
+		{name: "ARP", frame: func() []byte { return arp }, reason: IcmplbReasonREASON_NOT_IPV4},
+		{name: "IPv6 echo", frame: func() []byte { return ipv6 }, reason: IcmplbReasonREASON_NOT_IPV4},
+		{name: "802.1Q tagged echo", frame: func() []byte { return vlan }, reason: IcmplbReasonREASON_NOT_IPV4},
+		{name: "TCP SYN to VIP", reason: IcmplbReasonREASON_NOT_ICMP, frame: func() []byte {
+			return reqFrame(func(p *packet) {
+				p.proto = unix.IPPROTO_TCP
+				p.l4 = []byte{0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0}
+			})
+		}},
+		{name: "UDP to VIP", reason: IcmplbReasonREASON_NOT_ICMP, frame: func() []byte {
+			return reqFrame(func(p *packet) {
+				p.proto = unix.IPPROTO_UDP
+				p.l4 = []byte{0x9c, 0x40, 0, 53, 0, 12, 0, 0, 'p', 'i', 'n', 'g'}
+			})
+		}},
+		{name: "destination unreachable to VIP", reason: IcmplbReasonREASON_NOT_ECHO, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.icmpType, p.icmpCode, p.echoID, p.seq = 3, 1, 0, 0 })
+		}},
+		{name: "timestamp request to VIP", reason: IcmplbReasonREASON_NOT_ECHO, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.icmpType, p.payload = 13, make([]byte, 12) })
+		}},
+		{name: "echo request code 1", reason: IcmplbReasonREASON_NOT_ECHO, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.icmpCode = 1 })
+		}},
+		{name: "echo reply code 1", reason: IcmplbReasonREASON_NOT_ECHO, frame: func() []byte {
+			return replyTo(req, backendA, vip, 0).frameWith(func(p *packet) { p.icmpCode = 1 })
+		}},
+		{name: "echo request to another address", reason: IcmplbReasonREASON_NOT_VIP, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.dst = stranger })
+		}},
+		{name: "echo reply to another address", reason: IcmplbReasonREASON_NOT_VIP, frame: func() []byte {
+			return replyTo(req, backendA, stranger, 0).frame()
+		}},
+		{name: "Ethernet header only", reason: IcmplbReasonREASON_MALFORMED, frame: func() []byte {
+			return ethHeader(lbMAC, hop1MAC, 0x0800)
+		}},
+		{name: "shorter than IP header", reason: IcmplbReasonREASON_MALFORMED, frame: func() []byte {
+			return req.frame()[:14+19]
+		}},
+		{name: "shorter than ICMP header", reason: IcmplbReasonREASON_MALFORMED, frame: func() []byte {
+			// A datagram whose tot_len honestly covers only half an echo header.
+			f := req.frame()[:14+20+4]
+			binary.BigEndian.PutUint16(f[16:], 24)
+			return refreshIPChecksum(f)
+		}},
+		{name: "frame cut inside ICMP header", reason: IcmplbReasonREASON_MALFORMED, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.payload = nil })[:14+20+6]
+		}},
+		{name: "tot_len beyond frame", reason: IcmplbReasonREASON_MALFORMED, frame: func() []byte {
+			f := req.frame()
+			binary.BigEndian.PutUint16(f[16:], uint16(len(f)-14+1))
+			return refreshIPChecksum(f)
+		}},
+		{name: "tot_len shorter than IP header", reason: IcmplbReasonREASON_MALFORMED, frame: func() []byte {
+			f := req.frame()
+			binary.BigEndian.PutUint16(f[16:], 19)
+			return refreshIPChecksum(f)
+		}},
+		{name: "IP version 6 in IPv4 ethertype", reason: IcmplbReasonREASON_MALFORMED, frame: func() []byte {
+			f := req.frame()
+			f[14] = 6<<4 | 5
+			return refreshIPChecksum(f)
+		}},
+		{name: "ihl 4", reason: IcmplbReasonREASON_MALFORMED, frame: func() []byte {
+			f := req.frame()
+			f[14] = 4<<4 | 4
+			return refreshIPChecksum(f)
+		}},
+		{name: "ihl 6 with options", reason: IcmplbReasonREASON_IP_OPTIONS, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.options = []byte{1, 1, 1, 0} })
+		}},
+		{name: "more fragments", reason: IcmplbReasonREASON_FRAGMENT, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.frag = 0x2000 })
+		}},
+		{name: "fragment offset", reason: IcmplbReasonREASON_FRAGMENT, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.frag = 0x0007 })
+		}},
+		{name: "last fragment with DF clear", reason: IcmplbReasonREASON_FRAGMENT, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.frag = 0x0b90 })
+		}},
+		{name: "bad IP checksum", reason: IcmplbReasonREASON_MALFORMED, frame: func() []byte {
+			f := req.frame()
+			f[25] ^= 0x01
+			return f
+		}},
+		{name: "conntrack miss", reason: IcmplbReasonREASON_CONNTRACK_MISS, frame: func() []byte {
+			return replyTo(req, backendA, vip, 0x7777).frame()
+		}},
+		{name: "reply with NAT id from another backend", reason: IcmplbReasonREASON_CONNTRACK_MISS,
+			setup: func(t *testing.T, h *harness) {
+				if _, nat := h.forward(t, req); nat != 0 {
+					t.Fatalf("setup: NAT id %d, want 0", nat)
+				}
+			},
+			frame: func() []byte { return replyTo(req, backendB, vip, 0).frame() },
+		},
+		{name: "neighbour unresolved", reason: IcmplbReasonREASON_NEIGH_UNRESOLVED,
+			setup: func(t *testing.T, h *harness) { h.setBackend(t, backendA, backendActive) },
+			frame: func() []byte { return req.frame() },
+		},
+		{name: "neighbour lost during session", reason: IcmplbReasonREASON_NEIGH_UNRESOLVED,
+			setup: func(t *testing.T, h *harness) {
+				h.forward(t, req)
+				h.setBackend(t, backendA, backendActive)
+			},
+			frame: func() []byte { return reqFrame(func(p *packet) { p.seq = 2 }) },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, testConfig(vip))
+			h.setBackend(t, backendA, backendReady)
+			h.pointMaglev(t, backendA.idx)
+			if tt.setup != nil {
+				tt.setup(t, h)
+			}
+			h.requireUntouched(t, tt.frame(), xdpPass, tt.reason)
+		})
+	}
+}
+
+// zeroChecksums picks the last payload word and the IP id so that both
+// checksums of at(p) are 0x0000: the value where an incremental update that
+// mixes up ones'-complement zeros would disagree with a from-scratch sum.
+func zeroChecksums(t *testing.T, p packet, at func(packet) packet) packet {
+	t.Helper()
+	p.payload = bytes.Clone(p.payload)
+	n := len(p.payload)
+	p.payload[n-2], p.payload[n-1] = 0, 0
+	p.ipID = 0
+	f := at(p).frame()
+	binary.BigEndian.PutUint16(p.payload[n-2:], binary.BigEndian.Uint16(f[36:]))
+	p.ipID = binary.BigEndian.Uint16(f[24:])
+	if f := at(p).frame(); f[24]|f[25]|f[36]|f[37] != 0 {
+		t.Fatalf("test bug: checksums %#02x%02x/%#02x%02x, want zero", f[24], f[25], f[36], f[37])
+	}
+	return p
+}
+
+func TestChecksumCorners(t *testing.T) {
+	cfg := testConfig(snatAlt)
+	// Every NAT id counts as idle, so the allocator hands out exactly the
+	// id nat_next names even though sessions pile up on one backend.
+	cfg.NATIdle = 0
+	h := newHarness(t, cfg)
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	edges := []uint16{0x0000, 0x0001, 0x00ff, 0x7fff, 0x8000, 0xff00, 0xfffe, 0xffff}
+	identity := func(p packet) packet { return p }
+	variants := []string{"random", "request in", "request out", "reply in", "reply out"}
+	rng := rand.New(rand.NewPCG(1071, 1624))
+	session := 0
+	for _, variant := range variants {
+		for _, echoID := range edges {
+			t.Run(fmt.Sprintf("%s/echo id %#04x", variant, echoID), func(t *testing.T) {
+				for _, natID := range edges {
+					session++
+					client := netip.AddrFrom4([4]byte{10, 1, byte(session >> 8), byte(session)})
+					req := echoRequest(client, hop1MAC, echoID, uint16(rng.Uint32()))
+					req.ipID = uint16(rng.Uint32())
+					for i := range req.payload {
+						req.payload[i] = byte(rng.Uint32())
+					}
+					switch variant {
+					case "request in":
+						req = zeroChecksums(t, req, identity)
+					case "request out":
+						req = zeroChecksums(t, req, func(p packet) packet {
+							p.src, p.dst, p.echoID = cfg.SNAT, backendA.addr, natID
+							return p
+						})
+					}
+					h.setNATNext(t, uint32(natID))
+					if _, got := h.forward(t, req); got != natID {
+						t.Fatalf("NAT id %#04x, want %#04x", got, natID)
+					}
+
+					rep := replyTo(req, backendA, cfg.SNAT, natID)
+					switch variant {
+					case "reply in":
+						rep = zeroChecksums(t, rep, identity)
+					case "reply out":
+						rep = zeroChecksums(t, rep, func(p packet) packet {
+							p.src, p.dst, p.echoID = cfg.VIP, client, echoID
+							return p
+						})
+					}
+					h.returnReply(t, rep, client, echoID, hop1MAC)
+				}
+			})
+		}
+	}
+}

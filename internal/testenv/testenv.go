@@ -1,0 +1,30 @@
+// Package testenv decides whether privileged tests (BPF, network namespaces)
+// can run: they skip with a reason when not root, except where the
+// environment demands them (CI sets ICMPLB_REQUIRE_PRIVILEGED through
+// `make test`), where a skip would hide a failure and fails instead.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// Privileged skips or fails tb unless the process is root and has what
+// privileged tests use (the ip command).
+func Privileged(tb testing.TB) {
+	tb.Helper()
+	reason := ""
+	if os.Geteuid() != 0 {
+		reason = "needs root (CAP_BPF, CAP_NET_ADMIN): loads XDP programs and creates network namespaces"
+	} else if _, err := exec.LookPath("ip"); err != nil {
+		reason = "needs the ip command (Debian package iproute2)"
+	}
+	if reason == "" {
+		return
+	}
+	if os.Getenv("ICMPLB_REQUIRE_PRIVILEGED") != "" {
+		tb.Fatalf("%s, and ICMPLB_REQUIRE_PRIVILEGED is set", reason)
+	}
+	tb.Skip(reason)
+}
