@@ -32,13 +32,38 @@ type Balancer struct {
 	cfg    Config
 	log    *slog.Logger
 	iface  *net.Interface
-	objs   bpf.IcmplbObjects
+	objs   dataPlane
 	link   link.Link
 	mode   string
-	ifIdx  map[netip.Addr]uint32 // backend -> index in the backends map
-	mu     sync.Mutex
-	table  *Maglev
-	states map[netip.Addr]*backendState
+	ncpu   int
+	// backendOrder lists backends by their index in the data plane's maps.
+	backendOrder []netip.Addr
+	ifIdx        map[netip.Addr]uint32
+	mu           sync.Mutex // guards table, states
+	table        *Maglev
+	states       map[netip.Addr]*backendState
+	loss         *lossLedger
+	ctCount      struct {
+		Prog    *ebpf.Program `ebpf:"conntrack_count"`
+		Entries *ebpf.Map     `ebpf:"conntrack_entries"`
+	}
+	snapMu  sync.Mutex // guards scratch
+	scratch scratch
+}
+
+// dataPlane is what the balancer loads of the BPF object: all maps and the
+// XDP program, not the helper programs that are loaded apart or only tested.
+type dataPlane struct {
+	bpf.IcmplbMaps
+	Icmplb *ebpf.Program `ebpf:"icmplb"`
+}
+
+func (d *dataPlane) Close() error {
+	var errs []error
+	if d.Icmplb != nil {
+		errs = append(errs, d.Icmplb.Close())
+	}
+	return errors.Join(append(errs, d.IcmplbMaps.Close())...)
 }
 
 type backendState struct {
@@ -90,6 +115,7 @@ func New(cfg Config, log *slog.Logger) (*Balancer, error) {
 		return nil, err
 	}
 	b.resolveAll(2 * time.Second)
+	b.loss = newLossLedger(len(b.backendOrder), monotonic())
 	if err := b.attach(); err != nil {
 		return nil, err
 	}
@@ -102,20 +128,38 @@ func New(cfg Config, log *slog.Logger) (*Balancer, error) {
 func (b *Balancer) load() error {
 	spec, err := bpf.NewSpec(bpf.Config{
 		VIP: b.cfg.VIP, SNAT: b.cfg.SNAT,
-		MaglevSize:    uint32(b.cfg.MaglevSize),
-		MaxBackends:   MaxBackends,
-		ConntrackSize: uint32(b.cfg.ConntrackSize),
-		NATIdle:       b.cfg.NATIdle,
+		MaglevSize:      uint32(b.cfg.MaglevSize),
+		MaxBackends:     MaxBackends,
+		ConntrackSize:   uint32(b.cfg.ConntrackSize),
+		NATIdle:         b.cfg.NATIdle,
+		LossTimeout:     b.cfg.LossTimeout,
+		InflightSize:    uint32(b.cfg.InflightSize),
+		TraceSample:     uint32(b.cfg.TraceSample),
+		TraceBufferSize: uint32(b.cfg.TraceBufferSize),
 	})
 	if err != nil {
 		return err
 	}
+	// The occupancy counter needs a kfunc of Linux 6.6: load it on its own so
+	// that older kernels run without that one metric.
+	ctSpec := spec.Copy()
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return fmt.Errorf("the kernel's verifier rejected the data plane (kernel too old? icmplb needs Linux 5.12+): %v", ve)
 		}
 		return fmt.Errorf("load the data plane: %w", err)
+	}
+	err = ctSpec.LoadAndAssign(&b.ctCount, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		bpf.IcmplbMapCtFwd: b.objs.CtFwd, bpf.IcmplbMapCtRev: b.objs.CtRev, bpf.IcmplbMapInflight: b.objs.Inflight,
+	}})
+	if err != nil {
+		b.log.Warn("conntrack occupancy will not be reported: the kernel cannot count map elements (needs Linux 6.6+)", "err", err)
+		b.ctCount.Prog, b.ctCount.Entries = nil, nil
+	}
+	b.ncpu, err = ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("count possible CPUs: %w", err)
 	}
 	return nil
 }
@@ -145,6 +189,7 @@ func (b *Balancer) initBackends() error {
 			hop = gw.Unmap()
 		}
 		b.ifIdx[addr] = uint32(i)
+		b.backendOrder = append(b.backendOrder, addr)
 		b.states[addr] = &backendState{nextHop: hop}
 		if err := b.writeBackend(addr); err != nil {
 			return err
@@ -223,17 +268,26 @@ func (b *Balancer) upCount() int {
 // Mode is the XDP mode the program is attached in: "native" or "generic".
 func (b *Balancer) Mode() string { return b.mode }
 
-// Run keeps the backends' neighbour entries resolved until ctx is done.
+// Run keeps the backends' neighbour entries resolved and settles lost
+// requests until ctx is done.
 func (b *Balancer) Run(ctx context.Context) error {
-	t := time.NewTicker(b.cfg.NeighInterval)
-	defer t.Stop()
+	neigh := time.NewTicker(b.cfg.NeighInterval)
+	defer neigh.Stop()
+	// Settling every quarter epoch keeps loss visible within about
+	// loss timeout + 1.3 s of the request.
+	settle := time.NewTicker(time.Duration(1<<bpf.EpochShift) / 4)
+	defer settle.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-neigh.C:
 			if err := b.refreshNeighbours(); err != nil {
 				b.log.Warn("refresh neighbours", "err", err)
+			}
+		case <-settle.C:
+			if err := b.settleLoss(); err != nil {
+				b.log.Warn("settle lost requests", "err", err)
 			}
 		}
 	}
@@ -250,6 +304,10 @@ func (b *Balancer) Close() error {
 	}
 	if err := b.objs.Close(); err != nil {
 		errs = append(errs, err)
+	}
+	if b.ctCount.Prog != nil {
+		b.ctCount.Prog.Close()
+		b.ctCount.Entries.Close()
 	}
 	return errors.Join(errs...)
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/icmplb/icmplb/bpf"
 )
 
 // XDP attach modes accepted by Config.XDPMode.
@@ -35,6 +37,16 @@ type Config struct {
 	NATIdle time.Duration
 	// NeighInterval is how often backends' neighbour entries are checked.
 	NeighInterval time.Duration
+	// LossTimeout is how long a request waits for its reply before it
+	// counts as lost.
+	LossTimeout time.Duration
+	// InflightSize bounds the requests awaiting replies (an LRU map).
+	InflightSize int
+	// TraceSample sends one exchange in TraceSample to the trace pipeline;
+	// 0 disables tracing.
+	TraceSample int
+	// TraceBufferSize is the size of the kernel's trace ring buffer in bytes.
+	TraceBufferSize int
 }
 
 // Defaults for the zero fields of Config.
@@ -42,6 +54,9 @@ const (
 	DefaultConntrackSize = 65536
 	DefaultNATIdle       = 60 * time.Second
 	DefaultNeighInterval = time.Second
+	DefaultLossTimeout   = time.Second
+	DefaultInflightSize  = 262144
+	DefaultTraceBuffer   = 1 << 20
 	// MaxBackends bounds the backend index space of the data plane.
 	MaxBackends = 1024
 )
@@ -64,6 +79,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.NeighInterval == 0 {
 		c.NeighInterval = DefaultNeighInterval
+	}
+	if c.LossTimeout == 0 {
+		c.LossTimeout = DefaultLossTimeout
+	}
+	if c.InflightSize == 0 {
+		c.InflightSize = DefaultInflightSize
+	}
+	if c.TraceBufferSize == 0 {
+		c.TraceBufferSize = DefaultTraceBuffer
 	}
 }
 
@@ -113,6 +137,18 @@ func (c Config) Validate() error {
 	}
 	if c.ConntrackSize < 16 {
 		return fmt.Errorf("conntrack size %d is too small; use at least 16", c.ConntrackSize)
+	}
+	if c.LossTimeout <= 0 || c.LossTimeout > bpf.MaxLossTimeout {
+		return fmt.Errorf("loss timeout %s must be above 0 and at most %s", c.LossTimeout, bpf.MaxLossTimeout)
+	}
+	if c.InflightSize < 16 {
+		return fmt.Errorf("in-flight map size %d is too small; use at least 16", c.InflightSize)
+	}
+	if c.TraceSample < 0 {
+		return fmt.Errorf("trace sampling 1 in %d: must be 0 (off) or positive", c.TraceSample)
+	}
+	if c.TraceBufferSize < 4096 || c.TraceBufferSize&(c.TraceBufferSize-1) != 0 {
+		return fmt.Errorf("trace buffer size %d must be a power of two of at least 4096 bytes", c.TraceBufferSize)
 	}
 	if c.NATIdle < time.Second {
 		return fmt.Errorf("NAT idle time %s is below 1s; sessions would lose their NAT id between two pings", c.NATIdle)

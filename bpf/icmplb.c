@@ -19,6 +19,12 @@ volatile const __be32 cfg_snat;
 volatile const __u32 cfg_maglev_size = 1;
 /* A NAT id whose session was idle this long may be given to a new session. */
 volatile const __u64 cfg_nat_idle_ns = 60ULL * 1000000000ULL;
+/* A reply later than this does not count as an answer: its request is lost. */
+volatile const __u64 cfg_loss_timeout_ns = 1000000000ULL;
+/* One exchange in cfg_trace_sample is sent to userspace as a trace; 0: none. */
+volatile const __u32 cfg_trace_sample;
+/* Upper bounds (ns) of the RTT histogram buckets; see icmplb.h. */
+volatile const __u64 cfg_rtt_bounds[RTT_BUCKETS];
 
 #define NAT_ID_TRIES 8
 
@@ -77,6 +83,45 @@ struct {
 	__type(value, struct backend_counters);
 	__uint(max_entries, 1024);
 } backend_stats SEC(".maps");
+
+/* inflight: (backend, NAT id, sequence) -> when the request was forwarded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct inflight_key);
+	__type(value, struct inflight_val);
+	__uint(max_entries, 262144);
+} inflight SEC(".maps");
+
+/* rtt_hist: backend index * RTT_BUCKETS + bucket -> replies, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1024 * RTT_BUCKETS);
+} rtt_hist SEC(".maps");
+
+/* epochs: backend index * EPOCHS + epoch % EPOCHS -> requests sent and
+ * answered in that epoch, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct epoch_count);
+	__uint(max_entries, 1024 * EPOCHS);
+} epochs SEC(".maps");
+
+/* events: sampled exchanges (struct trace_event) for the trace pipeline. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+/* trace_dropped: [0] -> trace events lost to a full ring buffer, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} trace_dropped SEC(".maps");
 
 static __always_inline int count(enum reason r, int verdict)
 {
@@ -137,6 +182,127 @@ static __always_inline void rewrite(struct ethhdr *eth, struct iphdr *ip, struct
 	sum = csum_add16(sum, icmp->id, echo_id);
 	icmp->checksum = ~csum_fold(sum);
 	icmp->id = echo_id;
+}
+
+/* The smallest k with ns <= cfg_rtt_bounds[k], by binary search; the last
+ * bucket also takes everything above it. */
+static __always_inline __u32 rtt_bucket(__u64 ns)
+{
+	__u32 lo = 0, hi = RTT_BUCKETS - 1;
+
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		__u32 mid = (lo + hi) / 2;
+
+		if (ns <= cfg_rtt_bounds[mid & (RTT_BUCKETS - 1)])
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return lo & (RTT_BUCKETS - 1);
+}
+
+static __always_inline struct epoch_count *epoch_slot(__u32 idx, __u64 epoch)
+{
+	__u32 key = idx * EPOCHS + (__u32)(epoch % EPOCHS);
+
+	return bpf_map_lookup_elem(&epochs, &key);
+}
+
+/* Keeps struct trace_event in the object's BTF for bpf2go: the ring buffer
+ * has no value type to carry it. */
+const struct trace_event *unused_trace_event __attribute__((unused));
+const enum layout *unused_layout __attribute__((unused));
+
+static __always_inline void trace(enum trace_kind kind, __u64 sent_ns, __u64 rtt_ns, __be32 client,
+				  __be32 backend, __be16 echo_id, __be16 seq, __u32 idx, __u32 late)
+{
+	struct trace_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&trace_dropped, &zero);
+
+		if (n)
+			*n += 1;
+		return;
+	}
+	e->sent_ns = sent_ns;
+	e->rtt_ns = rtt_ns;
+	e->client = client;
+	e->backend = backend;
+	e->echo_id = echo_id;
+	e->seq = seq;
+	e->backend_idx = idx;
+	e->kind = kind;
+	e->late = late;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Remembers a forwarded request until its reply, and counts it in its epoch. */
+static __always_inline void request_sent(struct backend *be, __u32 idx, __be16 nat_id, struct fwd_key *fk,
+					 __be16 seq, __u64 now)
+{
+	struct inflight_key ik = { .backend = be->addr, .nat_id = nat_id, .seq = seq };
+	struct inflight_val iv = { .sent_ns = now, .backend_idx = idx };
+	struct epoch_count *ep = epoch_slot(idx, now >> EPOCH_SHIFT);
+
+	if (ep) {
+		if (ep->epoch != now >> EPOCH_SHIFT) {
+			ep->epoch = now >> EPOCH_SHIFT;
+			ep->sent = 0;
+			ep->answered = 0;
+		}
+		ep->sent++;
+	}
+	iv.sampled = cfg_trace_sample && bpf_get_prandom_u32() % cfg_trace_sample == 0;
+	bpf_map_update_elem(&inflight, &ik, &iv, BPF_ANY);
+	if (iv.sampled)
+		trace(TRACE_REQUEST, now, 0, fk->client, be->addr, fk->echo_id, seq, idx, 0);
+}
+
+/* Matches a reply with its request: RTT into the histogram, answer into the
+ * request's epoch, or late when past the loss timeout. */
+static __always_inline void reply_received(struct backend_counters *bs, struct rev_val *rv, __be32 backend,
+					   __be16 nat_id, __be16 seq, __u64 now)
+{
+	struct inflight_key ik = { .backend = backend, .nat_id = nat_id, .seq = seq };
+	struct inflight_val *iv = bpf_map_lookup_elem(&inflight, &ik);
+	__u32 idx = rv->backend_idx;
+	__u64 sent, rtt;
+	__u32 sampled, late;
+
+	if (!iv) {
+		bs->unmatched++;
+		return;
+	}
+	sent = iv->sent_ns;
+	sampled = iv->sampled;
+	bpf_map_delete_elem(&inflight, &ik);
+	rtt = now - sent;
+	late = rtt > cfg_loss_timeout_ns;
+	if (late) {
+		bs->late++;
+	} else {
+		__u32 key = idx * RTT_BUCKETS + rtt_bucket(rtt);
+		__u64 *n = bpf_map_lookup_elem(&rtt_hist, &key);
+		struct epoch_count *ep = epoch_slot(idx, sent >> EPOCH_SHIFT);
+
+		if (n)
+			*n += 1;
+		bs->rtt_sum_ns += rtt;
+		if (ep) {
+			if (ep->epoch < sent >> EPOCH_SHIFT) {
+				ep->epoch = sent >> EPOCH_SHIFT;
+				ep->sent = 0;
+				ep->answered = 0;
+			}
+			if (ep->epoch == sent >> EPOCH_SHIFT)
+				ep->answered++;
+		}
+	}
+	if (sampled)
+		trace(TRACE_REPLY, sent, rtt, rv->client, backend, rv->echo_id, seq, idx, late);
 }
 
 static __always_inline __u32 session_hash(__be32 client, __be16 echo_id)
@@ -242,6 +408,7 @@ forward:
 			bs->request_bytes += ctx->data_end - ctx->data;
 		}
 	}
+	request_sent(be, idx, rk.nat_id, &fk, icmp->seq, now);
 	rewrite(eth, ip, icmp, be->mac, cfg_snat, be->addr, rk.nat_id);
 	return count(REASON_REQUEST_FORWARDED, XDP_TX);
 }
@@ -261,6 +428,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	if (bs) {
 		bs->replies++;
 		bs->reply_bytes += ctx->data_end - ctx->data;
+		reply_received(bs, rv, ip->saddr, icmp->id, icmp->seq, bpf_ktime_get_ns());
 	}
 	rewrite(eth, ip, icmp, rv->client_mac, cfg_vip, rv->client, rv->echo_id);
 	return count(REASON_REPLY_RETURNED, XDP_TX);
@@ -280,6 +448,9 @@ int icmplb(struct xdp_md *ctx)
 		return count(REASON_MALFORMED, XDP_PASS);
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return count(REASON_NOT_IPV4, XDP_PASS);
+	/* A group destination MAC would become the source MAC of the rewrite. */
+	if (eth->h_dest[0] & 1)
+		return count(REASON_NOT_UNICAST, XDP_PASS);
 
 	ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end)
@@ -312,6 +483,52 @@ int icmplb(struct xdp_md *ctx)
 		return handle_reply(ctx, eth, ip, icmp);
 	}
 	return count(REASON_NOT_ECHO, XDP_PASS);
+}
+
+struct bpf_map {
+	__u32 id;
+} __attribute__((preserve_access_index));
+extern __s64 bpf_map_sum_elem_count(const struct bpf_map *map) __ksym;
+
+/* conntrack_entries: [0] -> ct_fwd entries, [1] -> ct_rev entries, [2] ->
+ * inflight entries, filled by conntrack_count. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __s64);
+	__uint(max_entries, 3);
+} conntrack_entries SEC(".maps");
+
+/* Run by the agent at scrape time (BPF_PROG_RUN): the kernel keeps element
+ * counts of hash maps, so occupancy costs one call, not a walk of the map. */
+SEC("syscall")
+int conntrack_count(void *ctx)
+{
+	__u32 k0 = 0, k1 = 1, k2 = 2;
+	__s64 n;
+
+	n = bpf_map_sum_elem_count((const struct bpf_map *)&ct_fwd);
+	bpf_map_update_elem(&conntrack_entries, &k0, &n, BPF_ANY);
+	n = bpf_map_sum_elem_count((const struct bpf_map *)&ct_rev);
+	bpf_map_update_elem(&conntrack_entries, &k1, &n, BPF_ANY);
+	n = bpf_map_sum_elem_count((const struct bpf_map *)&inflight);
+	bpf_map_update_elem(&conntrack_entries, &k2, &n, BPF_ANY);
+	return 0;
+}
+
+/* Lets tests check the RTT bucket mapping in the kernel itself: maps the
+ * u64 at the start of the packet to its bucket, written back over it. */
+SEC("xdp")
+int rtt_bucket_probe(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 *v = data;
+
+	if ((void *)(v + 1) > data_end)
+		return XDP_ABORTED;
+	*v = rtt_bucket(*v);
+	return XDP_PASS;
 }
 
 /* Attached to the far end of a veth so that native-mode XDP_TX frames are

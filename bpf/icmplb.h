@@ -55,6 +55,7 @@ enum reason {
 	REASON_NEIGH_UNRESOLVED,
 	REASON_NAT_EXHAUSTED,
 	REASON_NO_BACKEND,
+	REASON_NOT_UNICAST,
 	REASON_MAX,
 };
 
@@ -107,4 +108,63 @@ struct backend_counters {
 	__u64 request_bytes;
 	__u64 replies;
 	__u64 reply_bytes;
+	__u64 rtt_sum_ns;   /* of the replies in the RTT histogram */
+	__u64 late;         /* replies matched after the loss timeout */
+	__u64 unmatched;    /* replies without an in-flight request */
+};
+
+/* Sizes shared with Go (bpf2go -type layout).
+ *
+ * RTT histogram: bucket k counts RTTs in (bound[k-1], bound[k]] ns where
+ * bound[k] = floor(1e9 * 2^((k - RTT_BUCKET_OFFSET) / 8)), so bucket k is
+ * bucket k - RTT_BUCKET_OFFSET of a Prometheus native histogram of seconds
+ * with schema 3. Bucket 0 is the zero bucket, [0, bound[0]].
+ *
+ * Requests are counted in epochs of 2^EPOCH_SHIFT ns (about 1.07 s) so that
+ * userspace can count the lost ones once an epoch's loss timeout has passed,
+ * with a ring of EPOCHS slots per backend instead of a scan of all requests. */
+enum layout {
+	RTT_BUCKETS = 256,
+	RTT_BUCKET_OFFSET = 160,
+	RTT_SCHEMA = 3,
+	EPOCH_SHIFT = 30,
+	EPOCHS = 32,
+};
+
+/* epochs[idx * EPOCHS + epoch % EPOCHS], per CPU. */
+struct epoch_count {
+	__u64 epoch;
+	__u64 sent;
+	__u64 answered; /* replies within the loss timeout */
+};
+
+/* inflight key: one request on its way to a backend. */
+struct inflight_key {
+	__be32 backend;
+	__be16 nat_id;
+	__be16 seq;
+};
+
+struct inflight_val {
+	__u64 sent_ns;
+	__u32 backend_idx;
+	__u32 sampled;
+};
+
+enum trace_kind {
+	TRACE_REQUEST = 1,
+	TRACE_REPLY = 2,
+};
+
+/* A sampled exchange, sent to userspace through the events ring buffer. */
+struct trace_event {
+	__u64 sent_ns;  /* bpf_ktime_get_ns() when the request was forwarded */
+	__u64 rtt_ns;   /* TRACE_REPLY only */
+	__be32 client;
+	__be32 backend;
+	__be16 echo_id; /* the client's */
+	__be16 seq;
+	__u32 backend_idx;
+	enum trace_kind kind;
+	__u32 late;     /* TRACE_REPLY after the loss timeout */
 };

@@ -26,6 +26,16 @@ type IcmplbBackendCounters struct {
 	RequestBytes uint64
 	Replies      uint64
 	ReplyBytes   uint64
+	RttSumNs     uint64
+	Late         uint64
+	Unmatched    uint64
+}
+
+type IcmplbEpochCount struct {
+	_        structs.HostLayout
+	Epoch    uint64
+	Sent     uint64
+	Answered uint64
 }
 
 type IcmplbFwdKey struct {
@@ -43,6 +53,30 @@ type IcmplbFwdVal struct {
 	Pad        uint16
 }
 
+type IcmplbInflightKey struct {
+	_       structs.HostLayout
+	Backend uint32
+	NatId   uint16
+	Seq     uint16
+}
+
+type IcmplbInflightVal struct {
+	_          structs.HostLayout
+	SentNs     uint64
+	BackendIdx uint32
+	Sampled    uint32
+}
+
+type IcmplbLayout uint32
+
+const (
+	IcmplbLayoutRTT_BUCKETS       IcmplbLayout = 256
+	IcmplbLayoutRTT_BUCKET_OFFSET IcmplbLayout = 160
+	IcmplbLayoutRTT_SCHEMA        IcmplbLayout = 3
+	IcmplbLayoutEPOCH_SHIFT       IcmplbLayout = 30
+	IcmplbLayoutEPOCHS            IcmplbLayout = 32
+)
+
 type IcmplbReason uint32
 
 const (
@@ -59,7 +93,8 @@ const (
 	IcmplbReasonREASON_NEIGH_UNRESOLVED  IcmplbReason = 10
 	IcmplbReasonREASON_NAT_EXHAUSTED     IcmplbReason = 11
 	IcmplbReasonREASON_NO_BACKEND        IcmplbReason = 12
-	IcmplbReasonREASON_MAX               IcmplbReason = 13
+	IcmplbReasonREASON_NOT_UNICAST       IcmplbReason = 13
+	IcmplbReasonREASON_MAX               IcmplbReason = 14
 )
 
 type IcmplbRevKey struct {
@@ -80,23 +115,56 @@ type IcmplbRevVal struct {
 	LastSeenNs uint64
 }
 
+type IcmplbTraceEvent struct {
+	_          structs.HostLayout
+	SentNs     uint64
+	RttNs      uint64
+	Client     uint32
+	Backend    uint32
+	EchoId     uint16
+	Seq        uint16
+	BackendIdx uint32
+	Kind       IcmplbTraceKind
+	Late       uint32
+}
+
+type IcmplbTraceKind uint32
+
+const (
+	IcmplbTraceKindTRACE_REQUEST IcmplbTraceKind = 1
+	IcmplbTraceKindTRACE_REPLY   IcmplbTraceKind = 2
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	IcmplbMapBackendStats  = "backend_stats"
-	IcmplbMapBackends      = "backends"
-	IcmplbMapCtFwd         = "ct_fwd"
-	IcmplbMapCtRev         = "ct_rev"
-	IcmplbMapMaglev        = "maglev"
-	IcmplbMapNatNext       = "nat_next"
-	IcmplbMapStats         = "stats"
-	IcmplbProgIcmplb       = "icmplb"
-	IcmplbProgXdpPass      = "xdp_pass"
-	IcmplbVarCfgMaglevSize = "cfg_maglev_size"
-	IcmplbVarCfgNatIdleNs  = "cfg_nat_idle_ns"
-	IcmplbVarCfgSnat       = "cfg_snat"
-	IcmplbVarCfgVip        = "cfg_vip"
+	IcmplbMapBackendStats     = "backend_stats"
+	IcmplbMapBackends         = "backends"
+	IcmplbMapConntrackEntries = "conntrack_entries"
+	IcmplbMapCtFwd            = "ct_fwd"
+	IcmplbMapCtRev            = "ct_rev"
+	IcmplbMapEpochs           = "epochs"
+	IcmplbMapEvents           = "events"
+	IcmplbMapInflight         = "inflight"
+	IcmplbMapMaglev           = "maglev"
+	IcmplbMapNatNext          = "nat_next"
+	IcmplbMapRttHist          = "rtt_hist"
+	IcmplbMapStats            = "stats"
+	IcmplbMapTraceDropped     = "trace_dropped"
+	IcmplbProgConntrackCount  = "conntrack_count"
+	IcmplbProgIcmplb          = "icmplb"
+	IcmplbProgRttBucketProbe  = "rtt_bucket_probe"
+	IcmplbProgXdpPass         = "xdp_pass"
+	IcmplbVarCfgLossTimeoutNs = "cfg_loss_timeout_ns"
+	IcmplbVarCfgMaglevSize    = "cfg_maglev_size"
+	IcmplbVarCfgNatIdleNs     = "cfg_nat_idle_ns"
+	IcmplbVarCfgRttBounds     = "cfg_rtt_bounds"
+	IcmplbVarCfgSnat          = "cfg_snat"
+	IcmplbVarCfgTraceSample   = "cfg_trace_sample"
+	IcmplbVarCfgVip           = "cfg_vip"
+	IcmplbVarUnusedLayout     = "unused_layout"
+	IcmplbVarUnusedTraceEvent = "unused_trace_event"
 )
 
 // LoadIcmplb returns the embedded CollectionSpec for Icmplb.
@@ -141,31 +209,44 @@ type IcmplbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type IcmplbProgramSpecs struct {
-	Icmplb  *ebpf.ProgramSpec `ebpf:"icmplb"`
-	XdpPass *ebpf.ProgramSpec `ebpf:"xdp_pass"`
+	ConntrackCount *ebpf.ProgramSpec `ebpf:"conntrack_count"`
+	Icmplb         *ebpf.ProgramSpec `ebpf:"icmplb"`
+	RttBucketProbe *ebpf.ProgramSpec `ebpf:"rtt_bucket_probe"`
+	XdpPass        *ebpf.ProgramSpec `ebpf:"xdp_pass"`
 }
 
 // IcmplbMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type IcmplbMapSpecs struct {
-	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	CtFwd        *ebpf.MapSpec `ebpf:"ct_fwd"`
-	CtRev        *ebpf.MapSpec `ebpf:"ct_rev"`
-	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
-	NatNext      *ebpf.MapSpec `ebpf:"nat_next"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	BackendStats     *ebpf.MapSpec `ebpf:"backend_stats"`
+	Backends         *ebpf.MapSpec `ebpf:"backends"`
+	ConntrackEntries *ebpf.MapSpec `ebpf:"conntrack_entries"`
+	CtFwd            *ebpf.MapSpec `ebpf:"ct_fwd"`
+	CtRev            *ebpf.MapSpec `ebpf:"ct_rev"`
+	Epochs           *ebpf.MapSpec `ebpf:"epochs"`
+	Events           *ebpf.MapSpec `ebpf:"events"`
+	Inflight         *ebpf.MapSpec `ebpf:"inflight"`
+	Maglev           *ebpf.MapSpec `ebpf:"maglev"`
+	NatNext          *ebpf.MapSpec `ebpf:"nat_next"`
+	RttHist          *ebpf.MapSpec `ebpf:"rtt_hist"`
+	Stats            *ebpf.MapSpec `ebpf:"stats"`
+	TraceDropped     *ebpf.MapSpec `ebpf:"trace_dropped"`
 }
 
 // IcmplbVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type IcmplbVariableSpecs struct {
-	CfgMaglevSize *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
-	CfgNatIdleNs  *ebpf.VariableSpec `ebpf:"cfg_nat_idle_ns"`
-	CfgSnat       *ebpf.VariableSpec `ebpf:"cfg_snat"`
-	CfgVip        *ebpf.VariableSpec `ebpf:"cfg_vip"`
+	CfgLossTimeoutNs *ebpf.VariableSpec `ebpf:"cfg_loss_timeout_ns"`
+	CfgMaglevSize    *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
+	CfgNatIdleNs     *ebpf.VariableSpec `ebpf:"cfg_nat_idle_ns"`
+	CfgRttBounds     *ebpf.VariableSpec `ebpf:"cfg_rtt_bounds"`
+	CfgSnat          *ebpf.VariableSpec `ebpf:"cfg_snat"`
+	CfgTraceSample   *ebpf.VariableSpec `ebpf:"cfg_trace_sample"`
+	CfgVip           *ebpf.VariableSpec `ebpf:"cfg_vip"`
+	UnusedLayout     *ebpf.VariableSpec `ebpf:"unused_layout"`
+	UnusedTraceEvent *ebpf.VariableSpec `ebpf:"unused_trace_event"`
 }
 
 // IcmplbObjects contains all objects after they have been loaded into the kernel.
@@ -188,24 +269,36 @@ func (o *IcmplbObjects) Close() error {
 //
 // It can be passed to LoadIcmplbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type IcmplbMaps struct {
-	BackendStats *ebpf.Map `ebpf:"backend_stats"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	CtFwd        *ebpf.Map `ebpf:"ct_fwd"`
-	CtRev        *ebpf.Map `ebpf:"ct_rev"`
-	Maglev       *ebpf.Map `ebpf:"maglev"`
-	NatNext      *ebpf.Map `ebpf:"nat_next"`
-	Stats        *ebpf.Map `ebpf:"stats"`
+	BackendStats     *ebpf.Map `ebpf:"backend_stats"`
+	Backends         *ebpf.Map `ebpf:"backends"`
+	ConntrackEntries *ebpf.Map `ebpf:"conntrack_entries"`
+	CtFwd            *ebpf.Map `ebpf:"ct_fwd"`
+	CtRev            *ebpf.Map `ebpf:"ct_rev"`
+	Epochs           *ebpf.Map `ebpf:"epochs"`
+	Events           *ebpf.Map `ebpf:"events"`
+	Inflight         *ebpf.Map `ebpf:"inflight"`
+	Maglev           *ebpf.Map `ebpf:"maglev"`
+	NatNext          *ebpf.Map `ebpf:"nat_next"`
+	RttHist          *ebpf.Map `ebpf:"rtt_hist"`
+	Stats            *ebpf.Map `ebpf:"stats"`
+	TraceDropped     *ebpf.Map `ebpf:"trace_dropped"`
 }
 
 func (m *IcmplbMaps) Close() error {
 	return _IcmplbClose(
 		m.BackendStats,
 		m.Backends,
+		m.ConntrackEntries,
 		m.CtFwd,
 		m.CtRev,
+		m.Epochs,
+		m.Events,
+		m.Inflight,
 		m.Maglev,
 		m.NatNext,
+		m.RttHist,
 		m.Stats,
+		m.TraceDropped,
 	)
 }
 
@@ -213,23 +306,32 @@ func (m *IcmplbMaps) Close() error {
 //
 // It can be passed to LoadIcmplbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type IcmplbVariables struct {
-	CfgMaglevSize *ebpf.Variable `ebpf:"cfg_maglev_size"`
-	CfgNatIdleNs  *ebpf.Variable `ebpf:"cfg_nat_idle_ns"`
-	CfgSnat       *ebpf.Variable `ebpf:"cfg_snat"`
-	CfgVip        *ebpf.Variable `ebpf:"cfg_vip"`
+	CfgLossTimeoutNs *ebpf.Variable `ebpf:"cfg_loss_timeout_ns"`
+	CfgMaglevSize    *ebpf.Variable `ebpf:"cfg_maglev_size"`
+	CfgNatIdleNs     *ebpf.Variable `ebpf:"cfg_nat_idle_ns"`
+	CfgRttBounds     *ebpf.Variable `ebpf:"cfg_rtt_bounds"`
+	CfgSnat          *ebpf.Variable `ebpf:"cfg_snat"`
+	CfgTraceSample   *ebpf.Variable `ebpf:"cfg_trace_sample"`
+	CfgVip           *ebpf.Variable `ebpf:"cfg_vip"`
+	UnusedLayout     *ebpf.Variable `ebpf:"unused_layout"`
+	UnusedTraceEvent *ebpf.Variable `ebpf:"unused_trace_event"`
 }
 
 // IcmplbPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadIcmplbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type IcmplbPrograms struct {
-	Icmplb  *ebpf.Program `ebpf:"icmplb"`
-	XdpPass *ebpf.Program `ebpf:"xdp_pass"`
+	ConntrackCount *ebpf.Program `ebpf:"conntrack_count"`
+	Icmplb         *ebpf.Program `ebpf:"icmplb"`
+	RttBucketProbe *ebpf.Program `ebpf:"rtt_bucket_probe"`
+	XdpPass        *ebpf.Program `ebpf:"xdp_pass"`
 }
 
 func (p *IcmplbPrograms) Close() error {
 	return _IcmplbClose(
+		p.ConntrackCount,
 		p.Icmplb,
+		p.RttBucketProbe,
 		p.XdpPass,
 	)
 }

@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/icmplb/icmplb/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -274,19 +274,20 @@ func requireChecksumsVerify(t *testing.T, f []byte) {
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (CAP_BPF, CAP_NET_ADMIN) to load BPF programs")
-	}
+	testenv.Privileged(t)
 }
 
 func testConfig(snat netip.Addr) Config {
 	return Config{
-		VIP:           vip,
-		SNAT:          snat,
-		MaglevSize:    13,
-		MaxBackends:   16,
-		ConntrackSize: 1024,
-		NATIdle:       60 * time.Second,
+		VIP:             vip,
+		SNAT:            snat,
+		MaglevSize:      13,
+		MaxBackends:     16,
+		ConntrackSize:   1024,
+		NATIdle:         60 * time.Second,
+		LossTimeout:     time.Second,
+		InflightSize:    1024,
+		TraceBufferSize: 4096,
 	}
 }
 
@@ -903,6 +904,12 @@ func TestPassUntouched(t *testing.T) {
 		{name: "ARP", frame: func() []byte { return arp }, reason: IcmplbReasonREASON_NOT_IPV4},
 		{name: "IPv6 echo", frame: func() []byte { return ipv6 }, reason: IcmplbReasonREASON_NOT_IPV4},
 		{name: "802.1Q tagged echo", frame: func() []byte { return vlan }, reason: IcmplbReasonREASON_NOT_IPV4},
+		{name: "echo to VIP in a broadcast frame", reason: IcmplbReasonREASON_NOT_UNICAST, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.ethDst = mac{0xff, 0xff, 0xff, 0xff, 0xff, 0xff} })
+		}},
+		{name: "echo to VIP in a multicast frame", reason: IcmplbReasonREASON_NOT_UNICAST, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.ethDst = mac{0x01, 0x00, 0x5e, 0, 0, 1} })
+		}},
 		{name: "TCP SYN to VIP", reason: IcmplbReasonREASON_NOT_ICMP, frame: func() []byte {
 			return reqFrame(func(p *packet) {
 				p.proto = unix.IPPROTO_TCP

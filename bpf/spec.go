@@ -26,7 +26,30 @@ type Config struct {
 	// NATIdle is how long a session must be idle before its NAT id may be
 	// given to another session.
 	NATIdle time.Duration
+	// LossTimeout is how long a request waits for its reply before it is
+	// lost; at most MaxLossTimeout.
+	LossTimeout time.Duration
+	// InflightSize is the capacity of the map of requests awaiting replies.
+	InflightSize uint32
+	// TraceSample sends one exchange in TraceSample to userspace; 0: none.
+	TraceSample uint32
+	// TraceBufferSize is the size in bytes of the trace ring buffer, a power
+	// of two multiple of the page size.
+	TraceBufferSize uint32
 }
+
+// Layout of the data plane's histograms and epoch rings (bpf/icmplb.h).
+const (
+	RTTBuckets      = int(IcmplbLayoutRTT_BUCKETS)
+	RTTBucketOffset = int(IcmplbLayoutRTT_BUCKET_OFFSET)
+	RTTSchema       = int32(IcmplbLayoutRTT_SCHEMA)
+	EpochShift      = int(IcmplbLayoutEPOCH_SHIFT)
+	Epochs          = int(IcmplbLayoutEPOCHS)
+)
+
+// MaxLossTimeout keeps a request's epoch slot alive until its loss is
+// counted: the ring of Epochs slots must outlast the timeout by a few epochs.
+const MaxLossTimeout = time.Duration(Epochs-4) << EpochShift
 
 // NewSpec returns the data plane's CollectionSpec specialised for c, ready to
 // be loaded.
@@ -34,19 +57,28 @@ func NewSpec(c Config) (*ebpf.CollectionSpec, error) {
 	if !c.VIP.Is4() || !c.SNAT.Is4() {
 		return nil, fmt.Errorf("VIP %s and SNAT %s must be IPv4 addresses", c.VIP, c.SNAT)
 	}
-	if c.MaglevSize == 0 || c.MaxBackends == 0 || c.ConntrackSize == 0 {
-		return nil, fmt.Errorf("map sizes must be positive (maglev %d, backends %d, conntrack %d)",
-			c.MaglevSize, c.MaxBackends, c.ConntrackSize)
+	if c.MaglevSize == 0 || c.MaxBackends == 0 || c.ConntrackSize == 0 || c.InflightSize == 0 {
+		return nil, fmt.Errorf("map sizes must be positive (maglev %d, backends %d, conntrack %d, inflight %d)",
+			c.MaglevSize, c.MaxBackends, c.ConntrackSize, c.InflightSize)
+	}
+	if c.LossTimeout <= 0 || c.LossTimeout > MaxLossTimeout {
+		return nil, fmt.Errorf("loss timeout %s must be above 0 and at most %s", c.LossTimeout, MaxLossTimeout)
+	}
+	if c.TraceBufferSize < 4096 || c.TraceBufferSize&(c.TraceBufferSize-1) != 0 {
+		return nil, fmt.Errorf("trace buffer size %d must be a power of two of at least 4096", c.TraceBufferSize)
 	}
 	spec, err := LoadIcmplb()
 	if err != nil {
 		return nil, err
 	}
 	consts := map[string]any{
-		IcmplbVarCfgVip:        Addr(c.VIP),
-		IcmplbVarCfgSnat:       Addr(c.SNAT),
-		IcmplbVarCfgMaglevSize: c.MaglevSize,
-		IcmplbVarCfgNatIdleNs:  uint64(c.NATIdle.Nanoseconds()),
+		IcmplbVarCfgVip:           Addr(c.VIP),
+		IcmplbVarCfgSnat:          Addr(c.SNAT),
+		IcmplbVarCfgMaglevSize:    c.MaglevSize,
+		IcmplbVarCfgNatIdleNs:     uint64(c.NATIdle.Nanoseconds()),
+		IcmplbVarCfgLossTimeoutNs: uint64(c.LossTimeout.Nanoseconds()),
+		IcmplbVarCfgTraceSample:   c.TraceSample,
+		IcmplbVarCfgRttBounds:     RTTBounds(),
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -58,6 +90,10 @@ func NewSpec(c Config) (*ebpf.CollectionSpec, error) {
 	spec.Maps[IcmplbMapBackendStats].MaxEntries = c.MaxBackends
 	spec.Maps[IcmplbMapCtFwd].MaxEntries = c.ConntrackSize
 	spec.Maps[IcmplbMapCtRev].MaxEntries = c.ConntrackSize
+	spec.Maps[IcmplbMapInflight].MaxEntries = c.InflightSize
+	spec.Maps[IcmplbMapRttHist].MaxEntries = c.MaxBackends * uint32(RTTBuckets)
+	spec.Maps[IcmplbMapEpochs].MaxEntries = c.MaxBackends * uint32(Epochs)
+	spec.Maps[IcmplbMapEvents].MaxEntries = c.TraceBufferSize
 	return spec, nil
 }
 

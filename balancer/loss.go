@@ -1,0 +1,106 @@
+package balancer
+
+import (
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/icmplb/icmplb/bpf"
+)
+
+// lossLedger settles each epoch of requests once its loss timeout has
+// passed: the requests of an epoch that got no reply in time are lost. The
+// data plane counts per (backend, epoch) in a ring of bpf.Epochs slots, so a
+// settlement reads backends × Epochs counters, whatever the traffic.
+type lossLedger struct {
+	mu   sync.Mutex
+	lost []uint64 // per backend index
+	next []uint64 // per backend index: first epoch not settled
+	buf  []bpf.IcmplbEpochCount
+	keys []uint32
+}
+
+// settleGrace covers replies counted on one CPU while another CPU's settle
+// reads the slot.
+const settleGrace = 100 * time.Millisecond
+
+func newLossLedger(backends int, now uint64) *lossLedger {
+	l := &lossLedger{lost: make([]uint64, backends), next: make([]uint64, backends)}
+	for i := range l.next {
+		l.next[i] = now >> bpf.EpochShift
+	}
+	return l
+}
+
+// settledThrough returns the last epoch whose requests can no longer be
+// answered in time at monotonic time now.
+func settledThrough(now uint64, timeout time.Duration) (uint64, bool) {
+	wait := uint64(timeout + settleGrace)
+	if now < wait {
+		return 0, false
+	}
+	// Epoch e is settled when (e+1) << EpochShift + wait <= now.
+	end := (now - wait) >> bpf.EpochShift
+	if end == 0 {
+		return 0, false
+	}
+	return end - 1, true
+}
+
+// settle counts the lost requests of every epoch that became settled, given
+// the epoch slots of all backends (backend-major, then slot, then CPU).
+// It returns the epochs that were too old to settle: their slots had been
+// reused, which means settle was not called for longer than the ring covers.
+func (l *lossLedger) settle(slots []bpf.IcmplbEpochCount, ncpu int, now uint64, timeout time.Duration) (skipped uint64) {
+	last, ok := settledThrough(now, timeout)
+	if !ok {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := range l.next {
+		// Slots older than the ring were overwritten: skip, do not guess.
+		if oldest := (now >> bpf.EpochShift) - uint64(bpf.Epochs) + 2; l.next[i] < oldest && now>>bpf.EpochShift >= uint64(bpf.Epochs) {
+			skipped += oldest - l.next[i]
+			l.next[i] = oldest
+		}
+		for e := l.next[i]; e <= last; e++ {
+			var sent, answered uint64
+			base := (i*bpf.Epochs + int(e%uint64(bpf.Epochs))) * ncpu
+			for cpu := 0; cpu < ncpu; cpu++ {
+				if s := slots[base+cpu]; s.Epoch == e {
+					sent += s.Sent
+					answered += s.Answered
+				}
+			}
+			if sent > answered {
+				l.lost[i] += sent - answered
+			}
+			l.next[i] = e + 1
+		}
+	}
+	return skipped
+}
+
+// monotonic is the clock of bpf_ktime_get_ns.
+func monotonic() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic("clock_gettime(CLOCK_MONOTONIC): " + err.Error())
+	}
+	return uint64(ts.Nano())
+}
+
+// settleLoss reads the epoch counters and settles what is due.
+func (b *Balancer) settleLoss() error {
+	l := b.loss
+	n := len(b.backendOrder) * bpf.Epochs
+	if err := readPerCPU(b.objs.Epochs, n, &l.keys, &l.buf, b.ncpu); err != nil {
+		return err
+	}
+	if skipped := l.settle(l.buf, b.ncpu, monotonic(), b.cfg.LossTimeout); skipped > 0 {
+		b.log.Warn("loss accounting fell behind; some epochs were not counted", "epochs", skipped)
+	}
+	return nil
+}

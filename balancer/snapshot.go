@@ -1,0 +1,228 @@
+package balancer
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/icmplb/icmplb/bpf"
+)
+
+// Snapshot is the data plane's state at one moment, summed over CPUs.
+type Snapshot struct {
+	VIP      netip.Addr
+	Backends []BackendSnapshot
+	// Verdicts has one entry per verdict reason, in Verdicts order.
+	Verdicts  []VerdictCount
+	Conntrack ConntrackSnapshot
+	// TraceEventsDropped counts sampled exchanges the kernel could not hand
+	// to userspace because the ring buffer was full.
+	TraceEventsDropped uint64
+}
+
+// BackendSnapshot is what the data plane measured for one backend.
+type BackendSnapshot struct {
+	Addr netip.Addr
+	// Up is true while the backend's next hop is resolved and it takes new
+	// sessions.
+	Up           bool
+	Requests     uint64
+	RequestBytes uint64
+	Replies      uint64
+	ReplyBytes   uint64
+	// Lost counts requests with no reply within the loss timeout, settled
+	// once that timeout has passed.
+	Lost uint64
+	// Late counts replies that came after the loss timeout.
+	Late uint64
+	// Unmatched counts replies forwarded without a request to measure
+	// against (duplicates, or the in-flight entry was evicted).
+	Unmatched uint64
+	RTT       RTTHistogram
+}
+
+// RTTHistogram holds the replies' round-trip times. Buckets[k] counts RTTs
+// in (Bounds[k-1], Bounds[k]]: bucket k-bpf.RTTBucketOffset of a native
+// histogram of seconds with schema bpf.RTTSchema; Buckets[0] is the zero
+// bucket, RTTs of at most Bounds[0].
+type RTTHistogram struct {
+	Buckets [256]uint64
+	Sum     time.Duration
+}
+
+// Count is the number of RTTs in the histogram.
+func (h *RTTHistogram) Count() uint64 {
+	var n uint64
+	for _, c := range h.Buckets {
+		n += c
+	}
+	return n
+}
+
+// Bounds are the upper bounds of the RTT histogram's buckets.
+var Bounds = bpf.RTTBounds()
+
+// VerdictCount is how many packets got one verdict for one reason.
+type VerdictCount struct {
+	Verdict string // "tx", "pass" or "drop"
+	Reason  string
+	Packets uint64
+}
+
+// ConntrackSnapshot is the occupancy of the conntrack maps.
+type ConntrackSnapshot struct {
+	// Known is false when the kernel cannot count map elements (before 6.6).
+	Known bool
+	// Sessions counts ping sessions (client, echo id) tracked.
+	Sessions int64
+	// Capacity is the size of the session map.
+	Capacity int
+	// InFlight counts requests awaiting their reply.
+	InFlight int64
+	// InFlightCapacity is the size of the in-flight map.
+	InFlightCapacity int
+}
+
+// Verdicts names each data-plane verdict reason (enum reason in
+// bpf/icmplb.h), indexed by its value.
+var Verdicts = func() []VerdictCount {
+	v := make([]VerdictCount, bpf.IcmplbReasonREASON_MAX)
+	set := func(r bpf.IcmplbReason, verdict, reason string) { v[r] = VerdictCount{Verdict: verdict, Reason: reason} }
+	set(bpf.IcmplbReasonREASON_REQUEST_FORWARDED, "tx", "request_forwarded")
+	set(bpf.IcmplbReasonREASON_REPLY_RETURNED, "tx", "reply_returned")
+	set(bpf.IcmplbReasonREASON_NOT_IPV4, "pass", "not_ipv4")
+	set(bpf.IcmplbReasonREASON_NOT_ICMP, "pass", "not_icmp")
+	set(bpf.IcmplbReasonREASON_NOT_ECHO, "pass", "not_echo")
+	set(bpf.IcmplbReasonREASON_NOT_VIP, "pass", "not_vip")
+	set(bpf.IcmplbReasonREASON_NOT_UNICAST, "pass", "not_unicast")
+	set(bpf.IcmplbReasonREASON_FRAGMENT, "pass", "fragment")
+	set(bpf.IcmplbReasonREASON_IP_OPTIONS, "pass", "ip_options")
+	set(bpf.IcmplbReasonREASON_MALFORMED, "pass", "malformed")
+	set(bpf.IcmplbReasonREASON_CONNTRACK_MISS, "pass", "conntrack_miss")
+	set(bpf.IcmplbReasonREASON_NEIGH_UNRESOLVED, "pass", "neigh_unresolved")
+	set(bpf.IcmplbReasonREASON_NAT_EXHAUSTED, "pass", "nat_exhausted")
+	set(bpf.IcmplbReasonREASON_NO_BACKEND, "drop", "no_backend")
+	return v
+}()
+
+// scratch holds the buffers of one map read, reused across scrapes.
+type scratch struct {
+	keys     []uint32
+	counters []bpf.IcmplbBackendCounters
+	hist     []uint64
+	stats    []uint64
+}
+
+// Snapshot reads the data plane's maps. It is safe for concurrent use; a
+// scrape reads a few batched syscalls' worth, independent of traffic.
+func (b *Balancer) Snapshot() (*Snapshot, error) {
+	b.snapMu.Lock()
+	defer b.snapMu.Unlock()
+	n := len(b.backendOrder)
+	s := &b.scratch
+	snap := &Snapshot{VIP: b.cfg.VIP, Backends: make([]BackendSnapshot, n)}
+
+	if err := readPerCPU(b.objs.BackendStats, n, &s.keys, &s.counters, b.ncpu); err != nil {
+		return nil, fmt.Errorf("read backend counters: %w", err)
+	}
+	if err := readPerCPU(b.objs.RttHist, n*bpf.RTTBuckets, &s.keys, &s.hist, b.ncpu); err != nil {
+		return nil, fmt.Errorf("read RTT histograms: %w", err)
+	}
+	b.mu.Lock()
+	for i, addr := range b.backendOrder {
+		bs := &snap.Backends[i]
+		bs.Addr, bs.Up = addr, b.states[addr].up
+		for cpu := 0; cpu < b.ncpu; cpu++ {
+			c := &s.counters[i*b.ncpu+cpu]
+			bs.Requests += c.Requests
+			bs.RequestBytes += c.RequestBytes
+			bs.Replies += c.Replies
+			bs.ReplyBytes += c.ReplyBytes
+			bs.Late += c.Late
+			bs.Unmatched += c.Unmatched
+			bs.RTT.Sum += time.Duration(c.RttSumNs)
+		}
+		base := i * bpf.RTTBuckets * b.ncpu
+		for k := range bs.RTT.Buckets {
+			for cpu := 0; cpu < b.ncpu; cpu++ {
+				bs.RTT.Buckets[k] += s.hist[base+k*b.ncpu+cpu]
+			}
+		}
+	}
+	b.mu.Unlock()
+	b.loss.mu.Lock()
+	for i := range snap.Backends {
+		snap.Backends[i].Lost = b.loss.lost[i]
+	}
+	b.loss.mu.Unlock()
+
+	if err := readPerCPU(b.objs.Stats, len(Verdicts), &s.keys, &s.stats, b.ncpu); err != nil {
+		return nil, fmt.Errorf("read verdict counters: %w", err)
+	}
+	snap.Verdicts = make([]VerdictCount, len(Verdicts))
+	for r, v := range Verdicts {
+		for cpu := 0; cpu < b.ncpu; cpu++ {
+			v.Packets += s.stats[r*b.ncpu+cpu]
+		}
+		snap.Verdicts[r] = v
+	}
+
+	if err := readPerCPU(b.objs.TraceDropped, 1, &s.keys, &s.stats, b.ncpu); err != nil {
+		return nil, fmt.Errorf("read trace drop counter: %w", err)
+	}
+	for cpu := 0; cpu < b.ncpu; cpu++ {
+		snap.TraceEventsDropped += s.stats[cpu]
+	}
+
+	snap.Conntrack = ConntrackSnapshot{Capacity: b.cfg.ConntrackSize, InFlightCapacity: b.cfg.InflightSize}
+	if b.ctCount.Prog != nil {
+		if _, err := b.ctCount.Prog.Run(&ebpf.RunOptions{}); err != nil {
+			return nil, fmt.Errorf("count conntrack entries: %w", err)
+		}
+		var fwd, inflight int64
+		if err := b.ctCount.Entries.Lookup(uint32(0), &fwd); err != nil {
+			return nil, fmt.Errorf("read conntrack count: %w", err)
+		}
+		if err := b.ctCount.Entries.Lookup(uint32(2), &inflight); err != nil {
+			return nil, fmt.Errorf("read in-flight count: %w", err)
+		}
+		snap.Conntrack.Known, snap.Conntrack.Sessions, snap.Conntrack.InFlight = true, fwd, inflight
+	}
+	return snap, nil
+}
+
+// readPerCPU reads entries [0, n) of a per-CPU array map in batches into
+// *vals (n × ncpu values, entry-major), reusing the buffers' capacity.
+func readPerCPU[T any](m *ebpf.Map, n int, keys *[]uint32, vals *[]T, ncpu int) error {
+	*keys = grow(*keys, n)
+	*vals = grow(*vals, n*ncpu)
+	var cursor ebpf.MapBatchCursor
+	done := 0
+	for done < n {
+		got, err := m.BatchLookup(&cursor, (*keys)[done:n], (*vals)[done*ncpu:n*ncpu], nil)
+		done += got
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if got == 0 {
+			break
+		}
+	}
+	if done != n {
+		return fmt.Errorf("read %d of %d entries", done, n)
+	}
+	return nil
+}
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}

@@ -1,0 +1,369 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+)
+
+// refBucket is the float reference of the RTT bucket mapping: the native
+// histogram bucket of schema 3 holding v ns is ceil(8 log2(v / 1e9)).
+func refBucket(v uint64) int {
+	if v == 0 {
+		return 0
+	}
+	k := int(math.Ceil(8*math.Log2(float64(v)/1e9))) + RTTBucketOffset
+	return min(max(k, 0), RTTBuckets-1)
+}
+
+func TestRTTBoundsMatchFloat(t *testing.T) {
+	b := RTTBounds()
+	for k, got := range b {
+		want := 1e9 * math.Pow(2, float64(k-RTTBucketOffset)/8)
+		if d := float64(got) - want; d > 0 || d <= -1 {
+			t.Errorf("bound[%d] = %d, want floor(%.3f)", k, got, want)
+		}
+		if k > 0 && got <= b[k-1] {
+			t.Errorf("bound[%d] = %d is not above bound[%d] = %d", k, got, k-1, b[k-1])
+		}
+	}
+	if b[RTTBucketOffset] != 1e9 || b[RTTBucketOffset+8] != 2e9 || b[RTTBucketOffset-8] != 5e8 {
+		t.Errorf("bounds at 0.5 s, 1 s, 2 s are %d, %d, %d: powers of two must be exact",
+			b[RTTBucketOffset-8], b[RTTBucketOffset], b[RTTBucketOffset+8])
+	}
+}
+
+// TestRTTBucketInKernel runs the kernel's own bucket function on both sides
+// of every boundary and compares it with the float reference.
+func TestRTTBucketInKernel(t *testing.T) {
+	requireRoot(t)
+	spec, err := NewSpec(testConfig(vip))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var probe struct {
+		Prog *ebpf.Program `ebpf:"rtt_bucket_probe"`
+	}
+	if err := spec.LoadAndAssign(&probe, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Prog.Close()
+
+	bucket := func(v uint64) int {
+		in := make([]byte, 64) // above the kernel's minimum test frame
+		binary.NativeEndian.PutUint64(in, v)
+		out := make([]byte, 64)
+		if _, err := probe.Prog.Run(&ebpf.RunOptions{Data: in, DataOut: out}); err != nil {
+			t.Fatalf("run probe: %v", err)
+		}
+		return int(binary.NativeEndian.Uint64(out))
+	}
+	bounds := RTTBounds()
+	values := []uint64{0, 1, math.MaxUint64}
+	for _, b := range bounds {
+		values = append(values, b-1, b, b+1)
+	}
+	checked := 0
+	for _, v := range values {
+		got, want := bucket(v), refBucket(v)
+		if got != want {
+			t.Errorf("RTT %d ns: kernel bucket %d, float reference %d", v, got, want)
+		}
+		checked++
+	}
+	for k, b := range bounds {
+		if got := bucket(b); got != k {
+			t.Errorf("bound[%d] = %d ns lands in bucket %d", k, b, got)
+		}
+		if k < len(bounds)-1 {
+			if got := bucket(b + 1); got != k+1 {
+				t.Errorf("bound[%d]+1 ns lands in bucket %d, want %d", k, got, k+1)
+			}
+		}
+	}
+	t.Logf("checked %d values across %d boundaries", checked, len(bounds))
+}
+
+func sumCounters(t *testing.T, h *harness, idx uint32) IcmplbBackendCounters {
+	t.Helper()
+	var perCPU []IcmplbBackendCounters
+	if err := h.objs.BackendStats.Lookup(idx, &perCPU); err != nil {
+		t.Fatal(err)
+	}
+	var s IcmplbBackendCounters
+	for _, c := range perCPU {
+		s.Requests += c.Requests
+		s.Replies += c.Replies
+		s.RttSumNs += c.RttSumNs
+		s.Late += c.Late
+		s.Unmatched += c.Unmatched
+	}
+	return s
+}
+
+func histogram(t *testing.T, h *harness, idx uint32) map[int]uint64 {
+	t.Helper()
+	out := map[int]uint64{}
+	for k := 0; k < RTTBuckets; k++ {
+		var perCPU []uint64
+		if err := h.objs.RttHist.Lookup(idx*uint32(RTTBuckets)+uint32(k), &perCPU); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range perCPU {
+			if n > 0 {
+				out[k] += n
+			}
+		}
+	}
+	return out
+}
+
+func epochTotals(t *testing.T, h *harness, idx uint32) (sent, answered uint64) {
+	t.Helper()
+	for e := 0; e < Epochs; e++ {
+		var perCPU []IcmplbEpochCount
+		if err := h.objs.Epochs.Lookup(idx*uint32(Epochs)+uint32(e), &perCPU); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range perCPU {
+			sent += c.Sent
+			answered += c.Answered
+		}
+	}
+	return sent, answered
+}
+
+func TestRTTMeasured(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	req := echoRequest(client1, hop1MAC, 0x1234, 7)
+	before := monotonicNow(t)
+	_, natID := h.forward(t, req)
+	time.Sleep(3 * time.Millisecond)
+	h.returnReply(t, replyTo(req, backendA, vip, natID), client1, 0x1234, hop1MAC)
+	elapsed := monotonicNow(t) - before
+
+	c := sumCounters(t, h, backendA.idx)
+	if c.RttSumNs < uint64(3*time.Millisecond) || c.RttSumNs > elapsed {
+		t.Errorf("RTT sum %d ns, want within [3ms, %d ns]", c.RttSumNs, elapsed)
+	}
+	hist := histogram(t, h, backendA.idx)
+	if len(hist) != 1 {
+		t.Fatalf("histogram %v, want one bucket with one reply", hist)
+	}
+	for k, n := range hist {
+		if want := refBucket(c.RttSumNs); k != want || n != 1 {
+			t.Errorf("histogram has %d in bucket %d, want 1 in bucket %d (RTT %d ns)", n, k, want, c.RttSumNs)
+		}
+	}
+	if sent, answered := epochTotals(t, h, backendA.idx); sent != 1 || answered != 1 {
+		t.Errorf("epochs count %d sent, %d answered; want 1, 1", sent, answered)
+	}
+	var iv IcmplbInflightVal
+	key := IcmplbInflightKey{Backend: Addr(backendA.addr), NatId: Net16(natID), Seq: Net16(7)}
+	if err := h.objs.Inflight.Lookup(key, &iv); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("in-flight entry still there after its reply (err %v)", err)
+	}
+}
+
+// TestRTTManyInFlight checks that replies are matched by sequence number, so
+// that a session with several requests out measures each one.
+func TestRTTManyInFlight(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	var natID uint16
+	for seq := uint16(1); seq <= 5; seq++ {
+		_, natID = h.forward(t, echoRequest(client1, hop1MAC, 0x4444, seq))
+		time.Sleep(2 * time.Millisecond)
+	}
+	// Answer in reverse: seq 5 was sent last, so its RTT is the smallest.
+	for seq := uint16(5); seq >= 1; seq-- {
+		req := echoRequest(client1, hop1MAC, 0x4444, seq)
+		h.returnReply(t, replyTo(req, backendA, vip, natID), client1, 0x4444, hop1MAC)
+	}
+	c := sumCounters(t, h, backendA.idx)
+	if c.Unmatched != 0 || c.Late != 0 {
+		t.Fatalf("counters %+v: every reply must match its request", c)
+	}
+	hist := histogram(t, h, backendA.idx)
+	total := uint64(0)
+	for _, n := range hist {
+		total += n
+	}
+	if total != 5 {
+		t.Fatalf("histogram holds %d replies, want 5: %v", total, hist)
+	}
+	// Five RTTs spread over >= 8 ms must not all land in one schema-3 bucket.
+	if len(hist) < 2 {
+		t.Errorf("all RTTs in one bucket %v: sequence numbers were not told apart", hist)
+	}
+}
+
+func TestReplyWithoutRequestUnmatched(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	req := echoRequest(client1, hop1MAC, 0x1234, 1)
+	_, natID := h.forward(t, req)
+	// A duplicate reply and a reply for a sequence never sent: both still
+	// reach the client, neither is a measurement.
+	rep := replyTo(req, backendA, vip, natID)
+	h.returnReply(t, rep, client1, 0x1234, hop1MAC)
+	h.returnReply(t, rep, client1, 0x1234, hop1MAC)
+	rep.seq = 99
+	h.returnReply(t, rep, client1, 0x1234, hop1MAC)
+	if c := sumCounters(t, h, backendA.idx); c.Unmatched != 2 || c.Replies != 3 {
+		t.Errorf("counters %+v, want 3 replies of which 2 unmatched", c)
+	}
+	if _, answered := epochTotals(t, h, backendA.idx); answered != 1 {
+		t.Errorf("%d answered, want 1", answered)
+	}
+}
+
+func TestLateReplyNotAnswered(t *testing.T) {
+	cfg := testConfig(vip)
+	cfg.LossTimeout = 2 * time.Millisecond
+	h := newHarness(t, cfg)
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	req := echoRequest(client1, hop1MAC, 0x1234, 1)
+	_, natID := h.forward(t, req)
+	time.Sleep(10 * time.Millisecond)
+	h.returnReply(t, replyTo(req, backendA, vip, natID), client1, 0x1234, hop1MAC)
+	c := sumCounters(t, h, backendA.idx)
+	if c.Late != 1 || c.RttSumNs != 0 {
+		t.Errorf("counters %+v, want one late reply outside the RTT sum", c)
+	}
+	if len(histogram(t, h, backendA.idx)) != 0 {
+		t.Error("a late reply went into the RTT histogram")
+	}
+	if sent, answered := epochTotals(t, h, backendA.idx); sent != 1 || answered != 0 {
+		t.Errorf("epochs %d sent, %d answered; want the late request unanswered", sent, answered)
+	}
+}
+
+func TestTraceEvents(t *testing.T) {
+	cfg := testConfig(vip)
+	cfg.TraceSample = 1
+	h := newHarness(t, cfg)
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+	rd, err := ringbuf.NewReader(h.objs.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+
+	req := echoRequest(client1, hop1MAC, 0x1234, 42)
+	_, natID := h.forward(t, req)
+	h.returnReply(t, replyTo(req, backendA, vip, natID), client1, 0x1234, hop1MAC)
+
+	var got []IcmplbTraceEvent
+	rd.SetDeadline(time.Now().Add(time.Second))
+	for len(got) < 2 {
+		rec, err := rd.Read()
+		if err != nil {
+			t.Fatalf("read event %d: %v", len(got), err)
+		}
+		var e IcmplbTraceEvent
+		if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &e); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, e)
+	}
+	reqEv, repEv := got[0], got[1]
+	if reqEv.Kind != IcmplbTraceKindTRACE_REQUEST || repEv.Kind != IcmplbTraceKindTRACE_REPLY {
+		t.Fatalf("event kinds %d, %d; want request then reply", reqEv.Kind, repEv.Kind)
+	}
+	for _, e := range got {
+		if AddrFrom(e.Client) != client1 || AddrFrom(e.Backend) != backendA.addr ||
+			Host16(e.EchoId) != 0x1234 || Host16(e.Seq) != 42 || e.BackendIdx != backendA.idx {
+			t.Errorf("event %+v does not describe the exchange", e)
+		}
+	}
+	if repEv.SentNs != reqEv.SentNs || repEv.RttNs == 0 || repEv.Late != 0 {
+		t.Errorf("reply event %+v does not pair with request sent at %d", repEv, reqEv.SentNs)
+	}
+	if c := sumCounters(t, h, backendA.idx); c.RttSumNs != repEv.RttNs {
+		t.Errorf("event RTT %d ns, histogram sum %d ns", repEv.RttNs, c.RttSumNs)
+	}
+}
+
+func TestTraceRingFullCountsDrops(t *testing.T) {
+	cfg := testConfig(vip)
+	cfg.TraceSample = 1
+	h := newHarness(t, cfg)
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+
+	// Nobody reads: a 4 KiB ring holds about 70 events.
+	const n = 200
+	for seq := uint16(0); seq < n; seq++ {
+		h.forward(t, echoRequest(client1, hop1MAC, 0x1234, seq))
+	}
+	var perCPU []uint64
+	if err := h.objs.TraceDropped.Lookup(uint32(0), &perCPU); err != nil {
+		t.Fatal(err)
+	}
+	var dropped uint64
+	for _, v := range perCPU {
+		dropped += v
+	}
+	rd, err := ringbuf.NewReader(h.objs.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	rd.SetDeadline(time.Now())
+	queued := uint64(0)
+	for {
+		if _, err := rd.Read(); err != nil {
+			break
+		}
+		queued++
+	}
+	if dropped == 0 || dropped+queued != n {
+		t.Errorf("%d events queued and %d dropped, want drops and a sum of %d", queued, dropped, n)
+	}
+}
+
+func TestSamplingRate(t *testing.T) {
+	cfg := testConfig(vip)
+	cfg.TraceSample = 4
+	cfg.TraceBufferSize = 1 << 16
+	h := newHarness(t, cfg)
+	h.setBackend(t, backendA, backendReady)
+	h.pointMaglev(t, backendA.idx)
+	rd, err := ringbuf.NewReader(h.objs.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	const n = 800
+	for seq := uint16(0); seq < n; seq++ {
+		h.forward(t, echoRequest(client1, hop1MAC, 0x1234, seq))
+	}
+	rd.SetDeadline(time.Now())
+	got := 0
+	for {
+		if _, err := rd.Read(); err != nil {
+			break
+		}
+		got++
+	}
+	// Binomial(800, 1/4): mean 200, sd 12.2; ±5 sd.
+	if got < 139 || got > 261 {
+		t.Errorf("%d of %d requests sampled at 1 in 4", got, n)
+	}
+}

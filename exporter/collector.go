@@ -1,0 +1,226 @@
+// Package exporter turns what the balancer's data plane measured into
+// Prometheus metrics (read from the BPF maps at scrape time) and
+// OpenTelemetry spans (from the kernel's sampled exchanges). It works on the
+// balancer's typed snapshots and events, so it is tested without BPF.
+package exporter
+
+import (
+	"math"
+	"runtime"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/icmplb/icmplb/balancer"
+	"github.com/icmplb/icmplb/bpf"
+)
+
+// Source is where the collector reads the data plane: *balancer.Balancer.
+// A nil snapshot without error means there is no data plane yet.
+type Source interface {
+	Snapshot() (*balancer.Snapshot, error)
+}
+
+// Classic histogram buckets: every fourth bucket bound of the native schema
+// (steps of √2) from 2^-14 s (61 µs) to 2^4 s (16 s), so that each classic
+// count is an exact sum of native buckets.
+const (
+	classicFirst = -28 // 2^(-28/2) s
+	classicLast  = 8   // 2^(8/2) s
+)
+
+// Collector is a prometheus.Collector of the data plane's counters,
+// histograms and gauges. It reads the maps once per scrape and keeps no copy.
+type Collector struct {
+	src    Source
+	tracer *Tracer
+	info   []string
+
+	requests, replies, lost, late, unmatched *prometheus.Desc
+	requestBytes, replyBytes                 *prometheus.Desc
+	rtt, up                                  *prometheus.Desc
+	packets, ctEntries, ctCapacity           *prometheus.Desc
+	traceDropped, traceSpans                 *prometheus.Desc
+	scrapeErrors, buildInfo                  *prometheus.Desc
+
+	mu     sync.Mutex
+	errors float64
+}
+
+// NewCollector returns a collector reading src. A tracer, when not nil,
+// adds its counters and puts a recent traced exchange on each RTT histogram
+// as an exemplar.
+func NewCollector(src Source, tracer *Tracer, version string) *Collector {
+	bl := []string{"vip", "backend"}
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return &Collector{
+		src: src, tracer: tracer, info: []string{version, runtime.Version()},
+		requests:     d("icmplb_backend_requests_total", "Echo requests forwarded to the backend.", bl...),
+		replies:      d("icmplb_backend_replies_total", "Echo replies from the backend returned to clients.", bl...),
+		lost:         d("icmplb_backend_lost_total", "Echo requests the backend did not answer within the loss timeout.", bl...),
+		late:         d("icmplb_backend_late_replies_total", "Replies that came after the loss timeout; their requests count as lost.", bl...),
+		unmatched:    d("icmplb_backend_unmatched_replies_total", "Replies returned without a request to measure against (duplicates, or the request's in-flight entry was evicted).", bl...),
+		requestBytes: d("icmplb_backend_request_bytes_total", "Bytes of echo requests forwarded to the backend (Ethernet frames).", bl...),
+		replyBytes:   d("icmplb_backend_reply_bytes_total", "Bytes of echo replies from the backend (Ethernet frames).", bl...),
+		rtt:          d("icmplb_backend_rtt_seconds", "Time from a request leaving the balancer to its reply arriving, for replies within the loss timeout.", bl...),
+		up:           d("icmplb_backend_up", "1 while the backend's next hop is resolved and it takes new sessions, else 0.", bl...),
+		packets:      d("icmplb_packets_total", "Packets seen by the XDP program, by verdict (tx, pass, drop) and reason.", "verdict", "reason"),
+		ctEntries:    d("icmplb_conntrack_entries", "Entries in a conntrack map: sessions (client, echo id) or in-flight requests.", "map"),
+		ctCapacity:   d("icmplb_conntrack_capacity", "Capacity of a conntrack LRU map; at capacity the oldest entries are evicted.", "map"),
+		traceDropped: d("icmplb_trace_events_dropped_total", "Sampled exchanges not traced because the pipeline fell behind: stage kernel (ring buffer full) or pipeline (too many requests awaiting replies).", "stage"),
+		traceSpans:   d("icmplb_trace_spans_total", "Spans emitted, by status: ok (answered) or error (lost).", "status"),
+		scrapeErrors: d("icmplb_exporter_scrape_errors_total", "Scrapes that failed to read the data plane's maps."),
+		buildInfo:    d("icmplb_build_info", "Always 1; labels carry the build.", "version", "goversion"),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.requests, c.replies, c.lost, c.late, c.unmatched,
+		c.requestBytes, c.replyBytes, c.rtt, c.up, c.packets, c.ctEntries, c.ctCapacity,
+		c.traceDropped, c.traceSpans, c.scrapeErrors, c.buildInfo} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, c.info...)
+	snap, err := c.src.Snapshot()
+	c.mu.Lock()
+	if err != nil {
+		c.errors++
+	}
+	errs := c.errors
+	c.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(c.scrapeErrors, prometheus.CounterValue, errs)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.scrapeErrors, err)
+		return
+	}
+	if snap == nil {
+		return // not attached yet
+	}
+
+	vip := snap.VIP.String()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	for i := range snap.Backends {
+		b := &snap.Backends[i]
+		be := b.Addr.String()
+		counter(c.requests, b.Requests, vip, be)
+		counter(c.replies, b.Replies, vip, be)
+		counter(c.lost, b.Lost, vip, be)
+		counter(c.late, b.Late, vip, be)
+		counter(c.unmatched, b.Unmatched, vip, be)
+		counter(c.requestBytes, b.RequestBytes, vip, be)
+		counter(c.replyBytes, b.ReplyBytes, vip, be)
+		up := 0.0
+		if b.Up {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, vip, be)
+		ch <- c.histogram(b, vip, be)
+	}
+	for _, v := range snap.Verdicts {
+		counter(c.packets, v.Packets, v.Verdict, v.Reason)
+	}
+	if snap.Conntrack.Known {
+		ch <- prometheus.MustNewConstMetric(c.ctEntries, prometheus.GaugeValue, float64(snap.Conntrack.Sessions), "sessions")
+		ch <- prometheus.MustNewConstMetric(c.ctEntries, prometheus.GaugeValue, float64(snap.Conntrack.InFlight), "inflight")
+	}
+	ch <- prometheus.MustNewConstMetric(c.ctCapacity, prometheus.GaugeValue, float64(snap.Conntrack.Capacity), "sessions")
+	ch <- prometheus.MustNewConstMetric(c.ctCapacity, prometheus.GaugeValue, float64(snap.Conntrack.InFlightCapacity), "inflight")
+	counter(c.traceDropped, snap.TraceEventsDropped, "kernel")
+	if c.tracer != nil {
+		ok, lost, dropped := c.tracer.Stats()
+		counter(c.traceDropped, dropped, "pipeline")
+		counter(c.traceSpans, ok, "ok")
+		counter(c.traceSpans, lost, "error")
+	}
+}
+
+// histogram builds the RTT histogram with native buckets (schema 3, one per
+// kernel bucket) and classic buckets summed exactly from them.
+func (c *Collector) histogram(b *balancer.BackendSnapshot, vip, backend string) prometheus.Metric {
+	h := &dto.Histogram{
+		Schema:        new(bpf.RTTSchema),
+		ZeroThreshold: new(zeroThreshold),
+		ZeroCount:     new(b.RTT.Buckets[0]),
+	}
+	total := b.RTT.Buckets[0]
+	// Native buckets as spans of consecutive indexes, counts delta-encoded.
+	var prevCount int64
+	lastIdx := math.MinInt32
+	for k := 1; k < len(b.RTT.Buckets); k++ {
+		n := b.RTT.Buckets[k]
+		if n == 0 {
+			continue
+		}
+		total += n
+		idx := k - bpf.RTTBucketOffset
+		if idx != lastIdx+1 {
+			offset := int32(idx)
+			if lastIdx != math.MinInt32 {
+				offset = int32(idx - lastIdx - 1)
+			}
+			h.PositiveSpan = append(h.PositiveSpan, &dto.BucketSpan{Offset: new(offset), Length: new(uint32(0))})
+		}
+		*h.PositiveSpan[len(h.PositiveSpan)-1].Length++
+		h.PositiveDelta = append(h.PositiveDelta, int64(n)-prevCount)
+		prevCount = int64(n)
+		lastIdx = idx
+	}
+	if len(h.PositiveSpan) == 0 && total == 0 {
+		// An empty native histogram needs a span to be recognised as native.
+		h.PositiveSpan = []*dto.BucketSpan{{Offset: new(int32(0)), Length: new(uint32(0))}}
+	}
+	h.SampleCount = new(total)
+	h.SampleSum = new(b.RTT.Sum.Seconds())
+
+	var cum uint64
+	k := 0
+	for j := classicFirst; j <= classicLast; j++ {
+		// Native index 4j has upper bound 2^(4j/8) = 2^(j/2) s.
+		for ; k < len(b.RTT.Buckets) && k-bpf.RTTBucketOffset <= 4*j; k++ {
+			cum += b.RTT.Buckets[k]
+		}
+		h.Bucket = append(h.Bucket, &dto.Bucket{
+			UpperBound:      new(math.Exp2(float64(j) / 2)),
+			CumulativeCount: new(cum),
+		})
+	}
+
+	var m prometheus.Metric = &constHistogram{desc: c.rtt, labels: prometheus.MakeLabelPairs(c.rtt, []string{vip, backend}), h: h}
+	if c.tracer != nil {
+		if ex, ok := c.tracer.exemplars.get(b.Addr); ok {
+			if withEx, err := prometheus.NewMetricWithExemplars(m, ex); err == nil {
+				m = withEx
+			}
+		}
+	}
+	return m
+}
+
+// zeroThreshold is the upper bound of the kernel's bucket 0: 2^-20 s.
+var zeroThreshold = math.Ldexp(1, -bpf.RTTBucketOffset/8)
+
+// constHistogram is a histogram with both classic and native buckets, which
+// client_golang's const constructors do not build.
+type constHistogram struct {
+	desc   *prometheus.Desc
+	labels []*dto.LabelPair
+	h      *dto.Histogram
+}
+
+func (m *constHistogram) Desc() *prometheus.Desc { return m.desc }
+
+func (m *constHistogram) Write(out *dto.Metric) error {
+	out.Label = m.labels
+	out.Histogram = m.h
+	return nil
+}

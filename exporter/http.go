@@ -1,0 +1,72 @@
+package exporter
+
+import (
+	"fmt"
+	"html/template"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// DefaultListenAddress is where the agent serves metrics unless told
+// otherwise. Port 10047 lies outside 9100–9999, the range of the Prometheus
+// default port allocations, which is fully allocated.
+const DefaultListenAddress = ":10047"
+
+// NewRegistry returns a registry with c and the Go and process collectors.
+func NewRegistry(c prometheus.Collector) (*prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	for _, col := range []prometheus.Collector{
+		c,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := reg.Register(col); err != nil {
+			return nil, fmt.Errorf("register collector: %w", err)
+		}
+	}
+	return reg, nil
+}
+
+// Handler serves /metrics (text, OpenMetrics or protobuf, as the scraper
+// asks), /healthz (the process serves), /readyz (the program is attached:
+// ready reports it) and a landing page.
+func Handler(reg *prometheus.Registry, ready *atomic.Bool, version string) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		EnableOpenMetrics: true,
+		Registry:          reg,
+		ErrorHandling:     promhttp.ContinueOnError,
+	}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready: the XDP program is not attached", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		landing.Execute(w, version)
+	})
+	return mux
+}
+
+var landing = template.Must(template.New("landing").Parse(`<!doctype html>
+<html><head><title>icmplb</title></head>
+<body>
+<h1>icmplb</h1>
+<p>XDP ICMP echo load balancer: per-backend latency and loss of the traffic it balances. Version {{.}}.</p>
+<ul>
+<li><a href="metrics">metrics</a></li>
+<li><a href="healthz">healthz</a></li>
+<li><a href="readyz">readyz</a></li>
+</ul>
+</body></html>
+`))
