@@ -29,13 +29,13 @@ import (
 
 // Balancer is a loaded and attached data plane.
 type Balancer struct {
-	cfg    Config
-	log    *slog.Logger
-	iface  *net.Interface
-	objs   dataPlane
-	link   link.Link
-	mode   string
-	ncpu   int
+	cfg   Config
+	log   *slog.Logger
+	iface *net.Interface
+	objs  dataPlane
+	link  link.Link
+	mode  string
+	ncpu  int
 	// backendOrder lists backends by their index in the data plane's maps.
 	backendOrder []netip.Addr
 	ifIdx        map[netip.Addr]uint32
@@ -120,6 +120,10 @@ func New(cfg Config, log *slog.Logger) (*Balancer, error) {
 		return nil, err
 	}
 	ok = true
+	if b.upCount() == 0 {
+		log.Warn("no backend's next hop is resolved yet: echo requests pass to this host's kernel until one answers ARP",
+			"backends", cfg.Backends)
+	}
 	log.Info("attached", "iface", iface.Name, "mode", mode, "vip", cfg.VIP, "snat", cfg.SNAT,
 		"backends", len(cfg.Backends), "up", b.upCount())
 	return b, nil

@@ -90,7 +90,9 @@ type ConntrackSnapshot struct {
 // bpf/icmplb.h), indexed by its value.
 var Verdicts = func() []VerdictCount {
 	v := make([]VerdictCount, bpf.IcmplbReasonREASON_MAX)
-	set := func(r bpf.IcmplbReason, verdict, reason string) { v[r] = VerdictCount{Verdict: verdict, Reason: reason} }
+	set := func(r bpf.IcmplbReason, verdict, reason string) {
+		v[r] = VerdictCount{Verdict: verdict, Reason: reason}
+	}
 	set(bpf.IcmplbReasonREASON_REQUEST_FORWARDED, "tx", "request_forwarded")
 	set(bpf.IcmplbReasonREASON_REPLY_RETURNED, "tx", "reply_returned")
 	set(bpf.IcmplbReasonREASON_NOT_IPV4, "pass", "not_ipv4")

@@ -95,13 +95,12 @@ func (r *runCmd) Run(log *slog.Logger) error {
 			stop()
 		}
 	}()
-	log.Info("serving metrics", "address", ln.Addr().String())
-
 	b, err := balancer.New(r.config(), log)
 	if err != nil {
 		return err
 	}
 	src.set(b)
+	log.Info("serving metrics", "address", ln.Addr().String())
 	defer func() {
 		src.set(nil)
 		if err := b.Close(); err != nil {

@@ -1,0 +1,91 @@
+package balancer
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"testing"
+
+	"github.com/icmplb/icmplb/internal/testenv"
+)
+
+// newDetached loads the data plane for n backends without an interface:
+// enough to read and write its maps.
+func newDetached(tb testing.TB, n int) *Balancer {
+	tb.Helper()
+	testenv.Privileged(tb)
+	cfg := Config{Iface: "none", VIP: netip.MustParseAddr("10.0.0.100"), MaglevSize: 251}
+	for i := range n {
+		cfg.Backends = append(cfg.Backends, netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
+	}
+	if n > 251 {
+		cfg.MaglevSize = DefaultMaglevSize
+	}
+	cfg.setDefaults()
+	b := &Balancer{cfg: cfg, log: slog.New(slog.DiscardHandler), ifIdx: map[netip.Addr]uint32{}, states: map[netip.Addr]*backendState{}}
+	if err := b.load(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { b.Close() })
+	for i, addr := range cfg.Backends {
+		b.ifIdx[addr] = uint32(i)
+		b.backendOrder = append(b.backendOrder, addr)
+		b.states[addr] = &backendState{nextHop: addr, up: true}
+	}
+	b.loss = newLossLedger(n, monotonic())
+	return b
+}
+
+func TestSnapshotReadsMaps(t *testing.T) {
+	b := newDetached(t, 3)
+	// Counts as the data plane would leave them, spread over CPUs.
+	for i := range 3 {
+		if b.ncpu < 1 {
+			t.Fatal("no CPUs")
+		}
+		perCPU := make([]uint64, b.ncpu)
+		perCPU[b.ncpu-1] = uint64(i + 1)
+		perCPU[0] += 10
+		if err := b.objs.RttHist.Put(uint32(i*256+170), perCPU); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, err := b.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Backends) != 3 || len(snap.Verdicts) != len(Verdicts) {
+		t.Fatalf("snapshot has %d backends, %d verdicts", len(snap.Backends), len(snap.Verdicts))
+	}
+	for i, bs := range snap.Backends {
+		want := uint64(i + 1 + 10)
+		if b.ncpu == 1 {
+			want = uint64(i + 1)
+		}
+		if bs.RTT.Buckets[170] != want || bs.RTT.Count() != want {
+			t.Errorf("backend %d bucket 170 = %d (count %d), want %d summed over CPUs", i, bs.RTT.Buckets[170], bs.RTT.Count(), want)
+		}
+		if !bs.Up || bs.Addr != b.backendOrder[i] {
+			t.Errorf("backend %d is %s up=%v", i, bs.Addr, bs.Up)
+		}
+	}
+	if !snap.Conntrack.Known || snap.Conntrack.Sessions != 0 || snap.Conntrack.Capacity != DefaultConntrackSize {
+		t.Errorf("conntrack %+v", snap.Conntrack)
+	}
+}
+
+// BenchmarkSnapshot measures the map reads of one scrape for 1, 100 and
+// 1000 backends.
+func BenchmarkSnapshot(b *testing.B) {
+	for _, n := range []int{1, 100, 1000} {
+		b.Run(fmt.Sprintf("backends=%d", n), func(b *testing.B) {
+			bal := newDetached(b, n)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := bal.Snapshot(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,411 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/icmplb/icmplb/bpf"
+	"github.com/icmplb/icmplb/internal/topology"
+)
+
+// Addresses of the seed topology as the agent's flags and ping take them.
+var (
+	vip      = topology.SeedVIP.String()
+	lbAddr   = topology.SeedLB.String()
+	backend1 = topology.SeedH2.String()
+	backend2 = topology.SeedH3.String()
+)
+
+const (
+	attachTimeout = 5 * time.Second // from start to msg=attached
+	stopTimeout   = 5 * time.Second // from SIGTERM to exit
+	cmdTimeout    = 20 * time.Second
+)
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildBin  string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// icmplbBin returns the binary under test: $ICMPLB_BIN (what `make test` just
+// built, with its ldflags) or one built here once for the whole package, so a
+// plain `go test` never tests a stale bin/icmplb.
+func icmplbBin(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("ICMPLB_BIN"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("ICMPLB_BIN: %v", err)
+		}
+		return p
+	}
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "icmplb-e2e-")
+		if buildErr != nil {
+			return
+		}
+		// World-readable so that the unprivileged run (setpriv to nobody)
+		// can execute it; MkdirTemp makes 0700.
+		if buildErr = os.Chmod(buildDir, 0o755); buildErr != nil {
+			return
+		}
+		bin := filepath.Join(buildDir, "icmplb")
+		out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
+			return
+		}
+		buildBin = bin
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildBin
+}
+
+// hermeticEnv is the test process's environment without ICMPLB_* settings,
+// which kong would otherwise read as flags (a developer's ICMPLB_XDP_MODE
+// must not change what a test runs).
+func hermeticEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "ICMPLB_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
+}
+
+// lockedBuffer collects a child's stderr while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// agent is a running icmplb process in the lb namespace.
+type agent struct {
+	cmd  *exec.Cmd
+	log  *lockedBuffer
+	done chan struct{} // closed when the process has exited
+	err  error         // Wait's result, valid once done is closed
+}
+
+// startAgent runs icmplb with args in the lb namespace, waits until it logs
+// msg=attached and stops it when the test ends. env adds to a hermetic
+// environment.
+func startAgent(t *testing.T, topo *topology.Topology, env []string, args ...string) *agent {
+	t.Helper()
+	a := &agent{
+		cmd:  topo.Command(topology.SeedBalancer, icmplbBin(t), args...),
+		log:  &lockedBuffer{},
+		done: make(chan struct{}),
+	}
+	a.cmd.Env = hermeticEnv(env...)
+	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	if err := a.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", a.cmd, err)
+	}
+	go func() {
+		a.err = a.cmd.Wait()
+		close(a.done)
+	}()
+	// Every failure of a test with an agent shows the agent's log, once.
+	t.Cleanup(func() {
+		if _, err := a.stop(); err != nil {
+			t.Errorf("agent: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("agent %q log:\n%s", a.cmd.Args[3:], a.log)
+		}
+	})
+
+	deadline := time.After(attachTimeout)
+	for !strings.Contains(a.log.String(), "msg=attached") {
+		select {
+		case <-a.done:
+			t.Fatalf("agent exited before attaching: %v (log below)", a.err)
+		case <-deadline:
+			t.Fatalf("agent did not log msg=attached within %v (log below)", attachTimeout)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return a
+}
+
+// stop sends SIGTERM and waits for the exit, killing the agent if it does not
+// go within stopTimeout. It returns how long the exit took and the process's
+// exit error; stopping an exited agent returns its exit error again.
+func (a *agent) stop() (time.Duration, error) {
+	select {
+	case <-a.done:
+		return 0, a.err
+	default:
+	}
+	start := time.Now()
+	// ip netns exec execs the command in place, so the pid is icmplb's.
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		<-a.done
+		return time.Since(start), a.err
+	}
+	select {
+	case <-a.done:
+		return time.Since(start), a.err
+	case <-time.After(stopTimeout):
+		a.cmd.Process.Kill()
+		<-a.done
+		return time.Since(start), fmt.Errorf("still running %v after SIGTERM; killed", stopTimeout)
+	}
+}
+
+// attachPassToLBPeer attaches an XDP_PASS program in native mode to the
+// bridge-side veth of lb: native XDP_TX on a veth is dropped unless the peer
+// runs an XDP program (DESIGN.md, known pitfalls).
+func attachPassToLBPeer(t *testing.T, topo *topology.Topology) {
+	t.Helper()
+	spec, err := bpf.LoadIcmplb()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog, err := ebpf.NewProgram(spec.Programs[bpf.IcmplbProgXdpPass])
+	if err != nil {
+		t.Fatalf("load xdp_pass: %v", err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	port := topo.Host(topology.SeedBalancer).Port
+	var l link.Link
+	err = topo.InSwitch(func() error {
+		ifc, err := net.InterfaceByName(port)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: link.XDPDriverMode})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("attach xdp_pass to %s in %s: %v", port, topo.SwitchNS, err)
+	}
+	t.Cleanup(func() { l.Close() })
+}
+
+// xdpState reads how an XDP program is attached to lb's eth0 from
+// `ip -j link show`: "" when none is, else "native", "generic", "offload" or
+// "multi", followed by the program. A failed or finished agent must leave "".
+func xdpState(t *testing.T, topo *topology.Topology) string {
+	t.Helper()
+	out, err := exec.Command("ip", "-j", "-n", topo.Host(topology.SeedBalancer).NS, "link", "show", "dev", "eth0").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip link show: %v: %s", err, out)
+	}
+	var links []struct {
+		XDP *struct {
+			Mode int `json:"mode"`
+			Prog struct {
+				ID   int    `json:"id"`
+				Name string `json:"name"`
+			} `json:"prog"`
+		} `json:"xdp"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		t.Fatalf("parse ip -j link show output %q: %v", out, err)
+	}
+	x := links[0].XDP
+	if x == nil {
+		return ""
+	}
+	// XDP_ATTACHED_* of linux/if_link.h.
+	mode := map[int]string{1: "native", 2: "generic", 3: "offload", 4: "multi"}[x.Mode]
+	if mode == "" {
+		mode = fmt.Sprintf("mode %d", x.Mode)
+	}
+	return fmt.Sprintf("%s prog %d %s", mode, x.Prog.ID, x.Prog.Name)
+}
+
+// icmpCounters are a namespace's kernel ICMP message counters: echo requests
+// received and echo replies sent.
+type icmpCounters struct{ InType8, OutType0 uint64 }
+
+// icmpOf reads them from /proc/net/snmp (IcmpMsg lines) inside the host's
+// namespace, which is what tells a backend's answer from lb's own kernel's.
+// Counters the kernel has never bumped are absent and read as 0.
+func icmpOf(t *testing.T, topo *topology.Topology, host string) icmpCounters {
+	t.Helper()
+	out, err := topo.Run(host, "cat", "/proc/net/snmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows [][]string
+	for line := range strings.Lines(out) {
+		if rest, ok := strings.CutPrefix(line, "IcmpMsg:"); ok {
+			rows = append(rows, strings.Fields(rest))
+		}
+	}
+	var c icmpCounters
+	if len(rows) == 0 {
+		return c
+	}
+	if len(rows) != 2 || len(rows[0]) != len(rows[1]) {
+		t.Fatalf("%s: cannot parse IcmpMsg lines of /proc/net/snmp:\n%s", host, out)
+	}
+	for i, name := range rows[0] {
+		v, err := strconv.ParseUint(rows[1][i], 10, 64)
+		if err != nil {
+			t.Fatalf("%s: IcmpMsg %s=%q: %v", host, name, rows[1][i], err)
+		}
+		switch name {
+		case "InType8":
+			c.InType8 = v
+		case "OutType0":
+			c.OutType0 = v
+		}
+	}
+	return c
+}
+
+// snapshot holds the counters of the hosts that can answer a ping to the VIP.
+type snapshot map[string]icmpCounters
+
+func snap(t *testing.T, topo *topology.Topology) snapshot {
+	t.Helper()
+	s := snapshot{}
+	for _, h := range []string{topology.SeedBackend1, topology.SeedBackend2, topology.SeedBalancer} {
+		s[h] = icmpOf(t, topo, h)
+	}
+	return s
+}
+
+// delta is what changed since s; its String is the evidence in a failure.
+type delta struct {
+	h2In, h3In, lbIn, lbOut uint64
+}
+
+func (s snapshot) since(t *testing.T, topo *topology.Topology) delta {
+	t.Helper()
+	now := snap(t, topo)
+	return delta{
+		h2In:  now[topology.SeedBackend1].InType8 - s[topology.SeedBackend1].InType8,
+		h3In:  now[topology.SeedBackend2].InType8 - s[topology.SeedBackend2].InType8,
+		lbIn:  now[topology.SeedBalancer].InType8 - s[topology.SeedBalancer].InType8,
+		lbOut: now[topology.SeedBalancer].OutType0 - s[topology.SeedBalancer].OutType0,
+	}
+}
+
+func (d delta) backends() uint64 { return d.h2In + d.h3In }
+
+func (d delta) String() string {
+	return fmt.Sprintf("echo requests received: h2 +%d, h3 +%d, lb +%d; echo replies sent by lb +%d",
+		d.h2In, d.h3In, d.lbIn, d.lbOut)
+}
+
+var pingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+
+// pingResult is one ping run: its output and what it counted.
+type pingResult struct {
+	args     []string
+	out      string
+	err      error
+	sent     int
+	received int
+	// from counts reply lines per source address ("64 bytes from X: ...").
+	from map[string]int
+	dups int
+}
+
+func (p pingResult) String() string {
+	return fmt.Sprintf("ping %s (err %v):\n%s", strings.Join(p.args, " "), p.err, p.out)
+}
+
+// ping runs iputils ping on a host. It never fails the test itself, so that it
+// can run on several goroutines; callers check the result.
+func ping(topo *topology.Topology, host string, args ...string) pingResult {
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	h := topo.Host(host)
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, "ping"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	r := pingResult{args: args, out: string(out), err: err, from: map[string]int{}}
+	if m := pingStats.FindStringSubmatch(r.out); m != nil {
+		r.sent, _ = strconv.Atoi(m[1])
+		r.received, _ = strconv.Atoi(m[2])
+	}
+	for line := range strings.Lines(r.out) {
+		if _, rest, ok := strings.Cut(line, " bytes from "); ok {
+			src, _, _ := strings.Cut(rest, ":")
+			r.from[src]++
+		}
+		if strings.Contains(line, "DUP!") {
+			r.dups++
+		}
+	}
+	return r
+}
+
+// check returns nil if the run got want replies, all from the address from
+// and none duplicated; otherwise it says what went wrong.
+func (p pingResult) check(want int, from string) error {
+	switch {
+	case p.received != want || p.sent != want:
+		return fmt.Errorf("%d of %d echo requests answered, want %d of %d", p.received, p.sent, want, want)
+	case p.from[from] != want || len(p.from) != 1:
+		return fmt.Errorf("reply lines by source %v, want %d from %s only", p.from, want, from)
+	case p.dups != 0:
+		return fmt.Errorf("%d duplicate replies: replies of another session were delivered here", p.dups)
+	case p.err != nil:
+		return fmt.Errorf("ping failed: %v", p.err)
+	}
+	return nil
+}
+
+// lbRun runs the binary once in the lb namespace, for the startup errors.
+func lbRun(t *testing.T, topo *topology.Topology, prefix []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	argv := append(append([]string{"netns", "exec", topo.Host(topology.SeedBalancer).NS}, prefix...), args...)
+	cmd := exec.CommandContext(ctx, "ip", argv...)
+	cmd.Env = hermeticEnv()
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code = cmd.ProcessState.ExitCode()
+	if err != nil && code < 0 {
+		t.Fatalf("%s: %v (stderr %q)", cmd, err, e.String())
+	}
+	return o.String(), e.String(), code
+}

@@ -1,0 +1,351 @@
+package exporter
+
+import (
+	"errors"
+	"math"
+	"net/netip"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/icmplb/icmplb/balancer"
+)
+
+type fakeSource struct {
+	snap *balancer.Snapshot
+	err  error
+}
+
+func (f *fakeSource) Snapshot() (*balancer.Snapshot, error) { return f.snap, f.err }
+
+var (
+	testVIP = netip.MustParseAddr("10.0.0.100")
+	testBE1 = netip.MustParseAddr("10.0.0.2")
+	testBE2 = netip.MustParseAddr("10.0.0.3")
+)
+
+// bucketOf is the kernel bucket of an RTT (the float reference of the data
+// plane's mapping, see bpf/rtt_test.go).
+func bucketOf(d time.Duration) int {
+	for k, b := range balancer.Bounds {
+		if uint64(d) <= b {
+			return k
+		}
+	}
+	return len(balancer.Bounds) - 1
+}
+
+func snapshotWith(rtts map[netip.Addr][]time.Duration) *balancer.Snapshot {
+	snap := &balancer.Snapshot{VIP: testVIP, Verdicts: balancer.Verdicts}
+	for _, addr := range []netip.Addr{testBE1, testBE2} {
+		b := balancer.BackendSnapshot{Addr: addr, Up: addr == testBE1, Requests: 10, Replies: 7, Lost: 3,
+			RequestBytes: 980, ReplyBytes: 686, Late: 1, Unmatched: 2}
+		for _, d := range rtts[addr] {
+			b.RTT.Buckets[bucketOf(d)]++
+			b.RTT.Sum += d
+		}
+		snap.Backends = append(snap.Backends, b)
+	}
+	snap.Conntrack = balancer.ConntrackSnapshot{Known: true, Sessions: 5, Capacity: 100, InFlight: 2, InFlightCapacity: 400}
+	snap.TraceEventsDropped = 4
+	return snap
+}
+
+func gather(t *testing.T, c prometheus.Collector) map[string]*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
+}
+
+func labelsOf(m *dto.Metric) string {
+	var parts []string
+	for _, l := range m.GetLabel() {
+		parts = append(parts, l.GetName()+"="+l.GetValue())
+	}
+	return strings.Join(parts, ",")
+}
+
+func value(t *testing.T, mfs map[string]*dto.MetricFamily, name, labels string) float64 {
+	t.Helper()
+	mf, ok := mfs[name]
+	if !ok {
+		t.Fatalf("metric %s not exported", name)
+	}
+	for _, m := range mf.GetMetric() {
+		if labelsOf(m) == labels {
+			switch {
+			case m.Counter != nil:
+				return m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("metric %s{%s} not exported", name, labels)
+	return 0
+}
+
+func TestCollectorCounters(t *testing.T) {
+	mfs := gather(t, NewCollector(&fakeSource{snap: snapshotWith(nil)}, nil, "v1.2.3"))
+	be := "backend=10.0.0.2,vip=10.0.0.100"
+	for name, want := range map[string]float64{
+		"icmplb_backend_requests_total":          10,
+		"icmplb_backend_replies_total":           7,
+		"icmplb_backend_lost_total":              3,
+		"icmplb_backend_late_replies_total":      1,
+		"icmplb_backend_unmatched_replies_total": 2,
+		"icmplb_backend_request_bytes_total":     980,
+		"icmplb_backend_reply_bytes_total":       686,
+		"icmplb_backend_up":                      1,
+	} {
+		if got := value(t, mfs, name, be); got != want {
+			t.Errorf("%s{%s} = %v, want %v", name, be, got, want)
+		}
+	}
+	if got := value(t, mfs, "icmplb_backend_up", "backend=10.0.0.3,vip=10.0.0.100"); got != 0 {
+		t.Errorf("down backend has up = %v", got)
+	}
+	if got := value(t, mfs, "icmplb_conntrack_entries", "map=sessions"); got != 5 {
+		t.Errorf("conntrack sessions = %v", got)
+	}
+	if got := value(t, mfs, "icmplb_conntrack_capacity", "map=inflight"); got != 400 {
+		t.Errorf("inflight capacity = %v", got)
+	}
+	if got := value(t, mfs, "icmplb_trace_events_dropped_total", "stage=kernel"); got != 4 {
+		t.Errorf("kernel trace drops = %v", got)
+	}
+	if got := value(t, mfs, "icmplb_build_info", "goversion="+runtime.Version()+",version=v1.2.3"); got != 1 {
+		t.Errorf("build info = %v", got)
+	}
+	if n := len(mfs["icmplb_packets_total"].GetMetric()); n != len(balancer.Verdicts) {
+		t.Errorf("%d verdict series, want one per reason (%d)", n, len(balancer.Verdicts))
+	}
+}
+
+func TestCollectorNotAttachedAndErrors(t *testing.T) {
+	src := &fakeSource{}
+	c := NewCollector(src, nil, "v")
+	mfs := gather(t, c)
+	if _, ok := mfs["icmplb_backend_requests_total"]; ok {
+		t.Error("backend metrics exported before the data plane is attached")
+	}
+	if got := value(t, mfs, "icmplb_exporter_scrape_errors_total", ""); got != 0 {
+		t.Errorf("scrape errors = %v before any error", got)
+	}
+
+	src.err = errors.New("map read failed")
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "map read failed") {
+		t.Errorf("gather error %v, want the source's error", err)
+	}
+	src.err = nil
+	src.snap = snapshotWith(nil)
+	mfs = gather(t, c)
+	if got := value(t, mfs, "icmplb_exporter_scrape_errors_total", ""); got != 1 {
+		t.Errorf("scrape errors = %v after one failed scrape, want 1", got)
+	}
+}
+
+// nativeBuckets decodes a native histogram's spans back to index -> count.
+func nativeBuckets(h *dto.Histogram) map[int]uint64 {
+	out := map[int]uint64{}
+	idx, d := 0, 0
+	var count int64
+	for i, s := range h.GetPositiveSpan() {
+		if i == 0 {
+			idx = int(s.GetOffset())
+		} else {
+			idx += int(s.GetOffset())
+		}
+		for j := uint32(0); j < s.GetLength(); j++ {
+			count += h.GetPositiveDelta()[d]
+			d++
+			if count != 0 {
+				out[idx] = uint64(count)
+			}
+			idx++
+		}
+	}
+	return out
+}
+
+func TestRTTHistogramNativeAndClassic(t *testing.T) {
+	rtts := []time.Duration{
+		500 * time.Nanosecond,                        // zero bucket
+		30 * time.Microsecond, 31 * time.Microsecond, // below the first classic bound
+		2 * time.Millisecond, 2 * time.Millisecond, 2100 * time.Microsecond,
+		20 * time.Millisecond, 25 * time.Millisecond,
+		time.Second, // exactly a bound of both
+		40 * time.Second,
+	}
+	mfs := gather(t, NewCollector(&fakeSource{snap: snapshotWith(map[netip.Addr][]time.Duration{testBE1: rtts})}, nil, "v"))
+	var h *dto.Histogram
+	for _, m := range mfs["icmplb_backend_rtt_seconds"].GetMetric() {
+		if labelsOf(m) == "backend=10.0.0.2,vip=10.0.0.100" {
+			h = m.GetHistogram()
+		}
+	}
+	if h == nil {
+		t.Fatal("no RTT histogram for 10.0.0.2")
+	}
+	if h.GetSchema() != 3 || h.GetZeroThreshold() != math.Ldexp(1, -20) || h.GetZeroCount() != 1 {
+		t.Errorf("schema %d, zero threshold %g, zero count %d", h.GetSchema(), h.GetZeroThreshold(), h.GetZeroCount())
+	}
+	if h.GetSampleCount() != uint64(len(rtts)) {
+		t.Errorf("count %d, want %d", h.GetSampleCount(), len(rtts))
+	}
+	var sum time.Duration
+	for _, d := range rtts {
+		sum += d
+	}
+	if math.Abs(h.GetSampleSum()-sum.Seconds()) > 1e-12 {
+		t.Errorf("sum %v, want %v", h.GetSampleSum(), sum.Seconds())
+	}
+
+	// Every RTT sits in the native bucket whose bounds enclose it.
+	want := map[int]uint64{}
+	for _, d := range rtts[1:] {
+		want[int(math.Ceil(8*math.Log2(d.Seconds())))]++
+	}
+	got := nativeBuckets(h)
+	if len(got) != len(want) {
+		t.Errorf("native buckets %v, want %v", got, want)
+	}
+	for idx, n := range want {
+		if got[idx] != n {
+			t.Errorf("native bucket %d (le %g) has %d, want %d", idx, math.Exp2(float64(idx)/8), got[idx], n)
+		}
+	}
+
+	// Classic buckets are cumulative and exact at their bounds.
+	for _, b := range h.GetBucket() {
+		var n uint64
+		for _, d := range rtts {
+			if d.Seconds() <= b.GetUpperBound() {
+				n++
+			}
+		}
+		if b.GetCumulativeCount() != n {
+			t.Errorf("classic bucket le=%g has %d, want %d", b.GetUpperBound(), b.GetCumulativeCount(), n)
+		}
+	}
+	if n := len(h.GetBucket()); n != classicLast-classicFirst+1 {
+		t.Errorf("%d classic buckets", n)
+	}
+}
+
+// TestQuantileWithinTenPercent checks the export's resolution: a quantile
+// interpolated in the exported native buckets is within 10% of the truth,
+// for many delays, where log2 buckets would be off by up to 2x.
+func TestQuantileWithinTenPercent(t *testing.T) {
+	for _, d := range []time.Duration{
+		37 * time.Microsecond, 250 * time.Microsecond, 1 * time.Millisecond, 2 * time.Millisecond,
+		3333 * time.Microsecond, 10 * time.Millisecond, 20 * time.Millisecond, 77 * time.Millisecond,
+		450 * time.Millisecond, 900 * time.Millisecond,
+	} {
+		rtts := make([]time.Duration, 100)
+		for i := range rtts {
+			rtts[i] = d + time.Duration(i)*d/1000 // 10% spread, median d·1.05
+		}
+		mfs := gather(t, NewCollector(&fakeSource{snap: snapshotWith(map[netip.Addr][]time.Duration{testBE1: rtts})}, nil, "v"))
+		h := mfs["icmplb_backend_rtt_seconds"].GetMetric()[0].GetHistogram()
+		p50 := nativeQuantile(0.5, h)
+		truth := rtts[49].Seconds()
+		if rel := math.Abs(p50-truth) / truth; rel > 0.10 {
+			t.Errorf("delay %v: p50 %.6f s from the export, true %.6f s (%.1f%% off)", d, p50, truth, rel*100)
+		}
+	}
+}
+
+// nativeQuantile interpolates like Prometheus's histogram_quantile on a
+// native histogram: find the bucket holding rank q·count, then interpolate
+// exponentially within it.
+func nativeQuantile(q float64, h *dto.Histogram) float64 {
+	buckets := nativeBuckets(h)
+	rank := q * float64(h.GetSampleCount())
+	seen := float64(h.GetZeroCount())
+	if rank <= seen {
+		return h.GetZeroThreshold()
+	}
+	idxs := make([]int, 0, len(buckets))
+	for i := range buckets {
+		idxs = append(idxs, i)
+	}
+	for i := 0; i < len(idxs); i++ {
+		for j := i + 1; j < len(idxs); j++ {
+			if idxs[j] < idxs[i] {
+				idxs[i], idxs[j] = idxs[j], idxs[i]
+			}
+		}
+	}
+	for _, i := range idxs {
+		n := float64(buckets[i])
+		if seen+n >= rank {
+			lo, hi := math.Exp2(float64(i-1)/8), math.Exp2(float64(i)/8)
+			frac := (rank - seen) / n
+			return lo * math.Pow(hi/lo, frac)
+		}
+		seen += n
+	}
+	return math.NaN()
+}
+
+func TestExemplarOnHistogram(t *testing.T) {
+	tracer := NewTracer(sdktrace.NewTracerProvider(), time.Second)
+	at := time.Now()
+	tracer.exemplars.Observe(testBE1, "0123456789abcdef0123456789abcdef", "0123456789abcdef", 3*time.Millisecond, at)
+	mfs := gather(t, NewCollector(&fakeSource{snap: snapshotWith(map[netip.Addr][]time.Duration{
+		testBE1: {3 * time.Millisecond}})}, tracer, "v"))
+	for _, m := range mfs["icmplb_backend_rtt_seconds"].GetMetric() {
+		h := m.GetHistogram()
+		found := false
+		for _, ex := range h.GetExemplars() {
+			if ex.GetValue() == 0.003 && labelsOfPairs(ex.GetLabel()) == "span_id=0123456789abcdef,trace_id=0123456789abcdef0123456789abcdef" {
+				found = true
+			}
+		}
+		classic := false
+		for _, b := range h.GetBucket() {
+			if b.GetExemplar() != nil {
+				classic = b.GetUpperBound() >= 0.003 && b.GetUpperBound()/math.Sqrt2 < 0.003
+			}
+		}
+		be := labelsOf(m)
+		if be == "backend=10.0.0.2,vip=10.0.0.100" && (!found || !classic) {
+			t.Errorf("%s: native exemplar %v, classic exemplar in the right bucket %v", be, found, classic)
+		}
+		if be == "backend=10.0.0.3,vip=10.0.0.100" && len(h.GetExemplars()) != 0 {
+			t.Errorf("%s has another backend's exemplar", be)
+		}
+	}
+	if got := value(t, mfs, "icmplb_trace_events_dropped_total", "stage=pipeline"); got != 0 {
+		t.Errorf("pipeline drops %v", got)
+	}
+}
+
+func labelsOfPairs(ls []*dto.LabelPair) string {
+	var parts []string
+	for _, l := range ls {
+		parts = append(parts, l.GetName()+"="+l.GetValue())
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ",")
+}
