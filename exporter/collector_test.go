@@ -15,6 +15,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/icmplb/icmplb/balancer"
+	"github.com/icmplb/icmplb/internal/histquant"
 )
 
 type fakeSource struct {
@@ -164,29 +165,6 @@ func TestCollectorNotAttachedAndErrors(t *testing.T) {
 	}
 }
 
-// nativeBuckets decodes a native histogram's spans back to index -> count.
-func nativeBuckets(h *dto.Histogram) map[int]uint64 {
-	out := map[int]uint64{}
-	idx, d := 0, 0
-	var count int64
-	for i, s := range h.GetPositiveSpan() {
-		if i == 0 {
-			idx = int(s.GetOffset())
-		} else {
-			idx += int(s.GetOffset())
-		}
-		for j := uint32(0); j < s.GetLength(); j++ {
-			count += h.GetPositiveDelta()[d]
-			d++
-			if count != 0 {
-				out[idx] = uint64(count)
-			}
-			idx++
-		}
-	}
-	return out
-}
-
 func TestRTTHistogramNativeAndClassic(t *testing.T) {
 	rtts := []time.Duration{
 		500 * time.Nanosecond,                        // zero bucket
@@ -225,7 +203,7 @@ func TestRTTHistogramNativeAndClassic(t *testing.T) {
 	for _, d := range rtts[1:] {
 		want[int(math.Ceil(8*math.Log2(d.Seconds())))]++
 	}
-	got := nativeBuckets(h)
+	got := histquant.Buckets(h)
 	if len(got) != len(want) {
 		t.Errorf("native buckets %v, want %v", got, want)
 	}
@@ -267,45 +245,12 @@ func TestQuantileWithinTenPercent(t *testing.T) {
 		}
 		mfs := gather(t, NewCollector(&fakeSource{snap: snapshotWith(map[netip.Addr][]time.Duration{testBE1: rtts})}, nil, "v"))
 		h := mfs["icmplb_backend_rtt_seconds"].GetMetric()[0].GetHistogram()
-		p50 := nativeQuantile(0.5, h)
+		p50 := histquant.Quantile(0.5, h)
 		truth := rtts[49].Seconds()
 		if rel := math.Abs(p50-truth) / truth; rel > 0.10 {
 			t.Errorf("delay %v: p50 %.6f s from the export, true %.6f s (%.1f%% off)", d, p50, truth, rel*100)
 		}
 	}
-}
-
-// nativeQuantile interpolates like Prometheus's histogram_quantile on a
-// native histogram: find the bucket holding rank q·count, then interpolate
-// exponentially within it.
-func nativeQuantile(q float64, h *dto.Histogram) float64 {
-	buckets := nativeBuckets(h)
-	rank := q * float64(h.GetSampleCount())
-	seen := float64(h.GetZeroCount())
-	if rank <= seen {
-		return h.GetZeroThreshold()
-	}
-	idxs := make([]int, 0, len(buckets))
-	for i := range buckets {
-		idxs = append(idxs, i)
-	}
-	for i := 0; i < len(idxs); i++ {
-		for j := i + 1; j < len(idxs); j++ {
-			if idxs[j] < idxs[i] {
-				idxs[i], idxs[j] = idxs[j], idxs[i]
-			}
-		}
-	}
-	for _, i := range idxs {
-		n := float64(buckets[i])
-		if seen+n >= rank {
-			lo, hi := math.Exp2(float64(i-1)/8), math.Exp2(float64(i)/8)
-			frac := (rank - seen) / n
-			return lo * math.Pow(hi/lo, frac)
-		}
-		seen += n
-	}
-	return math.NaN()
 }
 
 func TestExemplarOnHistogram(t *testing.T) {
