@@ -68,7 +68,7 @@ func NewCollector(src Source, tracer *Tracer, version string) *Collector {
 		rtt:          d("icmplb_backend_rtt_seconds", "Time from a request leaving the balancer to its reply arriving, for replies within the loss timeout.", bl...),
 		up:           d("icmplb_backend_up", "1 while the backend's next hop is resolved and it takes new sessions, else 0.", bl...),
 		packets:      d("icmplb_packets_total", "Packets seen by the XDP program, by verdict (tx, pass, drop) and reason.", "verdict", "reason"),
-		ctEntries:    d("icmplb_conntrack_entries", "Entries in a conntrack map: sessions (client, echo id) or in-flight requests.", "map"),
+		ctEntries:    d("icmplb_conntrack_entries", "Entries in a conntrack map: sessions (client, echo id), or inflight requests (awaiting their reply, or lost and not yet evicted).", "map"),
 		ctCapacity:   d("icmplb_conntrack_capacity", "Capacity of a conntrack LRU map; at capacity the oldest entries are evicted.", "map"),
 		traceDropped: d("icmplb_trace_events_dropped_total", "Sampled exchanges not traced because the pipeline fell behind: stage kernel (ring buffer full) or pipeline (too many requests awaiting replies).", "stage"),
 		traceSpans:   d("icmplb_trace_spans_total", "Spans emitted, by status: ok (answered) or error (lost).", "status"),

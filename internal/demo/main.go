@@ -5,9 +5,13 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -17,10 +21,19 @@ import (
 	"syscall"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/icmplb/icmplb/internal/histquant"
+	"github.com/icmplb/icmplb/internal/responder"
 	"github.com/icmplb/icmplb/internal/topology"
 )
 
-const prefix = "icmplbdemo"
+const (
+	prefix = "icmplbdemo"
+	// metricsAddr is the agent's address inside the lb namespace.
+	metricsAddr = "127.0.0.1:10047"
+)
 
 func main() {
 	bin := flag.String("bin", "bin/icmplb", "path of the icmplb binary")
@@ -52,6 +65,22 @@ func run(bin string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// h3 answers pings itself, late and lossy, so that the metrics show two
+	// different backends.
+	if err := responder.DisableKernelEcho(topo, topology.SeedBackend2); err != nil {
+		return err
+	}
+	var slow *responder.Responder
+	if err := topo.InNS(topology.SeedBackend2, func() error {
+		var err error
+		slow, err = responder.Listen(responder.Config{Delay: 20 * time.Millisecond, Loss: 0.1, Seed: 1})
+		return err
+	}); err != nil {
+		return err
+	}
+	go slow.Serve()
+	defer slow.Close()
+
 	agent, attached, err := startAgent(topo, bin)
 	if err != nil {
 		return err
@@ -69,7 +98,6 @@ func run(bin string) error {
 		return ctx.Err()
 	}
 
-	before := echoesPerBackend(topo)
 	step("h1 pings the VIP %s", topology.SeedVIP)
 	out, err := topo.Run(topology.SeedClient, "ping", "-c", "4", "-i", "0.2", "-W", "1", topology.SeedVIP.String())
 	fmt.Print(indent(out))
@@ -77,34 +105,125 @@ func run(bin string) error {
 		return fmt.Errorf("ping the VIP: %w", err)
 	}
 
-	step("h1 and h4 ping the VIP with 16 identifiers each, at the same time (identifier 4242 used by both)")
+	step("h1 and h4 ping the VIP with 16 identifiers each, at the same time (identifiers 4242.. used by both)")
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	answered, sent := 0, 0
 	for _, client := range []string{topology.SeedClient, topology.SeedClient2} {
 		for i := 0; i < 16; i++ {
 			id := 4242 + i
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				out, _ := topo.Run(client, "ping", "-e", strconv.Itoa(id), "-c", "3", "-i", "0.1", "-W", "1", topology.SeedVIP.String())
+			wg.Go(func() {
+				out, _ := topo.Run(client, "ping", "-e", strconv.Itoa(id), "-c", "25", "-i", "0.02", "-W", "1", topology.SeedVIP.String())
 				mu.Lock()
 				defer mu.Unlock()
-				sent += 3
+				sent += 25
 				answered += strings.Count(out, "bytes from "+topology.SeedVIP.String())
-			}()
+			})
 		}
 	}
 	wg.Wait()
 	fmt.Printf("  %d of %d echo requests answered from the VIP\n", answered, sent)
 
-	step("echo requests each backend's kernel answered")
-	after := echoesPerBackend(topo)
-	for _, b := range []string{topology.SeedBackend1, topology.SeedBackend2} {
-		fmt.Printf("  %s (%s): %d\n", b, topo.Addr(b), after[b]-before[b])
+	step("waiting for the loss timeout (1s) so that unanswered requests count as lost")
+	time.Sleep(2500 * time.Millisecond)
+	return showMetrics(topo, slow)
+}
+
+// showMetrics scrapes the agent and prints what it measured per backend.
+func showMetrics(topo *topology.Topology, slow *responder.Responder) error {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := topo.InNS(topology.SeedBalancer, func() error {
+				var err error
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+	get := func(accept string) ([]byte, error) {
+		req, _ := http.NewRequest("GET", "http://"+metricsAddr+"/metrics", nil)
+		req.Header.Set("Accept", accept)
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("scrape the agent: %w", err)
+		}
+		defer resp.Body.Close()
+		return io.ReadAll(resp.Body)
 	}
-	if answered != sent {
-		return fmt.Errorf("%d echo requests were not answered", sent-answered)
+	text, err := get("text/plain")
+	if err != nil {
+		return err
+	}
+	step("the agent's metrics (curl http://%s/metrics in the lb namespace; buckets left out)", metricsAddr)
+	for _, line := range strings.Split(string(text), "\n") {
+		if strings.HasPrefix(line, "icmplb_") && !strings.Contains(line, "_bucket") &&
+			(!strings.HasPrefix(line, "icmplb_packets_total") || !strings.HasSuffix(line, " 0")) {
+			fmt.Println("  " + line)
+		}
+	}
+
+	pb, err := get("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited")
+	if err != nil {
+		return err
+	}
+	mfs := map[string]*dto.MetricFamily{}
+	dec := expfmt.NewDecoder(bytes.NewReader(pb), expfmt.NewFormat(expfmt.TypeProtoDelim))
+	for {
+		mf := &dto.MetricFamily{}
+		if err := dec.Decode(mf); err != nil {
+			break
+		}
+		mfs[mf.GetName()] = mf
+	}
+	value := func(name, backend string) float64 {
+		for _, m := range mfs[name].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "backend" && l.GetValue() == backend {
+					if m.Histogram != nil {
+						return float64(m.GetHistogram().GetSampleCount())
+					}
+					return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+				}
+			}
+		}
+		return 0
+	}
+	histogram := func(backend string) *dto.Histogram {
+		for _, m := range mfs["icmplb_backend_rtt_seconds"].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "backend" && l.GetValue() == backend {
+					return m.GetHistogram()
+				}
+			}
+		}
+		return nil
+	}
+	step("per backend, as measured by the balancer")
+	fmt.Printf("  %-9s %-28s %8s %8s %6s %7s %9s %9s\n", "backend", "answers as", "requests", "replies", "lost", "loss", "p50 RTT", "p99 RTT")
+	var problems []string
+	for _, b := range []struct{ host, how string }{
+		{topology.SeedBackend1, "kernel (fast, no loss)"},
+		{topology.SeedBackend2, "responder: 20ms, 10% loss"},
+	} {
+		addr := topo.Addr(b.host).String()
+		req, rep, lost := value("icmplb_backend_requests_total", addr), value("icmplb_backend_replies_total", addr), value("icmplb_backend_lost_total", addr)
+		h := histogram(addr)
+		ratio := 0.0
+		if req > 0 {
+			ratio = lost / req
+		}
+		fmt.Printf("  %-9s %-28s %8.0f %8.0f %6.0f %6.1f%% %7.3fms %7.3fms\n", addr, b.how, req, rep, lost, ratio*100,
+			histquant.Quantile(0.5, h)*1e3, histquant.Quantile(0.99, h)*1e3)
+		if req == 0 {
+			problems = append(problems, fmt.Sprintf("backend %s got no requests", addr))
+		}
+	}
+	_, _, dropped := slow.Stats()
+	fmt.Printf("  (the responder on %s dropped %d requests on purpose)\n", topology.SeedBackend2, dropped)
+	if len(problems) > 0 {
+		return fmt.Errorf("%s", strings.Join(problems, "; "))
 	}
 	return nil
 }
@@ -114,7 +233,8 @@ func run(bin string) error {
 func startAgent(topo *topology.Topology, bin string) (*exec.Cmd, <-chan struct{}, error) {
 	cmd := topo.Command(topology.SeedBalancer, bin, "run", "--iface", "eth0",
 		"--vip", topology.SeedVIP.String(),
-		"--backend", topology.SeedH2.String(), "--backend", topology.SeedH3.String())
+		"--backend", topology.SeedH2.String(), "--backend", topology.SeedH3.String(),
+		"--web.listen-address", metricsAddr)
 	logs, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, nil, err
@@ -135,39 +255,6 @@ func startAgent(topo *topology.Topology, bin string) (*exec.Cmd, <-chan struct{}
 		}
 	}()
 	return cmd, attached, nil
-}
-
-func echoesPerBackend(topo *topology.Topology) map[string]int {
-	got := map[string]int{}
-	for _, b := range []string{topology.SeedBackend1, topology.SeedBackend2} {
-		snmp, err := topo.Run(b, "cat", "/proc/net/snmp")
-		if err == nil {
-			got[b] = icmpInEchos(snmp)
-		}
-	}
-	return got
-}
-
-// icmpInEchos reads the Icmp InEchos counter from /proc/net/snmp text.
-func icmpInEchos(snmp string) int {
-	var names []string
-	for _, line := range strings.Split(snmp, "\n") {
-		fields := strings.Fields(line)
-		if len(fields) == 0 || fields[0] != "Icmp:" {
-			continue
-		}
-		if names == nil {
-			names = fields
-			continue
-		}
-		for i, n := range names {
-			if n == "InEchos" && i < len(fields) {
-				v, _ := strconv.Atoi(fields[i])
-				return v
-			}
-		}
-	}
-	return 0
 }
 
 func step(format string, args ...any) {
