@@ -272,7 +272,7 @@ func requireChecksumsVerify(t *testing.T, f []byte) {
 	}
 }
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	testenv.Privileged(t)
 }
@@ -299,7 +299,7 @@ type harness struct {
 
 // newHarness loads a fresh collection so that no test sees another's
 // conntrack, NAT allocator or counters.
-func newHarness(t *testing.T, cfg Config) *harness {
+func newHarness(t testing.TB, cfg Config) *harness {
 	t.Helper()
 	requireRoot(t)
 	spec, err := NewSpec(cfg)
@@ -318,7 +318,7 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	return h
 }
 
-func (h *harness) setBackend(t *testing.T, be backendInfo, flags uint16) {
+func (h *harness) setBackend(t testing.TB, be backendInfo, flags uint16) {
 	t.Helper()
 	v := IcmplbBackend{Addr: Addr(be.addr), Mac: be.mac, Flags: flags}
 	if err := h.objs.Backends.Put(be.idx, v); err != nil {
@@ -328,7 +328,7 @@ func (h *harness) setBackend(t *testing.T, be backendInfo, flags uint16) {
 }
 
 // pointMaglev fills every slot, cycling through idxs.
-func (h *harness) pointMaglev(t *testing.T, idxs ...uint32) {
+func (h *harness) pointMaglev(t testing.TB, idxs ...uint32) {
 	t.Helper()
 	for slot := uint32(0); slot < h.cfg.MaglevSize; slot++ {
 		if err := h.objs.Maglev.Put(slot, idxs[int(slot)%len(idxs)]); err != nil {
