@@ -11,7 +11,7 @@ import (
 
 // newDetached loads the data plane for n backends without an interface:
 // enough to read and write its maps.
-func newDetached(tb testing.TB, n int) *Balancer {
+func newDetached(tb testing.TB, n int, opts ...func(*Config)) *Balancer {
 	tb.Helper()
 	testenv.Privileged(tb)
 	cfg := Config{Iface: "none", VIP: netip.MustParseAddr("10.0.0.100"), MaglevSize: 251}
@@ -20,6 +20,9 @@ func newDetached(tb testing.TB, n int) *Balancer {
 	}
 	if n > 251 {
 		cfg.MaglevSize = DefaultMaglevSize
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	cfg.setDefaults()
 	b := &Balancer{cfg: cfg, log: slog.New(slog.DiscardHandler), ifIdx: map[netip.Addr]uint32{}, states: map[netip.Addr]*backendState{}}

@@ -1,0 +1,99 @@
+package balancer
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// echoFrame is an Ethernet + IPv4 echo request from client to the VIP.
+func echoFrame(vip [4]byte, client [4]byte, id, seq uint16) []byte {
+	f := make([]byte, 14+20+8+16)
+	copy(f[0:6], []byte{2, 0, 0, 0, 0, 1})
+	copy(f[6:12], []byte{2, 0, 0, 0, 0, 2})
+	binary.BigEndian.PutUint16(f[12:], 0x0800)
+	ip := f[14:34]
+	ip[0], ip[8], ip[9] = 0x45, 64, 1
+	binary.BigEndian.PutUint16(ip[2:], 20+8+16)
+	copy(ip[12:16], client[:])
+	copy(ip[16:20], vip[:])
+	binary.BigEndian.PutUint16(ip[10:], ^fold(sum16(ip)))
+	icmp := f[34:]
+	icmp[0] = 8
+	binary.BigEndian.PutUint16(icmp[4:], id)
+	binary.BigEndian.PutUint16(icmp[6:], seq)
+	binary.BigEndian.PutUint16(icmp[2:], ^fold(sum16(icmp)))
+	return f
+}
+
+func sum16(b []byte) uint32 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	return s
+}
+
+func fold(s uint32) uint16 {
+	for s > 0xffff {
+		s = s&0xffff + s>>16
+	}
+	return uint16(s)
+}
+
+// BenchmarkReadTraces measures the kernel-to-userspace half of the trace
+// pipeline: the data plane forwards requests (each sampled, so each emits an
+// event into the ring buffer) while ReadTraces decodes them. It reports the
+// events delivered per second and the share the kernel dropped because the
+// reader fell behind. exporter.BenchmarkTracer measures the span half.
+func BenchmarkReadTraces(b *testing.B) {
+	bal := newDetached(b, 1, func(c *Config) { c.TraceSample = 1 })
+	for _, st := range bal.states {
+		st.mac = net.HardwareAddr{2, 0, 0, 0, 0, 3}
+	}
+	for addr := range bal.states {
+		if err := bal.writeBackend(addr); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := bal.rebuildTable(); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	vip := bal.cfg.VIP.As4()
+	var delivered atomic.Uint64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		bal.ReadTraces(ctx, func(TraceEvent) { delivered.Add(1) })
+	}()
+	frames := make([][]byte, 4096)
+	for i := range frames {
+		frames[i] = echoFrame(vip, [4]byte{10, 9, byte(i >> 8), byte(i)}, uint16(i), 1)
+	}
+	out := make([]byte, 256)
+	b.StartTimer()
+	start := time.Now()
+	for i := 0; b.Loop(); i++ {
+		if _, err := bal.objs.Icmplb.Run(&ebpf.RunOptions{Data: frames[i%len(frames)], DataOut: out}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// Let the reader drain what is queued before counting.
+	time.Sleep(100 * time.Millisecond)
+	elapsed := time.Since(start)
+	cancel()
+	<-done
+	snap, err := bal.Snapshot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(delivered.Load())/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(snap.TraceEventsDropped)/float64(b.N)*100, "%dropped")
+}
