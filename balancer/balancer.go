@@ -124,7 +124,7 @@ func New(cfg Config, log *slog.Logger) (*Balancer, error) {
 		log.Warn("no backend's next hop is resolved yet: echo requests pass to this host's kernel until one answers ARP",
 			"backends", cfg.Backends)
 	}
-	log.Info("attached", "iface", iface.Name, "mode", mode, "vip", cfg.VIP, "snat", cfg.SNAT,
+	log.Info("attached", "iface", iface.Name, "mode", b.mode, "vip", cfg.VIP, "snat", cfg.SNAT,
 		"backends", len(cfg.Backends), "up", b.upCount())
 	return b, nil
 }
@@ -147,7 +147,15 @@ func (b *Balancer) load() error {
 	// The occupancy counter needs a kfunc of Linux 6.6: load it on its own so
 	// that older kernels run without that one metric.
 	ctSpec := spec.Copy()
-	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
+	opts, err := b.pinning(spec)
+	if err != nil {
+		return err
+	}
+	if err := spec.LoadAndAssign(&b.objs, opts); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return fmt.Errorf("a map pinned under %s does not match this configuration (sizes changed?): remove that directory and restart: %w",
+				opts.Maps.PinPath, err)
+		}
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return fmt.Errorf("the kernel's verifier rejected the data plane (kernel too old? icmplb needs Linux 5.12+): %v", ve)

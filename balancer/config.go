@@ -47,6 +47,9 @@ type Config struct {
 	TraceSample int
 	// TraceBufferSize is the size of the kernel's trace ring buffer in bytes.
 	TraceBufferSize int
+	// BPFFS, when set, is a bpffs directory under which the conntrack maps
+	// are pinned, so that sessions survive a restart of the agent.
+	BPFFS string
 }
 
 // Defaults for the zero fields of Config.

@@ -47,6 +47,7 @@ type runCmd struct {
 	NATIdle       time.Duration `name:"nat-idle" default:"60s" env:"ICMPLB_NAT_IDLE" help:"Silence after which a session's NAT id may be reused."`
 	LossTimeout   time.Duration `name:"loss-timeout" default:"1s" env:"ICMPLB_LOSS_TIMEOUT" help:"A request unanswered this long is lost (at most 30s)."`
 	InflightSize  int           `name:"inflight-size" default:"262144" env:"ICMPLB_INFLIGHT_SIZE" help:"Capacity of the map of requests awaiting replies."`
+	BPFFS         string        `name:"bpffs" env:"ICMPLB_BPFFS" help:"Mounted bpffs (e.g. /sys/fs/bpf) to pin the conntrack maps under, so sessions survive a restart; empty: no pinning."`
 
 	ListenAddress string `name:"web.listen-address" default:":10047" env:"ICMPLB_WEB_LISTEN_ADDRESS" help:"Address of the HTTP server: /metrics, /healthz, /readyz."`
 	TraceSample   int    `name:"trace.sample" default:"0" env:"ICMPLB_TRACE_SAMPLE" help:"Trace one exchange in N over OTLP (configured by the OTEL_* variables); 0 disables tracing."`
@@ -58,7 +59,7 @@ func (r *runCmd) config() balancer.Config {
 		Iface: r.Iface, VIP: r.VIP, SNAT: r.SNAT, Backends: r.Backends, XDPMode: r.XDPMode,
 		MaglevSize: r.MaglevSize, ConntrackSize: r.ConntrackSize, NATIdle: r.NATIdle,
 		LossTimeout: r.LossTimeout, InflightSize: r.InflightSize,
-		TraceSample: r.TraceSample, TraceBufferSize: r.TraceBuffer,
+		TraceSample: r.TraceSample, TraceBufferSize: r.TraceBuffer, BPFFS: r.BPFFS,
 	}
 }
 

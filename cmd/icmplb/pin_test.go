@@ -1,0 +1,90 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/icmplb/icmplb/internal/testenv"
+	"github.com/icmplb/icmplb/internal/topology"
+)
+
+// bpffs mounts a private bpffs for the test; ip netns exec shares the test's
+// mounts with the agent.
+func bpffs(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "bpf", "bpf", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount bpffs: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	return dir
+}
+
+// TestPinnedSessionsSurviveRestart restarts the agent with another backend
+// added: without its pinned conntrack, about half of the sessions would move
+// to the new backend by Maglev; with it, every session stays where it was.
+func TestPinnedSessionsSurviveRestart(t *testing.T) {
+	testenv.Privileged(t)
+	topo := topology.NewT(t, topology.Seed())
+	fs := bpffs(t)
+	base := []string{"run", "--iface", "eth0", "--vip", vip, "--bpffs", fs}
+
+	first := startAgent(t, topo, nil, append(base, "--backend", backend1)...)
+	for _, r := range pingSessions(topo, topology.SeedClient, 16, 5000, 2, "0.02") {
+		if r.sent != 2 || r.received != 2 {
+			t.Fatalf("before restart: %s", r)
+		}
+	}
+	if _, err := first.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	pinned, _ := filepath.Glob(filepath.Join(fs, "icmplb", "eth0", "*"))
+	if len(pinned) != 3 {
+		t.Fatalf("pinned %v, want ct_fwd, ct_rev, nat_next", pinned)
+	}
+
+	before := icmpOf(t, topo, topology.SeedBackend2)
+	startAgent(t, topo, nil, append(base, "--backend", backend1, "--backend", backend2)...)
+	for _, r := range pingSessions(topo, topology.SeedClient, 16, 5000, 2, "0.02") {
+		if r.sent != 2 || r.received != 2 {
+			t.Fatalf("after restart: %s", r)
+		}
+	}
+	if after := icmpOf(t, topo, topology.SeedBackend2); after.InType8 != before.InType8 {
+		t.Errorf("%d requests of known sessions went to the new backend h3: sessions did not survive the restart",
+			after.InType8-before.InType8)
+	}
+	// New sessions do use the new backend.
+	for _, r := range pingSessions(topo, topology.SeedClient, 16, 6000, 1, "0.02") {
+		if r.sent != 1 || r.received != 1 {
+			t.Fatalf("new session: %s", r)
+		}
+	}
+	if after := icmpOf(t, topo, topology.SeedBackend2); after.InType8 == before.InType8 {
+		t.Error("no new session reached the added backend h3")
+	}
+}
+
+func TestPinnedMapsOfOtherSizeRefused(t *testing.T) {
+	testenv.Privileged(t)
+	topo := topology.NewT(t, topology.Seed())
+	fs := bpffs(t)
+	a := startAgent(t, topo, nil, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1, "--bpffs", fs)
+	if _, err := a.stop(); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := lbRun(t, topo, []string{icmplbBin(t)}, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1,
+		"--bpffs", fs, "--conntrack-size", "1024")
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if code == 0 || !strings.Contains(lines[len(lines)-1], "does not match this configuration") {
+		t.Errorf("exit %d, stderr %q: want a refusal naming the mismatch", code, stderr)
+	}
+	_, stderr, code = lbRun(t, topo, []string{icmplbBin(t)}, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1,
+		"--bpffs", os.TempDir())
+	if code == 0 || !strings.Contains(stderr, "is not a mounted bpffs") {
+		t.Errorf("exit %d, stderr %q: want a refusal of a directory that is not bpffs", code, stderr)
+	}
+}
