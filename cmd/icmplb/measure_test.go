@@ -2,10 +2,8 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -47,29 +45,13 @@ func startResponder(t *testing.T, topo *topology.Topology, host string, cfg resp
 	return r
 }
 
-// lbClient is an HTTP client whose connections are made in lb's namespace:
-// http.Transport dials on goroutines of its own, outside any locked thread.
-func lbClient(topo *topology.Topology) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := topo.InNS(topology.SeedBalancer, func() error {
-				var err error
-				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
-}
-
 // scrape fetches /metrics from the agent in lb as protobuf, the format that
 // carries native histograms.
 func scrape(t *testing.T, topo *topology.Topology) map[string]*dto.MetricFamily {
 	t.Helper()
 	req, _ := http.NewRequest("GET", "http://"+metricsAddr+"/metrics", nil)
 	req.Header.Set("Accept", "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited")
-	resp, err := lbClient(topo).Do(req)
+	resp, err := topo.HTTPClient(topology.SeedBalancer).Do(req)
 	if err != nil {
 		t.Fatalf("scrape: %v", err)
 	}

@@ -10,7 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -131,17 +130,7 @@ func run(bin string) error {
 
 // showMetrics scrapes the agent and prints what it measured per backend.
 func showMetrics(topo *topology.Topology, slow *responder.Responder) error {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := topo.InNS(topology.SeedBalancer, func() error {
-				var err error
-				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
+	client := topo.HTTPClient(topology.SeedBalancer)
 	get := func(accept string) ([]byte, error) {
 		req, _ := http.NewRequest("GET", "http://"+metricsAddr+"/metrics", nil)
 		req.Header.Set("Accept", accept)
