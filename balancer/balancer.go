@@ -43,9 +43,14 @@ type Balancer struct {
 	table        *Maglev
 	states       map[netip.Addr]*backendState
 	loss         *lossLedger
-	ctCount      struct {
+	// Helpers run from userspace (BPF_PROG_RUN), loaded apart from the data
+	// plane because they need newer kernels: nil where they did not load.
+	ctCount struct {
 		Prog    *ebpf.Program `ebpf:"conntrack_count"`
 		Entries *ebpf.Map     `ebpf:"conntrack_entries"`
+	}
+	sweep struct {
+		Prog *ebpf.Program `ebpf:"sweep"`
 	}
 	snapMu  sync.Mutex // guards scratch
 	scratch scratch
@@ -162,12 +167,16 @@ func (b *Balancer) load() error {
 		}
 		return fmt.Errorf("load the data plane: %w", err)
 	}
-	err = ctSpec.LoadAndAssign(&b.ctCount, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+	helperOpts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		bpf.IcmplbMapCtFwd: b.objs.CtFwd, bpf.IcmplbMapCtRev: b.objs.CtRev, bpf.IcmplbMapInflight: b.objs.Inflight,
-	}})
-	if err != nil {
+	}}
+	if err := ctSpec.Copy().LoadAndAssign(&b.ctCount, helperOpts); err != nil {
 		b.log.Warn("conntrack occupancy will not be reported: the kernel cannot count map elements (needs Linux 6.6+)", "err", err)
 		b.ctCount.Prog, b.ctCount.Entries = nil, nil
+	}
+	if err := ctSpec.LoadAndAssign(&b.sweep, helperOpts); err != nil {
+		b.log.Warn("lost requests and idle sessions stay in the maps until LRU eviction: the kernel cannot run the sweeper (needs Linux 5.14+)", "err", err)
+		b.sweep.Prog = nil
 	}
 	b.ncpu, err = ebpf.PossibleCPU()
 	if err != nil {
@@ -301,6 +310,11 @@ func (b *Balancer) Run(ctx context.Context) error {
 			if err := b.settleLoss(); err != nil {
 				b.log.Warn("settle lost requests", "err", err)
 			}
+			if b.sweep.Prog != nil {
+				if _, err := b.sweep.Prog.Run(&ebpf.RunOptions{}); err != nil {
+					b.log.Warn("sweep expired conntrack entries", "err", err)
+				}
+			}
 		}
 	}
 }
@@ -320,6 +334,9 @@ func (b *Balancer) Close() error {
 	if b.ctCount.Prog != nil {
 		b.ctCount.Prog.Close()
 		b.ctCount.Entries.Close()
+	}
+	if b.sweep.Prog != nil {
+		b.sweep.Prog.Close()
 	}
 	return errors.Join(errs...)
 }

@@ -516,6 +516,49 @@ int conntrack_count(void *ctx)
 	return 0;
 }
 
+/* Entries of requests older than this are lost even to late replies. */
+#define INFLIGHT_MAX_AGE(timeout) (2 * (timeout))
+
+static long sweep_inflight(void *map, struct inflight_key *k, struct inflight_val *v, __u64 *now)
+{
+	if (*now - v->sent_ns > INFLIGHT_MAX_AGE(cfg_loss_timeout_ns))
+		bpf_map_delete_elem(&inflight, k);
+	return 0;
+}
+
+static long sweep_rev(void *map, struct rev_key *k, struct rev_val *v, __u64 *now)
+{
+	if (*now - v->last_seen_ns > cfg_nat_idle_ns)
+		bpf_map_delete_elem(&ct_rev, k);
+	return 0;
+}
+
+static long sweep_fwd(void *map, struct fwd_key *k, struct fwd_val *v, __u64 *now)
+{
+	struct rev_key rk = { .backend = v->backend, .nat_id = v->nat_id };
+	struct rev_val *rv = bpf_map_lookup_elem(&ct_rev, &rk);
+
+	if (!rv || rv->client != k->client || rv->echo_id != k->echo_id)
+		bpf_map_delete_elem(&ct_fwd, k);
+	return 0;
+}
+
+/* Run by the agent every few hundred milliseconds (BPF_PROG_RUN): removes
+ * requests that can no longer be answered and sessions idle for longer than
+ * cfg_nat_idle_ns, so that the maps' occupancy is live state, not history
+ * waiting for LRU eviction. ct_rev goes first: a session's ct_fwd entry is
+ * kept exactly while its ct_rev entry is. */
+SEC("syscall")
+int sweep(void *ctx)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	bpf_for_each_map_elem(&inflight, sweep_inflight, &now, 0);
+	bpf_for_each_map_elem(&ct_rev, sweep_rev, &now, 0);
+	bpf_for_each_map_elem(&ct_fwd, sweep_fwd, &now, 0);
+	return 0;
+}
+
 /* Lets tests check the RTT bucket mapping in the kernel itself: maps the
  * u64 at the start of the packet to its bucket, written back over it. */
 SEC("xdp")

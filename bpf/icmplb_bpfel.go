@@ -155,6 +155,7 @@ const (
 	IcmplbProgConntrackCount  = "conntrack_count"
 	IcmplbProgIcmplb          = "icmplb"
 	IcmplbProgRttBucketProbe  = "rtt_bucket_probe"
+	IcmplbProgSweep           = "sweep"
 	IcmplbProgXdpPass         = "xdp_pass"
 	IcmplbVarCfgLossTimeoutNs = "cfg_loss_timeout_ns"
 	IcmplbVarCfgMaglevSize    = "cfg_maglev_size"
@@ -212,6 +213,7 @@ type IcmplbProgramSpecs struct {
 	ConntrackCount *ebpf.ProgramSpec `ebpf:"conntrack_count"`
 	Icmplb         *ebpf.ProgramSpec `ebpf:"icmplb"`
 	RttBucketProbe *ebpf.ProgramSpec `ebpf:"rtt_bucket_probe"`
+	Sweep          *ebpf.ProgramSpec `ebpf:"sweep"`
 	XdpPass        *ebpf.ProgramSpec `ebpf:"xdp_pass"`
 }
 
@@ -324,6 +326,7 @@ type IcmplbPrograms struct {
 	ConntrackCount *ebpf.Program `ebpf:"conntrack_count"`
 	Icmplb         *ebpf.Program `ebpf:"icmplb"`
 	RttBucketProbe *ebpf.Program `ebpf:"rtt_bucket_probe"`
+	Sweep          *ebpf.Program `ebpf:"sweep"`
 	XdpPass        *ebpf.Program `ebpf:"xdp_pass"`
 }
 
@@ -332,6 +335,7 @@ func (p *IcmplbPrograms) Close() error {
 		p.ConntrackCount,
 		p.Icmplb,
 		p.RttBucketProbe,
+		p.Sweep,
 		p.XdpPass,
 	)
 }

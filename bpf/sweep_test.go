@@ -1,0 +1,69 @@
+package bpf
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+func TestSweepRemovesExpiredState(t *testing.T) {
+	cfg := testConfig(vip)
+	h := newHarness(t, cfg)
+	now := monotonicNow(t)
+	be := Addr(backendA.addr)
+
+	oldReq := IcmplbInflightKey{Backend: be, NatId: Net16(1), Seq: Net16(1)}
+	newReq := IcmplbInflightKey{Backend: be, NatId: Net16(1), Seq: Net16(2)}
+	// Older than twice the loss timeout: not even a late reply can come.
+	mustPut(t, h.objs.Inflight, oldReq, IcmplbInflightVal{SentNs: now - uint64(3*cfg.LossTimeout)})
+	// Lost, but a late reply may still come: kept.
+	mustPut(t, h.objs.Inflight, newReq, IcmplbInflightVal{SentNs: now - uint64(cfg.LossTimeout+cfg.LossTimeout/2)})
+
+	idle := IcmplbRevKey{Backend: be, NatId: Net16(10)}
+	live := IcmplbRevKey{Backend: be, NatId: Net16(11)}
+	c1, c2, c3 := Addr(client1), Addr(client2), Addr(netip.MustParseAddr("10.0.0.5"))
+	mustPut(t, h.objs.CtRev, idle, IcmplbRevVal{Client: c1, EchoId: Net16(7), LastSeenNs: now - uint64(2*cfg.NATIdle)})
+	mustPut(t, h.objs.CtRev, live, IcmplbRevVal{Client: c2, EchoId: Net16(7), LastSeenNs: now - uint64(time.Second)})
+	idleSession := IcmplbFwdKey{Client: c1, EchoId: Net16(7)}
+	liveSession := IcmplbFwdKey{Client: c2, EchoId: Net16(7)}
+	orphan := IcmplbFwdKey{Client: c3, EchoId: Net16(7)} // its NAT id now belongs to c2's session
+	mustPut(t, h.objs.CtFwd, idleSession, IcmplbFwdVal{Backend: be, NatId: idle.NatId})
+	mustPut(t, h.objs.CtFwd, liveSession, IcmplbFwdVal{Backend: be, NatId: live.NatId})
+	mustPut(t, h.objs.CtFwd, orphan, IcmplbFwdVal{Backend: be, NatId: live.NatId})
+
+	if _, err := h.objs.Sweep.Run(&ebpf.RunOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		m    *ebpf.Map
+		key  any
+		kept bool
+	}{
+		{"request past twice the loss timeout", h.objs.Inflight, oldReq, false},
+		{"request within twice the loss timeout", h.objs.Inflight, newReq, true},
+		{"idle NAT mapping", h.objs.CtRev, idle, false},
+		{"live NAT mapping", h.objs.CtRev, live, true},
+		{"session of the idle mapping", h.objs.CtFwd, idleSession, false},
+		{"live session", h.objs.CtFwd, liveSession, true},
+		{"session whose NAT id went to another", h.objs.CtFwd, orphan, false},
+	} {
+		// LookupBytes returns nil, not an error, for a missing key.
+		v, err := c.m.LookupBytes(c.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (v != nil) != c.kept {
+			t.Errorf("%s: kept=%v, want %v", c.name, v != nil, c.kept)
+		}
+	}
+}
+
+func mustPut(t *testing.T, m *ebpf.Map, k, v any) {
+	t.Helper()
+	if err := m.Put(k, v); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,656 @@
+package dashboards
+
+// The end-to-end check of the dashboards and the rules: the real icmplb
+// binary and Debian's real Prometheus in the lb namespace of the seed
+// topology, real pings from the clients, one healthy and one slow, lossy
+// backend. Every panel's query must get data and the loss alert must fire
+// for the lossy backend only. It needs root and skips without it.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/icmplb/icmplb/internal/responder"
+	"github.com/icmplb/icmplb/internal/testenv"
+	"github.com/icmplb/icmplb/internal/topology"
+)
+
+const (
+	// e2eWait bounds the wait for every panel to have data and the alert
+	// to fire (typically about 15 s).
+	e2eWait = 90 * time.Second
+	// e2eRateInterval replaces Grafana's $__rate_interval: 15 scrapes.
+	e2eRateInterval = "15s"
+	// sessionsPerClient ping sessions (echo identifiers) run on h1 and on
+	// h4 each, so that Maglev gives both backends traffic.
+	sessionsPerClient = 8
+	// Test time scales of the rules, see shortRules.
+	e2eFor   = "5s"
+	e2eRange = "[" + e2eRateInterval + "]"
+	// The lossy backend h3: the responder's delay and loss.
+	lossyDelay = 20 * time.Millisecond
+	lossyLoss  = 0.4
+)
+
+var (
+	vip         = topology.SeedVIP.String()
+	goodBackend = topology.SeedH2.String()
+	lossy       = topology.SeedH3.String()
+)
+
+// forLineRE and rangeRE find what shortRules shortens.
+var (
+	forLineRE = regexp.MustCompile(`(?m)^(\s*for:\s*)\S+[ \t]*$`)
+	rangeRE   = regexp.MustCompile(`\[\w+\](\s+offset\b)?`)
+)
+
+// shortRules returns a test copy of the rules whose alerts can fire within
+// seconds, by a fixed transformation that keeps every expression's meaning
+// and every threshold:
+//   - every alert's `for:` becomes 5s;
+//   - every range selector without an offset (the rate windows, [5m])
+//     becomes [15s]: 15 samples at the test's 1s scrape interval. A range
+//     with an offset (the RTT baseline of a day ago) is kept: a fresh
+//     Prometheus has no day-old data either way.
+//
+// The recording rules keep their names (…:rate5m) although their window is
+// shorter here.
+func shortRules(t *testing.T, src []byte) []byte {
+	t.Helper()
+	nFor, nRange := 0, 0
+	out := forLineRE.ReplaceAllFunc(src, func(m []byte) []byte {
+		nFor++
+		return forLineRE.ReplaceAll(m, []byte("${1}"+e2eFor))
+	})
+	out = rangeRE.ReplaceAllFunc(out, func(m []byte) []byte {
+		if bytes.Contains(m, []byte("offset")) {
+			return m
+		}
+		nRange++
+		return []byte(e2eRange)
+	})
+	// The transformation must have found what it expects, and the result
+	// must still be valid rules with the same rules in it.
+	orig := loadRules(t, rulesFile)
+	if want := len(alerts(orig)); nFor != want {
+		t.Fatalf("shortRules: %d for: lines, want one per alert (%d)", nFor, want)
+	}
+	if nRange == 0 {
+		t.Fatal("shortRules: no range selector shortened")
+	}
+	f := filepath.Join(t.TempDir(), "check.yml")
+	if err := os.WriteFile(f, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	short := loadRules(t, f)
+	for _, a := range alerts(short) {
+		if a.For.String() != e2eFor {
+			t.Fatalf("shortRules: %s has for %s", a.Alert, a.For)
+		}
+	}
+	return out
+}
+
+// icmplbBin is the agent under test: $ICMPLB_BIN (what `make test` built) or a
+// fresh build, so that a plain go test never runs a stale bin/icmplb.
+func icmplbBin(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("ICMPLB_BIN"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("ICMPLB_BIN: %v", err)
+		}
+		return p
+	}
+	bin := filepath.Join(t.TempDir(), "icmplb")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/icmplb/icmplb/cmd/icmplb").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// hermeticEnv is the environment without ICMPLB_* and OTEL_* settings, which
+// the agent would read, plus extra.
+func hermeticEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "ICMPLB_") && !strings.HasPrefix(kv, "OTEL_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
+}
+
+// lockedBuffer collects a child's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a long-running child process of the test.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  *lockedBuffer
+	done chan struct{}
+	err  error // Wait's result once done is closed
+}
+
+// startProc starts cmd and stops it (SIGTERM, then SIGKILL) when the test
+// ends, showing its output if the test failed.
+func startProc(t *testing.T, name string, cmd *exec.Cmd, env []string) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: cmd, log: &lockedBuffer{}, done: make(chan struct{})}
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = p.log, p.log
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		if err := p.stop(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, p.log)
+		}
+	})
+	return p
+}
+
+// stop ends the process; ip netns exec execs the command in place, so the
+// pid is the program's own.
+func (p *proc) stop() error {
+	select {
+	case <-p.done:
+		return p.err
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("still running 10s after SIGTERM; killed")
+	}
+}
+
+func (p *proc) waitLog(t *testing.T, text string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for !strings.Contains(p.log.String(), text) {
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited (%v) before logging %q", p.name, p.err, text)
+		case <-deadline:
+			t.Fatalf("%s did not log %q within %v", p.name, text, timeout)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// freeAddrs returns n loopback addresses with distinct free ports in host's
+// namespace (a fresh namespace, where nothing else takes them meanwhile).
+func freeAddrs(t *testing.T, topo *topology.Topology, host string, n int) []string {
+	t.Helper()
+	var addrs []string
+	for range n {
+		l := listenIn(t, topo, host)
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs
+}
+
+// listenIn listens on a free loopback port in host's namespace.
+func listenIn(t *testing.T, topo *topology.Topology, host string) net.Listener {
+	t.Helper()
+	var l net.Listener
+	if err := topo.InNS(host, func() (err error) {
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// promAPI queries Prometheus's HTTP API in the lb namespace: its client
+// dials from inside that namespace.
+type promAPI struct {
+	base   string
+	client *http.Client
+}
+
+func newPromAPI(topo *topology.Topology, host, addr string) *promAPI {
+	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
+		var c net.Conn
+		err := topo.InNS(host, func() (err error) {
+			c, err = (&net.Dialer{}).DialContext(ctx, network, address)
+			return err
+		})
+		return c, err
+	}
+	return &promAPI{
+		base:   "http://" + addr,
+		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial}},
+	}
+}
+
+// get calls an API endpoint and decodes its data into out.
+func (a *promAPI) get(path string, params url.Values, out any) error {
+	resp, err := a.client.Get(a.base + path + "?" + params.Encode())
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	var r struct {
+		Status string          `json:"status"`
+		Data   json.RawMessage `json:"data"`
+		Error  string          `json:"error"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return fmt.Errorf("%s: HTTP %s: %q", path, resp.Status, body)
+	}
+	if r.Status != "success" {
+		return fmt.Errorf("%s %v: %s", path, params, r.Error)
+	}
+	return json.Unmarshal(r.Data, out)
+}
+
+type series struct {
+	Metric map[string]string `json:"metric"`
+	Value  [2]any            `json:"value"`
+}
+
+// query runs an instant query and returns its series.
+func (a *promAPI) query(expr string) ([]series, error) {
+	var d struct {
+		ResultType string          `json:"resultType"`
+		Result     json.RawMessage `json:"result"`
+	}
+	if err := a.get("/api/v1/query", url.Values{"query": {expr}}, &d); err != nil {
+		return nil, err
+	}
+	if d.ResultType != "vector" {
+		return nil, fmt.Errorf("query %q: result type %s, want vector", expr, d.ResultType)
+	}
+	var ss []series
+	return ss, json.Unmarshal(d.Result, &ss)
+}
+
+// labelValues runs a Grafana label_values(selector, label) variable query.
+func (a *promAPI) labelValues(selector, label string) ([]string, error) {
+	var vs []string
+	err := a.get("/api/v1/label/"+label+"/values", url.Values{"match[]": {selector}}, &vs)
+	slices.Sort(vs)
+	return vs, err
+}
+
+// exemplars counts the exemplars of expr's series in the last minute.
+func (a *promAPI) exemplars(expr string) (int, error) {
+	now := time.Now()
+	var d []struct {
+		Exemplars []json.RawMessage `json:"exemplars"`
+	}
+	err := a.get("/api/v1/query_exemplars", url.Values{
+		"query": {expr},
+		"start": {fmt.Sprint(now.Add(-time.Minute).Unix())},
+		"end":   {fmt.Sprint(now.Unix())},
+	}, &d)
+	n := 0
+	for _, s := range d {
+		n += len(s.Exemplars)
+	}
+	return n, err
+}
+
+type alert struct {
+	Labels map[string]string `json:"labels"`
+	State  string            `json:"state"`
+}
+
+func (a *promAPI) alerts() ([]alert, error) {
+	var d struct {
+		Alerts []alert `json:"alerts"`
+	}
+	return d.Alerts, a.get("/api/v1/alerts", nil, &d)
+}
+
+// grafanaRegex formats values as Grafana does for a multi-value variable in
+// a Prometheus query: regex-escaped, escaped again for the PromQL string,
+// alternatives in parentheses.
+func grafanaRegex(values []string) string {
+	var esc []string
+	for _, v := range values {
+		esc = append(esc, strings.ReplaceAll(regexp.QuoteMeta(v), `\`, `\\`))
+	}
+	if len(esc) == 1 {
+		return esc[0]
+	}
+	return "(" + strings.Join(esc, "|") + ")"
+}
+
+// e2eQuery is one panel target with its variables filled in.
+type e2eQuery struct {
+	where, expr string
+	exemplar    bool
+	conntrack   bool
+}
+
+// e2eQueries fills in the dashboards' variables as Grafana would with the
+// values their variable queries returned: every VIP and backend on the
+// overview; on the backend view every VIP and, in turn, each backend.
+func e2eQueries(ds []*dashboard, vips, backends []string) []e2eQuery {
+	var qs []e2eQuery
+	for _, d := range ds {
+		var backendValues []map[string]string
+		if v := d.variable("backend"); v != nil && !v.Multi && !v.IncludeAll {
+			for _, b := range backends {
+				backendValues = append(backendValues, map[string]string{"backend": b})
+			}
+		} else {
+			backendValues = []map[string]string{{"backend": grafanaRegex(backends)}}
+		}
+		for _, bv := range backendValues {
+			vals := map[string]string{"vip": grafanaRegex(vips), "backend": bv["backend"], "__rate_interval": e2eRateInterval}
+			for _, q := range d.queries() {
+				if q.tgt == nil {
+					continue // annotations: they show alerts, checked apart
+				}
+				qs = append(qs, e2eQuery{
+					where:     fmt.Sprintf("%s (backend %s)", q.where, bv["backend"]),
+					expr:      substitute(q.expr, vals),
+					exemplar:  q.tgt.Exemplar,
+					conntrack: strings.Contains(q.expr, "icmplb_conntrack_entries"),
+				})
+			}
+		}
+	}
+	return qs
+}
+
+// TestEndToEnd runs the agent and Prometheus with the rules (time scales
+// shortened by shortRules) and checks what a Grafana user would see: the
+// variables' values, data in every panel, exemplars on the latency panels,
+// and IcmplbBackendLoss firing for the lossy backend h3 and never for h2.
+func TestEndToEnd(t *testing.T) {
+	testenv.Privileged(t)
+	promBin := lookTool(t, "prometheus", "prometheus")
+	lookTool(t, "ping", "iputils-ping")
+	bin := icmplbBin(t)
+	begin := time.Now()
+	lb := topology.SeedBalancer
+	topo := topology.NewT(t, topology.Seed())
+
+	// h2 answers with its kernel; h3 with the responder, late and lossy.
+	if err := responder.DisableKernelEcho(topo, topology.SeedBackend2); err != nil {
+		t.Fatal(err)
+	}
+	var r *responder.Responder
+	if err := topo.InNS(topology.SeedBackend2, func() (err error) {
+		r, err = responder.Listen(responder.Config{Delay: lossyDelay, Loss: lossyLoss, Seed: 1})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- r.Serve() }()
+	t.Cleanup(func() {
+		r.Close()
+		if err := <-served; err != nil {
+			t.Errorf("responder: %v", err)
+		}
+	})
+
+	// An OTLP/HTTP sink in lb, so that the agent traces (one exchange in
+	// 10) and puts exemplars on the RTT histograms.
+	otlp := listenIn(t, topo, lb)
+	sink := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.Copy(io.Discard, req.Body)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+	})}
+	go sink.Serve(otlp)
+	t.Cleanup(func() { sink.Close() })
+
+	addrs := freeAddrs(t, topo, lb, 2)
+	agentAddr, promAddr := addrs[0], addrs[1]
+	agent := startProc(t, "icmplb", topo.Command(lb, bin, "run", "--iface", "eth0", "--vip", vip,
+		"--backend", goodBackend, "--backend", lossy,
+		"--web.listen-address", agentAddr, "--trace.sample", "10"),
+		hermeticEnv("OTEL_EXPORTER_OTLP_ENDPOINT=http://"+otlp.Addr().String(), "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"))
+	agent.waitLog(t, "msg=attached", 10*time.Second)
+	conntrackKnown := !strings.Contains(agent.log.String(), "conntrack occupancy will not be reported")
+
+	dir := t.TempDir()
+	src, err := os.ReadFile(rulesFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := filepath.Join(dir, "rules.yml")
+	if err := os.WriteFile(rules, shortRules(t, src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(config, fmt.Appendf(nil, `global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - %s
+scrape_configs:
+  - job_name: icmplb
+    static_configs:
+      - targets: ['%s']
+`, rules, agentAddr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	promStart := time.Now()
+	startProc(t, "prometheus", topo.Command(lb, promBin,
+		"--config.file="+config, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+promAddr, "--enable-feature=exemplar-storage"), hermeticEnv())
+	api := newPromAPI(topo, lb, promAddr)
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		resp, err := api.client.Get(api.base + "/-/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prometheus not ready within 20s: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ready := time.Now()
+
+	// Traffic: sessionsPerClient pings on each client, 20 requests/s each,
+	// until the test ends (at most e2eWait and a margin).
+	var pings []*exec.Cmd
+	t.Cleanup(func() {
+		for _, p := range pings {
+			p.Process.Kill()
+			p.Wait()
+		}
+	})
+	for c, client := range []string{topology.SeedClient, topology.SeedClient2} {
+		for i := range sessionsPerClient {
+			p := topo.Command(client, "ping", "-q", "-e", fmt.Sprint(1000*(c+1)+i), "-i", "0.05", "-W", "1",
+				"-w", fmt.Sprint(int((e2eWait + 30*time.Second).Seconds())), vip)
+			if err := p.Start(); err != nil {
+				t.Fatalf("start %s: %v", p, err)
+			}
+			pings = append(pings, p)
+		}
+	}
+	traffic := time.Now()
+
+	ds := loadDashboards(t)
+	varQuery := func(d *dashboard, name string, vals map[string]string) (string, string) {
+		sel, label, err := parseLabelValues(d.variable(name).queryString())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return substitute(sel, vals), label
+	}
+	wantBackends := []string{goodBackend, lossy}
+	var (
+		unmet       []string
+		dataAt      time.Time
+		firingAt    time.Time
+		nQueries    int
+		nExemplared int
+	)
+	for deadline := time.Now().Add(e2eWait); ; time.Sleep(time.Second) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: still\n  %s", e2eWait, strings.Join(unmet, "\n  "))
+		}
+		unmet = nil
+		fail := func(format string, args ...any) { unmet = append(unmet, fmt.Sprintf(format, args...)) }
+
+		// The variables, as Grafana would query them.
+		var vips, backends []string
+		for _, d := range ds {
+			sel, label := varQuery(d, "vip", nil)
+			vs, err := api.labelValues(sel, label)
+			if err != nil || !slices.Equal(vs, []string{vip}) {
+				fail("%s variable vip: %v (%v), want [%s]", d.file, vs, err, vip)
+			}
+			sel, label = varQuery(d, "backend", map[string]string{"vip": grafanaRegex(vs)})
+			bs, err := api.labelValues(sel, label)
+			if err != nil || !slices.Equal(bs, wantBackends) {
+				fail("%s variable backend: %v (%v), want %v", d.file, bs, err, wantBackends)
+			}
+			vips, backends = vs, bs
+		}
+		if len(unmet) > 0 {
+			continue
+		}
+
+		// Every panel target has data; latency targets have exemplars.
+		qs := e2eQueries(ds, vips, backends)
+		nQueries, nExemplared = len(qs), 0
+		for _, q := range qs {
+			ss, err := api.query(q.expr)
+			switch {
+			case err != nil:
+				fail("%s: %v", q.where, err)
+			case len(ss) == 0 && q.conntrack && !conntrackKnown:
+				// The kernel cannot count map elements (before 6.6).
+			case len(ss) == 0:
+				fail("%s: no data for %s", q.where, q.expr)
+			}
+			if q.exemplar {
+				nExemplared++
+				if n, err := api.exemplars(q.expr); err != nil || n == 0 {
+					fail("%s: no exemplars (%v) for %s", q.where, err, q.expr)
+				}
+			}
+		}
+		// The annotations' queries run.
+		for _, d := range ds {
+			for _, q := range d.queries() {
+				if q.tgt != nil {
+					continue
+				}
+				if _, err := api.query(substitute(q.expr, map[string]string{"vip": grafanaRegex(vips), "backend": grafanaRegex(backends)})); err != nil {
+					fail("%s: %v", q.where, err)
+				}
+			}
+		}
+		if len(unmet) == 0 && dataAt.IsZero() {
+			dataAt = time.Now()
+		}
+
+		// The loss alert: firing for h3, never even pending for h2.
+		as, err := api.alerts()
+		if err != nil {
+			fail("alerts: %v", err)
+		}
+		lossFiring := false
+		for _, a := range as {
+			if a.Labels["alertname"] != "IcmplbBackendLoss" {
+				continue
+			}
+			switch a.Labels["backend"] {
+			case goodBackend:
+				t.Fatalf("IcmplbBackendLoss is %s for the healthy backend %s: %v", a.State, goodBackend, a.Labels)
+			case lossy:
+				lossFiring = lossFiring || a.State == "firing"
+			}
+		}
+		if !lossFiring {
+			fail("IcmplbBackendLoss not firing for %s (alerts: %v)", lossy, as)
+		} else if firingAt.IsZero() {
+			firingAt = time.Now()
+		}
+		if len(unmet) > 0 {
+			continue
+		}
+		// Nothing else fires in this healthy lab.
+		for _, a := range as {
+			if a.State == "firing" && (a.Labels["alertname"] != "IcmplbBackendLoss" || a.Labels["backend"] != lossy) {
+				t.Errorf("unexpected firing alert %v", a.Labels)
+			}
+		}
+		break
+	}
+	t.Logf("setup (topology, agent, prometheus ready in %v) took %v; from the first ping, all %d panel queries (%d with exemplars) had data after %v and IcmplbBackendLoss fired for %s after %v",
+		ready.Sub(promStart).Round(time.Millisecond), traffic.Sub(begin).Round(time.Millisecond),
+		nQueries, nExemplared, dataAt.Sub(traffic).Round(time.Millisecond), lossy, firingAt.Sub(traffic).Round(time.Millisecond))
+
+	// What was measured, for the log.
+	for _, expr := range []string{
+		`icmplb:backend_loss_ratio:rate5m`,
+		`icmplb:backend_requests:rate5m`,
+		`histogram_quantile(0.5, sum by (backend, le) (rate(icmplb_backend_rtt_seconds_bucket[15s])))`,
+		`icmplb_conntrack_entries`,
+	} {
+		ss, err := api.query(expr)
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		for _, s := range ss {
+			t.Logf("%s%v = %v", expr, s.Metric, s.Value[1])
+		}
+	}
+}
