@@ -24,9 +24,8 @@ import (
 const (
 	rulesFile     = "icmplb-rules.yml"
 	rulesTestFile = "icmplb-rules.test.yml"
-	readmeFile    = "README.md"
-	// runbookBase is where the runbooks live once the lead has moved the
-	// README text of this directory into the main README.
+	readmeFile    = "../README.md"
+	// runbookBase is where the runbooks live: the main README.
 	runbookBase = "https://github.com/icmplb/icmplb/blob/main/README.md#"
 	// dsVar is how every panel, target and variable names its data source.
 	dsVar = "${datasource}"
