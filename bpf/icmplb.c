@@ -333,7 +333,9 @@ static __always_inline int nat_alloc(struct rev_key *rk, struct rev_val *rv, __u
 
 		rk->nat_id = bpf_htons(cand);
 		old = bpf_map_lookup_elem(&ct_rev, rk);
-		if (old && now - old->last_seen_ns < cfg_nat_idle_ns)
+		/* Another CPU may have stamped the entry after our `now`: compare
+		 * by addition, since now - last_seen would wrap around. */
+		if (old && old->last_seen_ns + cfg_nat_idle_ns > now)
 			continue;
 		if (bpf_map_update_elem(&ct_rev, rk, rv, BPF_ANY) == 0)
 			return 1;
@@ -521,14 +523,15 @@ int conntrack_count(void *ctx)
 
 static long sweep_inflight(void *map, struct inflight_key *k, struct inflight_val *v, __u64 *now)
 {
-	if (*now - v->sent_ns > INFLIGHT_MAX_AGE(cfg_loss_timeout_ns))
+	/* Entries stamped after the sweep began are newer than *now. */
+	if (v->sent_ns + INFLIGHT_MAX_AGE(cfg_loss_timeout_ns) < *now)
 		bpf_map_delete_elem(&inflight, k);
 	return 0;
 }
 
 static long sweep_rev(void *map, struct rev_key *k, struct rev_val *v, __u64 *now)
 {
-	if (*now - v->last_seen_ns > cfg_nat_idle_ns)
+	if (v->last_seen_ns + cfg_nat_idle_ns < *now)
 		bpf_map_delete_elem(&ct_rev, k);
 	return 0;
 }

@@ -732,7 +732,12 @@ func TestNATIDSkipsBusyReusesIdle(t *testing.T) {
 	}
 	busy := IcmplbRevVal{Client: Addr(client2), EchoId: Net16(77), ClientMac: hop2MAC, BackendIdx: backendA.idx, LastSeenNs: now}
 	for id := uint16(100); id < 103; id++ {
-		if err := h.objs.CtRev.Put(IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(id)}, busy); err != nil {
+		v := busy
+		if id == 101 {
+			// Stamped by another CPU after this packet read the clock.
+			v.LastSeenNs = now + uint64(time.Second)
+		}
+		if err := h.objs.CtRev.Put(IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(id)}, v); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -13,6 +13,7 @@ func TestSweepRemovesExpiredState(t *testing.T) {
 	h := newHarness(t, cfg)
 	now := monotonicNow(t)
 	be := Addr(backendA.addr)
+	c1, c2, c3 := Addr(client1), Addr(client2), Addr(netip.MustParseAddr("10.0.0.5"))
 
 	oldReq := IcmplbInflightKey{Backend: be, NatId: Net16(1), Seq: Net16(1)}
 	newReq := IcmplbInflightKey{Backend: be, NatId: Net16(1), Seq: Net16(2)}
@@ -21,9 +22,14 @@ func TestSweepRemovesExpiredState(t *testing.T) {
 	// Lost, but a late reply may still come: kept.
 	mustPut(t, h.objs.Inflight, newReq, IcmplbInflightVal{SentNs: now - uint64(cfg.LossTimeout+cfg.LossTimeout/2)})
 
+	// Stamped by a CPU after the sweep read its clock: newer than its now.
+	racing := IcmplbInflightKey{Backend: be, NatId: Net16(1), Seq: Net16(3)}
+	mustPut(t, h.objs.Inflight, racing, IcmplbInflightVal{SentNs: now + uint64(time.Second)})
+	racingRev := IcmplbRevKey{Backend: be, NatId: Net16(12)}
+	mustPut(t, h.objs.CtRev, racingRev, IcmplbRevVal{Client: c3, EchoId: Net16(8), LastSeenNs: now + uint64(time.Second)})
+
 	idle := IcmplbRevKey{Backend: be, NatId: Net16(10)}
 	live := IcmplbRevKey{Backend: be, NatId: Net16(11)}
-	c1, c2, c3 := Addr(client1), Addr(client2), Addr(netip.MustParseAddr("10.0.0.5"))
 	mustPut(t, h.objs.CtRev, idle, IcmplbRevVal{Client: c1, EchoId: Net16(7), LastSeenNs: now - uint64(2*cfg.NATIdle)})
 	mustPut(t, h.objs.CtRev, live, IcmplbRevVal{Client: c2, EchoId: Net16(7), LastSeenNs: now - uint64(time.Second)})
 	idleSession := IcmplbFwdKey{Client: c1, EchoId: Net16(7)}
@@ -44,6 +50,8 @@ func TestSweepRemovesExpiredState(t *testing.T) {
 	}{
 		{"request past twice the loss timeout", h.objs.Inflight, oldReq, false},
 		{"request within twice the loss timeout", h.objs.Inflight, newReq, true},
+		{"request stamped after the sweep began", h.objs.Inflight, racing, true},
+		{"NAT mapping stamped after the sweep began", h.objs.CtRev, racingRev, true},
 		{"idle NAT mapping", h.objs.CtRev, idle, false},
 		{"live NAT mapping", h.objs.CtRev, live, true},
 		{"session of the idle mapping", h.objs.CtFwd, idleSession, false},

@@ -21,11 +21,10 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/icmplb/icmplb/internal/agenttest"
 	"github.com/icmplb/icmplb/internal/responder"
 	"github.com/icmplb/icmplb/internal/testenv"
 	"github.com/icmplb/icmplb/internal/topology"
@@ -107,120 +106,7 @@ func shortRules(t *testing.T, src []byte) []byte {
 	return out
 }
 
-// icmplbBin is the agent under test: $ICMPLB_BIN (what `make test` built) or a
-// fresh build, so that a plain go test never runs a stale bin/icmplb.
-func icmplbBin(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("ICMPLB_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("ICMPLB_BIN: %v", err)
-		}
-		return p
-	}
-	bin := filepath.Join(t.TempDir(), "icmplb")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/icmplb/icmplb/cmd/icmplb").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// hermeticEnv is the environment without ICMPLB_* and OTEL_* settings, which
-// the agent would read, plus extra.
-func hermeticEnv(extra ...string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "ICMPLB_") && !strings.HasPrefix(kv, "OTEL_") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, extra...)
-}
-
-// lockedBuffer collects a child's output while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// proc is a long-running child process of the test.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  *lockedBuffer
-	done chan struct{}
-	err  error // Wait's result once done is closed
-}
-
-// startProc starts cmd and stops it (SIGTERM, then SIGKILL) when the test
-// ends, showing its output if the test failed.
-func startProc(t *testing.T, name string, cmd *exec.Cmd, env []string) *proc {
-	t.Helper()
-	p := &proc{name: name, cmd: cmd, log: &lockedBuffer{}, done: make(chan struct{})}
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = p.log, p.log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if err := p.stop(); err != nil {
-			t.Errorf("%s: %v", name, err)
-		}
-		if t.Failed() {
-			t.Logf("%s output:\n%s", name, p.log)
-		}
-	})
-	return p
-}
-
-// stop ends the process; ip netns exec execs the command in place, so the
-// pid is the program's own.
-func (p *proc) stop() error {
-	select {
-	case <-p.done:
-		return p.err
-	default:
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("still running 10s after SIGTERM; killed")
-	}
-}
-
-func (p *proc) waitLog(t *testing.T, text string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.After(timeout)
-	for !strings.Contains(p.log.String(), text) {
-		select {
-		case <-p.done:
-			t.Fatalf("%s exited (%v) before logging %q", p.name, p.err, text)
-		case <-deadline:
-			t.Fatalf("%s did not log %q within %v", p.name, text, timeout)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
+func TestMain(m *testing.M) { agenttest.Main(m) }
 
 // freeAddrs returns n loopback addresses with distinct free ports in host's
 // namespace (a fresh namespace, where nothing else takes them meanwhile).
@@ -415,7 +301,7 @@ func TestEndToEnd(t *testing.T) {
 	testenv.Privileged(t)
 	promBin := lookTool(t, "prometheus", "prometheus")
 	lookTool(t, "ping", "iputils-ping")
-	bin := icmplbBin(t)
+	bin := agenttest.Binary(t)
 	begin := time.Now()
 	lb := topology.SeedBalancer
 	topo := topology.NewT(t, topology.Seed())
@@ -452,12 +338,12 @@ func TestEndToEnd(t *testing.T) {
 
 	addrs := freeAddrs(t, topo, lb, 2)
 	agentAddr, promAddr := addrs[0], addrs[1]
-	agent := startProc(t, "icmplb", topo.Command(lb, bin, "run", "--iface", "eth0", "--vip", vip,
+	agent := agenttest.Start(t, "icmplb", topo.Command(lb, bin, "run", "--iface", "eth0", "--vip", vip,
 		"--backend", goodBackend, "--backend", lossy,
 		"--web.listen-address", agentAddr, "--trace.sample", "10"),
-		hermeticEnv("OTEL_EXPORTER_OTLP_ENDPOINT=http://"+otlp.Addr().String(), "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"))
-	agent.waitLog(t, "msg=attached", 10*time.Second)
-	conntrackKnown := !strings.Contains(agent.log.String(), "conntrack occupancy will not be reported")
+		agenttest.Env("OTEL_EXPORTER_OTLP_ENDPOINT=http://"+otlp.Addr().String(), "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"))
+	agent.WaitLog(t, "msg=attached", 10*time.Second)
+	conntrackKnown := !strings.Contains(agent.Log(), "conntrack occupancy will not be reported")
 
 	dir := t.TempDir()
 	src, err := os.ReadFile(rulesFile)
@@ -483,9 +369,9 @@ scrape_configs:
 		t.Fatal(err)
 	}
 	promStart := time.Now()
-	startProc(t, "prometheus", topo.Command(lb, promBin,
+	agenttest.Start(t, "prometheus", topo.Command(lb, promBin,
 		"--config.file="+config, "--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+promAddr, "--enable-feature=exemplar-storage"), hermeticEnv())
+		"--web.listen-address="+promAddr, "--enable-feature=exemplar-storage"), agenttest.Env())
 	api := newPromAPI(topo, lb, promAddr)
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		resp, err := api.client.Get(api.base + "/-/ready")

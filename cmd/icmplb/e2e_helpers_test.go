@@ -6,14 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +17,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/icmplb/icmplb/bpf"
+	"github.com/icmplb/icmplb/internal/agenttest"
 	"github.com/icmplb/icmplb/internal/topology"
 )
 
@@ -38,160 +35,16 @@ const (
 	cmdTimeout    = 20 * time.Second
 )
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildBin  string
-	buildErr  error
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
-	os.Exit(code)
-}
-
-// icmplbBin returns the binary under test: $ICMPLB_BIN (what `make test` just
-// built, with its ldflags) or one built here once for the whole package, so a
-// plain `go test` never tests a stale bin/icmplb.
-func icmplbBin(t testing.TB) string {
-	t.Helper()
-	if p := os.Getenv("ICMPLB_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("ICMPLB_BIN: %v", err)
-		}
-		return p
-	}
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "icmplb-e2e-")
-		if buildErr != nil {
-			return
-		}
-		// World-readable so that the unprivileged run (setpriv to nobody)
-		// can execute it; MkdirTemp makes 0700.
-		if buildErr = os.Chmod(buildDir, 0o755); buildErr != nil {
-			return
-		}
-		bin := filepath.Join(buildDir, "icmplb")
-		out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
-			return
-		}
-		buildBin = bin
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return buildBin
-}
-
-// hermeticEnv is the test process's environment without ICMPLB_* settings,
-// which kong would otherwise read as flags (a developer's ICMPLB_XDP_MODE
-// must not change what a test runs).
-func hermeticEnv(extra ...string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "ICMPLB_") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, extra...)
-}
-
-// lockedBuffer collects a child's stderr while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+func TestMain(m *testing.M) { agenttest.Main(m) }
 
 // agent is a running icmplb process in the lb namespace.
-type agent struct {
-	cmd  *exec.Cmd
-	log  *lockedBuffer
-	done chan struct{} // closed when the process has exited
-	err  error         // Wait's result, valid once done is closed
-}
+type agent = agenttest.Proc
 
-// startAgent runs icmplb with args in the lb namespace, waits until it logs
-// msg=attached and stops it when the test ends. env adds to a hermetic
-// environment.
+// startAgent runs icmplb with args in the lb namespace and waits until it has
+// attached; env adds to a hermetic environment.
 func startAgent(t *testing.T, topo *topology.Topology, env []string, args ...string) *agent {
 	t.Helper()
-	a := &agent{
-		cmd:  topo.Command(topology.SeedBalancer, icmplbBin(t), args...),
-		log:  &lockedBuffer{},
-		done: make(chan struct{}),
-	}
-	a.cmd.Env = hermeticEnv(env...)
-	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
-	if err := a.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", a.cmd, err)
-	}
-	go func() {
-		a.err = a.cmd.Wait()
-		close(a.done)
-	}()
-	// Every failure of a test with an agent shows the agent's log, once.
-	t.Cleanup(func() {
-		if _, err := a.stop(); err != nil {
-			t.Errorf("agent: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("agent %q log:\n%s", a.cmd.Args[3:], a.log)
-		}
-	})
-
-	deadline := time.After(attachTimeout)
-	for !strings.Contains(a.log.String(), "msg=attached") {
-		select {
-		case <-a.done:
-			t.Fatalf("agent exited before attaching: %v (log below)", a.err)
-		case <-deadline:
-			t.Fatalf("agent did not log msg=attached within %v (log below)", attachTimeout)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return a
-}
-
-// stop sends SIGTERM and waits for the exit, killing the agent if it does not
-// go within stopTimeout. It returns how long the exit took and the process's
-// exit error; stopping an exited agent returns its exit error again.
-func (a *agent) stop() (time.Duration, error) {
-	select {
-	case <-a.done:
-		return 0, a.err
-	default:
-	}
-	start := time.Now()
-	// ip netns exec execs the command in place, so the pid is icmplb's.
-	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		<-a.done
-		return time.Since(start), a.err
-	}
-	select {
-	case <-a.done:
-		return time.Since(start), a.err
-	case <-time.After(stopTimeout):
-		a.cmd.Process.Kill()
-		<-a.done
-		return time.Since(start), fmt.Errorf("still running %v after SIGTERM; killed", stopTimeout)
-	}
+	return agenttest.StartAgent(t, topo, env, args...)
 }
 
 // attachPassToLBPeer attaches an XDP_PASS program in native mode to the
@@ -399,7 +252,7 @@ func lbRun(t *testing.T, topo *topology.Topology, prefix []string, args ...strin
 	defer cancel()
 	argv := append(append([]string{"netns", "exec", topo.Host(topology.SeedBalancer).NS}, prefix...), args...)
 	cmd := exec.CommandContext(ctx, "ip", argv...)
-	cmd.Env = hermeticEnv()
+	cmd.Env = agenttest.Env()
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/icmplb/icmplb/internal/agenttest"
 	"github.com/icmplb/icmplb/internal/testenv"
 	"github.com/icmplb/icmplb/internal/topology"
 )
@@ -50,14 +51,14 @@ func checkAttached(t *testing.T, topo *topology.Topology, a *agent, mode string)
 	if st := xdpState(t, topo); !strings.HasPrefix(st, mode+" prog ") {
 		t.Fatalf("lb eth0 has XDP %q, want %s mode", st, mode)
 	}
-	if !strings.Contains(a.log.String(), "mode="+mode) {
+	if !strings.Contains(a.Log(), "mode="+mode) {
 		t.Fatalf("agent did not log mode=%s", mode)
 	}
 }
 
 func TestBalance(t *testing.T) {
 	testenv.Privileged(t)
-	icmplbBin(t) // build once, before the parallel subtests race for it
+	agenttest.Binary(t) // build once, before the parallel subtests race for it
 	for _, mode := range []string{"generic", "native"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
@@ -205,12 +206,12 @@ func testSIGTERM(t *testing.T, mode string) {
 		t.Fatalf("balancer not in the path before SIGTERM, so the test would prove nothing; %s", d)
 	}
 
-	took, err := a.stop()
+	took, err := a.Stop()
 	if err != nil {
 		t.Fatalf("exit after SIGTERM: %v (after %v)", err, took)
 	}
 	t.Logf("exited %v after SIGTERM", took.Round(time.Millisecond))
-	if !strings.Contains(a.log.String(), "msg=detached") {
+	if !strings.Contains(a.Log(), "msg=detached") {
 		t.Errorf("no msg=detached in the log")
 	}
 	if st := xdpState(t, topo); st != "" {
@@ -236,7 +237,7 @@ func TestAutoModeOnVeth(t *testing.T) {
 	topo := topology.NewT(t, topology.Seed())
 	a := startAgent(t, topo, nil, "run", "--iface", "eth0", "--vip", vip,
 		"--backend", backend1, "--backend", backend2, "--xdp-mode", "auto")
-	if !strings.Contains(a.log.String(), "using generic XDP") {
+	if !strings.Contains(a.Log(), "using generic XDP") {
 		t.Errorf("agent did not log that it chose generic XDP on the veth")
 	}
 	checkAttached(t, topo, a, "generic")
@@ -252,7 +253,7 @@ func TestEnvConfig(t *testing.T) {
 	a := startAgent(t, topo, []string{
 		"ICMPLB_IFACE=eth0", "ICMPLB_VIP=" + vip, "ICMPLB_BACKENDS=" + backend1 + "," + backend2,
 	}, "run")
-	if !strings.Contains(a.log.String(), "backends=2 up=2") {
+	if !strings.Contains(a.Log(), "backends=2 up=2") {
 		t.Errorf("want 2 backends, both up, from ICMPLB_BACKENDS")
 	}
 	assertBalances(t, topo)
@@ -290,14 +291,14 @@ func TestStartupErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	nobodyBin := filepath.Join(dir, "icmplb")
-	if out, err := exec.Command("cp", icmplbBin(t), nobodyBin).CombinedOutput(); err != nil {
+	if out, err := exec.Command("cp", agenttest.Binary(t), nobodyBin).CombinedOutput(); err != nil {
 		t.Fatalf("cp: %v: %s", err, out)
 	}
 	if err := os.Chmod(nobodyBin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 
-	bin := icmplbBin(t)
+	bin := agenttest.Binary(t)
 	good := []string{"--iface", "eth0", "--vip", vip, "--backend", backend1, "--backend", backend2}
 	flags := func(over ...string) []string { return append([]string{bin, "run"}, over...) }
 	for _, tc := range []struct {
@@ -355,7 +356,7 @@ func TestStartupErrors(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	out, err := exec.Command(icmplbBin(t), "version").CombinedOutput()
+	out, err := exec.Command(agenttest.Binary(t), "version").CombinedOutput()
 	if err != nil {
 		t.Fatalf("icmplb version: %v: %s", err, out)
 	}

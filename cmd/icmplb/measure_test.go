@@ -105,8 +105,9 @@ func pingSessions(topo *topology.Topology, host string, n, first, count int, int
 
 // TestMeasuredLatencyAndLoss checks the agent's measurements against backends
 // whose delay and loss are set: h2 answers in 2 ms and loses nothing, h3
-// answers in 20 ms and loses 30%. Requests go out every 5 ms per session, so
-// several are in flight at once and replies must be matched by sequence.
+// answers in 20 ms and loses 30%. Requests go out every 10 ms per session,
+// so two or three are in flight at once and replies must be matched by
+// sequence.
 func TestMeasuredLatencyAndLoss(t *testing.T) {
 	testenv.Privileged(t)
 	topo := topology.NewT(t, topology.Seed())
@@ -121,8 +122,8 @@ func TestMeasuredLatencyAndLoss(t *testing.T) {
 	startAgent(t, topo, nil, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1, "--backend", backend2,
 		"--web.listen-address", metricsAddr, "--loss-timeout", "1s")
 
-	for _, r := range pingSessions(topo, topology.SeedClient, 32, 2000, 100, "0.005") {
-		if r.sent != 100 {
+	for _, r := range pingSessions(topo, topology.SeedClient, 16, 2000, 200, "0.01") {
+		if r.sent != 200 {
 			t.Fatalf("ping session did not send all its requests: %s", r)
 		}
 	}
@@ -146,6 +147,15 @@ func TestMeasuredLatencyAndLoss(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 
+	// Every reply found its session: a miss would be a reply passed to the
+	// kernel instead of returned to its client.
+	for _, m := range mfs["icmplb_packets_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetValue() == "conntrack_miss" && m.GetCounter().GetValue() != 0 {
+				t.Errorf("%v replies missed their conntrack entry", m.GetCounter().GetValue())
+			}
+		}
+	}
 	for be, cfg := range configs {
 		requests := counterOf(mfs, "icmplb_backend_requests_total", be)
 		replies := counterOf(mfs, "icmplb_backend_replies_total", be)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/icmplb/icmplb/internal/agenttest"
 	"github.com/icmplb/icmplb/internal/testenv"
 	"github.com/icmplb/icmplb/internal/topology"
 )
@@ -38,7 +39,7 @@ func TestPinnedSessionsSurviveRestart(t *testing.T) {
 			t.Fatalf("before restart: %s", r)
 		}
 	}
-	if _, err := first.stop(); err != nil {
+	if _, err := first.Stop(); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	pinned, _ := filepath.Glob(filepath.Join(fs, "icmplb", "eth0", "*"))
@@ -73,16 +74,16 @@ func TestPinnedMapsOfOtherSizeRefused(t *testing.T) {
 	topo := topology.NewT(t, topology.Seed())
 	fs := bpffs(t)
 	a := startAgent(t, topo, nil, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1, "--bpffs", fs)
-	if _, err := a.stop(); err != nil {
+	if _, err := a.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	_, stderr, code := lbRun(t, topo, []string{icmplbBin(t)}, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1,
+	_, stderr, code := lbRun(t, topo, []string{agenttest.Binary(t)}, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1,
 		"--bpffs", fs, "--conntrack-size", "1024")
 	lines := strings.Split(strings.TrimSpace(stderr), "\n")
 	if code == 0 || !strings.Contains(lines[len(lines)-1], "does not match this configuration") {
 		t.Errorf("exit %d, stderr %q: want a refusal naming the mismatch", code, stderr)
 	}
-	_, stderr, code = lbRun(t, topo, []string{icmplbBin(t)}, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1,
+	_, stderr, code = lbRun(t, topo, []string{agenttest.Binary(t)}, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1,
 		"--bpffs", os.TempDir())
 	if code == 0 || !strings.Contains(stderr, "is not a mounted bpffs") {
 		t.Errorf("exit %d, stderr %q: want a refusal of a directory that is not bpffs", code, stderr)
