@@ -19,11 +19,15 @@ import (
 const (
 	capNetAdmin = 12
 	capSysAdmin = 21
+	capPerfmon  = 38
 	capBPF      = 39
 )
 
 // checkPrivileges fails early with the capabilities to grant, rather than
-// with EPERM from deep inside the loader.
+// with EPERM or a verifier message from deep inside the loader. CAP_PERFMON
+// is needed too: without it the verifier refuses the data plane's pointer
+// arithmetic on map values. CAP_SYS_ADMIN stands in for CAP_BPF and
+// CAP_PERFMON, as in the kernel.
 func checkPrivileges() error {
 	eff, err := effectiveCaps()
 	if err != nil {
@@ -31,14 +35,19 @@ func checkPrivileges() error {
 	}
 	has := func(c uint) bool { return eff&(1<<c) != 0 }
 	var missing []string
-	if !has(capBPF) && !has(capSysAdmin) {
-		missing = append(missing, "CAP_BPF")
+	for _, c := range []struct {
+		bit  uint
+		name string
+	}{{capBPF, "CAP_BPF"}, {capPerfmon, "CAP_PERFMON"}} {
+		if !has(c.bit) && !has(capSysAdmin) {
+			missing = append(missing, c.name)
+		}
 	}
 	if !has(capNetAdmin) {
 		missing = append(missing, "CAP_NET_ADMIN")
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("missing privileges: icmplb needs CAP_BPF and CAP_NET_ADMIN (lacks %s); run as root or grant them",
+		return fmt.Errorf("missing privileges: icmplb needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (lacks %s); run as root or grant them",
 			strings.Join(missing, ", "))
 	}
 	return nil

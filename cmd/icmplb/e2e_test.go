@@ -282,22 +282,7 @@ func TestStartupErrors(t *testing.T) {
 
 	// nobody must be able to execute the binary, whatever the permissions of
 	// the directories $ICMPLB_BIN lives in.
-	dir, err := os.MkdirTemp("", "icmplb-e2e-nobody-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	nobodyBin := filepath.Join(dir, "icmplb")
-	if out, err := exec.Command("cp", agenttest.Binary(t), nobodyBin).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v: %s", err, out)
-	}
-	if err := os.Chmod(nobodyBin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-
+	nobodyBin := worldReadableBinary(t)
 	bin := agenttest.Binary(t)
 	good := []string{"--iface", "eth0", "--vip", vip, "--backend", backend1, "--backend", backend2}
 	flags := func(over ...string) []string { return append([]string{bin, "run"}, over...) }
@@ -330,6 +315,11 @@ func TestStartupErrors(t *testing.T) {
 				"--inh-caps=-all", "--bounding-set=-all"},
 			argv: append([]string{nobodyBin, "run"}, good...),
 			want: []string{"CAP_BPF", "CAP_NET_ADMIN"}},
+		{name: "NoPerfmon",
+			prefix: []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+				"--inh-caps=-all,+bpf,+net_admin", "--ambient-caps=-all,+bpf,+net_admin"},
+			argv: append([]string{nobodyBin, "run"}, good...),
+			want: []string{"lacks CAP_PERFMON)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			stdout, stderr, code := lbRun(t, topo, tc.prefix, tc.argv...)
@@ -363,5 +353,47 @@ func TestVersion(t *testing.T) {
 	line, _ := bufio.NewReader(strings.NewReader(string(out))).ReadString('\n')
 	if !strings.HasPrefix(line, "icmplb ") || len(strings.TrimSpace(line)) <= len("icmplb") {
 		t.Fatalf("icmplb version printed %q, want a line \"icmplb VERSION\"", out)
+	}
+}
+
+// worldReadableBinary copies the binary under test where an unprivileged
+// user can execute it (test temp directories are private to root).
+func worldReadableBinary(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "icmplb-e2e-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "icmplb")
+	if out, err := exec.Command("cp", agenttest.Binary(t), bin).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	if err := os.Chmod(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// TestLeastPrivilege runs the agent as an unprivileged user holding only the
+// three capabilities the README names: it must attach and balance.
+func TestLeastPrivilege(t *testing.T) {
+	testenv.Privileged(t)
+	topo := topology.NewT(t, topology.Seed())
+	caps := "-all,+bpf,+perfmon,+net_admin"
+	cmd := topo.Command(topology.SeedBalancer, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+		"--inh-caps="+caps, "--ambient-caps="+caps, "--bounding-set="+caps,
+		worldReadableBinary(t), "run", "--iface", "eth0", "--vip", vip, "--backend", backend1, "--backend", backend2)
+	a := agenttest.Start(t, "icmplb as nobody", cmd, agenttest.Env())
+	a.WaitLog(t, "msg=attached", agenttest.AttachTimeout)
+	before := snap(t, topo)
+	if r := ping(topo, topology.SeedClient, "-c", "5", "-i", "0.05", "-W", "1", vip); r.check(5, vip) != nil {
+		t.Fatalf("%v\n%s", r.check(5, vip), r)
+	}
+	if d := before.since(t, topo); d.backends() != 5 {
+		t.Errorf("backends got %s, want all 5 requests", d)
 	}
 }

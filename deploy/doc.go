@@ -1,0 +1,21 @@
+// Package deploy holds no code: it is the home of icmplb's container image
+// (Dockerfile), its Docker Compose stack with Prometheus, Grafana and Tempo
+// (compose.yaml and the prometheus/, grafana/ and tempo/ configuration), and
+// its Kubernetes manifests (kubernetes/), documented in the repository's README.md.
+//
+// The tests of this package check those files against the code they deploy,
+// without root and without Docker or a cluster: every ICMPLB_* variable and
+// flag is one the built binary's `icmplb run --help` lists, and its value
+// passes the agent's own configuration check; the Dockerfile builds with the
+// Makefile's flags; the capabilities, ports, probes and mounts agree across
+// the files; the Prometheus Operator rule is the same as
+// dashboards/icmplb-rules.yml; and the configuration's cross-references
+// (rule files, Grafana provisioning, OTLP endpoint) resolve. When promtool or
+// kubectl is installed, they check the Prometheus configuration and build the
+// kustomizations.
+//
+// kubernetes/monitoring/prometheusrule.yaml is generated from
+// dashboards/icmplb-rules.yml:
+//
+//	go test ./deploy -run TestPrometheusRule -update
+package deploy
