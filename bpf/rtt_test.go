@@ -89,23 +89,6 @@ func TestRTTBucketInKernel(t *testing.T) {
 	t.Logf("checked %d values across %d boundaries", checked, len(bounds))
 }
 
-func sumCounters(t *testing.T, h *harness, idx uint32) IcmplbBackendCounters {
-	t.Helper()
-	var perCPU []IcmplbBackendCounters
-	if err := h.objs.BackendStats.Lookup(idx, &perCPU); err != nil {
-		t.Fatal(err)
-	}
-	var s IcmplbBackendCounters
-	for _, c := range perCPU {
-		s.Requests += c.Requests
-		s.Replies += c.Replies
-		s.RttSumNs += c.RttSumNs
-		s.Late += c.Late
-		s.Unmatched += c.Unmatched
-	}
-	return s
-}
-
 func histogram(t *testing.T, h *harness, idx uint32) map[int]uint64 {
 	t.Helper()
 	out := map[int]uint64{}
@@ -150,7 +133,7 @@ func TestRTTMeasured(t *testing.T) {
 	h.returnReply(t, replyTo(req, backendA, vip, natID), client1, 0x1234, hop1MAC)
 	elapsed := monotonicNow(t) - before
 
-	c := sumCounters(t, h, backendA.idx)
+	c := h.backendCounters(t, backendA.idx)
 	if c.RttSumNs < uint64(3*time.Millisecond) || c.RttSumNs > elapsed {
 		t.Errorf("RTT sum %d ns, want within [3ms, %d ns]", c.RttSumNs, elapsed)
 	}
@@ -190,7 +173,7 @@ func TestRTTManyInFlight(t *testing.T) {
 		req := echoRequest(client1, hop1MAC, 0x4444, seq)
 		h.returnReply(t, replyTo(req, backendA, vip, natID), client1, 0x4444, hop1MAC)
 	}
-	c := sumCounters(t, h, backendA.idx)
+	c := h.backendCounters(t, backendA.idx)
 	if c.Unmatched != 0 || c.Late != 0 {
 		t.Fatalf("counters %+v: every reply must match its request", c)
 	}
@@ -222,7 +205,7 @@ func TestReplyWithoutRequestUnmatched(t *testing.T) {
 	h.returnReply(t, rep, client1, 0x1234, hop1MAC)
 	rep.seq = 99
 	h.returnReply(t, rep, client1, 0x1234, hop1MAC)
-	if c := sumCounters(t, h, backendA.idx); c.Unmatched != 2 || c.Replies != 3 {
+	if c := h.backendCounters(t, backendA.idx); c.Unmatched != 2 || c.Replies != 3 {
 		t.Errorf("counters %+v, want 3 replies of which 2 unmatched", c)
 	}
 	if _, answered := epochTotals(t, h, backendA.idx); answered != 1 {
@@ -241,7 +224,7 @@ func TestLateReplyNotAnswered(t *testing.T) {
 	_, natID := h.forward(t, req)
 	time.Sleep(10 * time.Millisecond)
 	h.returnReply(t, replyTo(req, backendA, vip, natID), client1, 0x1234, hop1MAC)
-	c := sumCounters(t, h, backendA.idx)
+	c := h.backendCounters(t, backendA.idx)
 	if c.Late != 1 || c.RttSumNs != 0 {
 		t.Errorf("counters %+v, want one late reply outside the RTT sum", c)
 	}
@@ -295,7 +278,7 @@ func TestTraceEvents(t *testing.T) {
 	if repEv.SentNs != reqEv.SentNs || repEv.RttNs == 0 || repEv.Late != 0 {
 		t.Errorf("reply event %+v does not pair with request sent at %d", repEv, reqEv.SentNs)
 	}
-	if c := sumCounters(t, h, backendA.idx); c.RttSumNs != repEv.RttNs {
+	if c := h.backendCounters(t, backendA.idx); c.RttSumNs != repEv.RttNs {
 		t.Errorf("event RTT %d ns, histogram sum %d ns", repEv.RttNs, c.RttSumNs)
 	}
 }
@@ -325,14 +308,7 @@ func TestTraceRingFullCountsDrops(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rd.Close()
-	rd.SetDeadline(time.Now())
-	queued := uint64(0)
-	for {
-		if _, err := rd.Read(); err != nil {
-			break
-		}
-		queued++
-	}
+	queued := uint64(drain(rd))
 	if dropped == 0 || dropped+queued != n {
 		t.Errorf("%d events queued and %d dropped, want drops and a sum of %d", queued, dropped, n)
 	}
@@ -354,16 +330,21 @@ func TestSamplingRate(t *testing.T) {
 	for seq := uint16(0); seq < n; seq++ {
 		h.forward(t, echoRequest(client1, hop1MAC, 0x1234, seq))
 	}
-	rd.SetDeadline(time.Now())
-	got := 0
-	for {
-		if _, err := rd.Read(); err != nil {
-			break
-		}
-		got++
-	}
+	got := drain(rd)
 	// Binomial(800, 1/4): mean 200, sd 12.2; ±5 sd.
 	if got < 139 || got > 261 {
 		t.Errorf("%d of %d requests sampled at 1 in 4", got, n)
+	}
+}
+
+// drain counts the events queued in the ring buffer, without waiting.
+func drain(rd *ringbuf.Reader) int {
+	rd.SetDeadline(time.Now())
+	n := 0
+	for {
+		if _, err := rd.Read(); err != nil {
+			return n
+		}
+		n++
 	}
 }
