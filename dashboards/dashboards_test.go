@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/icmplb/icmplb/internal/testenv"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/rulefmt"
 	"github.com/prometheus/prometheus/promql/parser"
@@ -744,24 +745,9 @@ func TestRunbooks(t *testing.T) {
 
 // ---- promtool ------------------------------------------------------------------
 
-// lookTool returns the path of a command, skipping the test without it
-// unless ICMPLB_REQUIRE_PRIVILEGED says the environment must have it (CI).
-func lookTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("ICMPLB_REQUIRE_PRIVILEGED") != "" {
-		t.Fatalf("needs %s (Debian package %s), and ICMPLB_REQUIRE_PRIVILEGED is set", name, pkg)
-	}
-	t.Skipf("needs %s (Debian package %s)", name, pkg)
-	return ""
-}
-
 // TestPromtool runs promtool check rules and the unit tests of the rules.
 func TestPromtool(t *testing.T) {
-	promtool := lookTool(t, "promtool", "prometheus")
+	promtool := testenv.Tool(t, "promtool", "prometheus")
 	for _, args := range [][]string{
 		{"check", "rules", rulesFile},
 		{"test", "rules", rulesTestFile},

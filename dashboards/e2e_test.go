@@ -299,8 +299,8 @@ func e2eQueries(ds []*dashboard, vips, backends []string) []e2eQuery {
 // and IcmplbBackendLoss firing for the lossy backend h3 and never for h2.
 func TestEndToEnd(t *testing.T) {
 	testenv.Privileged(t)
-	promBin := lookTool(t, "prometheus", "prometheus")
-	lookTool(t, "ping", "iputils-ping")
+	promBin := testenv.Tool(t, "prometheus", "prometheus")
+	testenv.Tool(t, "ping", "iputils-ping")
 	bin := agenttest.Binary(t)
 	begin := time.Now()
 	lb := topology.SeedBalancer

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
@@ -16,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+
+	"github.com/icmplb/icmplb/internal/testenv"
 )
 
 func testServer(t *testing.T) (*httptest.Server, *atomic.Bool) {
@@ -101,13 +102,7 @@ func TestMetricsNegotiation(t *testing.T) {
 
 // TestPromtoolCheckMetrics runs Prometheus's own linter on a scrape.
 func TestPromtoolCheckMetrics(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("ICMPLB_REQUIRE_PRIVILEGED") != "" {
-			t.Fatal("promtool not installed (Debian package prometheus; make deps installs it)")
-		}
-		t.Skip("promtool not installed (Debian package prometheus)")
-	}
+	promtool := testenv.Tool(t, "promtool", "prometheus")
 	srv, _ := testServer(t)
 	_, _, body := get(t, srv.URL+"/metrics", "")
 	cmd := exec.Command(promtool, "check", "metrics")

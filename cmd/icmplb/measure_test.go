@@ -5,6 +5,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"sync"
 	"testing"
@@ -147,6 +148,8 @@ func TestMeasuredLatencyAndLoss(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 
+	promtoolCheck(t, topo)
+
 	// Every reply found its session: a miss would be a reply passed to the
 	// kernel instead of returned to its client.
 	for _, m := range mfs["icmplb_packets_total"].GetMetric() {
@@ -276,5 +279,21 @@ func TestTracesOverOTLP(t *testing.T) {
 			}
 			t.Logf("%s: %d spans for %d exchanges, %d lost", proto, len(spans), sent, lostSpans)
 		})
+	}
+}
+
+// promtoolCheck runs Prometheus's linter on a text scrape of the real agent.
+func promtoolCheck(t *testing.T, topo *topology.Topology) {
+	t.Helper()
+	promtool := testenv.Tool(t, "promtool", "prometheus")
+	resp, err := topo.HTTPClient(topology.SeedBalancer).Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = resp.Body
+	if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) != 0 {
+		t.Errorf("promtool check metrics on the agent's scrape: %v\n%s", err, out)
 	}
 }

@@ -28,3 +28,19 @@ func Privileged(tb testing.TB) {
 	}
 	tb.Skip(reason)
 }
+
+// Tool returns the path of a command a test needs, skipping the test without
+// it, or failing it where the environment demands privileged tests (CI):
+// there the command must have been installed. pkg names its Debian package.
+func Tool(tb testing.TB, name, pkg string) string {
+	tb.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("ICMPLB_REQUIRE_PRIVILEGED") != "" {
+		tb.Fatalf("needs %s (Debian package %s; make deps installs it), and ICMPLB_REQUIRE_PRIVILEGED is set", name, pkg)
+	}
+	tb.Skipf("needs %s (Debian package %s)", name, pkg)
+	return ""
+}
