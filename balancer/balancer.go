@@ -97,10 +97,7 @@ func New(cfg Config, log *slog.Logger) (*Balancer, error) {
 	if err := checkKernel(); err != nil {
 		return nil, err
 	}
-	mode, err := chooseMode(cfg.XDPMode, iface, log)
-	if err != nil {
-		return nil, err
-	}
+	mode := chooseMode(cfg.XDPMode, iface, log)
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("lift the memlock limit for BPF maps: %w", err)
 	}

@@ -91,20 +91,20 @@ func checkKernel() error {
 // chooseMode resolves "auto". On a veth, native XDP_TX frames are dropped
 // unless the peer runs an XDP program, which the balancer cannot see or
 // ensure from its side, so auto picks generic mode there.
-func chooseMode(mode string, iface *net.Interface, log *slog.Logger) (string, error) {
+func chooseMode(mode string, iface *net.Interface, log *slog.Logger) string {
 	veth := isVeth(iface)
 	switch {
 	case mode == ModeAuto && veth:
 		log.Info("interface is a veth: using generic XDP, since native XDP_TX on a veth is dropped unless its peer has an XDP program",
 			"iface", iface.Name)
-		return ModeGeneric, nil
+		return ModeGeneric
 	case mode == ModeAuto:
-		return ModeNative, nil
+		return ModeNative
 	case mode == ModeNative && veth:
 		log.Warn("native XDP on a veth: replies and forwarded requests are dropped unless the peer veth has an XDP program attached (an XDP_PASS program is enough)",
 			"iface", iface.Name)
 	}
-	return mode, nil
+	return mode
 }
 
 func isVeth(iface *net.Interface) bool {
