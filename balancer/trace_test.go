@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -71,7 +70,12 @@ func BenchmarkReadTraces(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	var gate sync.RWMutex // held for writing while the ring is filled
+	// The reader waits on the current gate, which stays open (closed) except
+	// while the ring is being filled.
+	var gate atomic.Pointer[chan struct{}]
+	open := make(chan struct{})
+	close(open)
+	gate.Store(&open)
 	var delivered atomic.Int64
 	drained := make(chan struct{}, 1)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -79,8 +83,7 @@ func BenchmarkReadTraces(b *testing.B) {
 	go func() {
 		defer close(done)
 		bal.ReadTraces(ctx, func(TraceEvent) {
-			gate.RLock()
-			gate.RUnlock()
+			<-*gate.Load()
 			if delivered.Add(1)%batch == 0 {
 				drained <- struct{}{}
 			}
@@ -94,14 +97,15 @@ func BenchmarkReadTraces(b *testing.B) {
 	out := make([]byte, 256)
 	for b.Loop() {
 		b.StopTimer()
-		gate.Lock()
+		shut := make(chan struct{})
+		gate.Store(&shut)
 		for i := range batch {
 			if _, err := bal.objs.Icmplb.Run(&ebpf.RunOptions{Data: frames[i%len(frames)], DataOut: out}); err != nil {
 				b.Fatal(err)
 			}
 		}
 		b.StartTimer()
-		gate.Unlock()
+		close(shut)
 		<-drained
 	}
 	b.StopTimer()
