@@ -297,3 +297,40 @@ func promtoolCheck(t *testing.T, topo *topology.Topology) {
 		t.Errorf("promtool check metrics on the agent's scrape: %v\n%s", err, out)
 	}
 }
+
+// TestManyInFlight sends one session's requests faster than the backend
+// answers (every 2 ms against 10 ms, then a flood): every reply must be
+// matched with its own request by sequence number and measured.
+func TestManyInFlight(t *testing.T) {
+	testenv.Privileged(t)
+	topo := topology.NewT(t, topology.Seed())
+	startResponder(t, topo, topology.SeedBackend1, responder.Config{Delay: 10 * time.Millisecond, Seed: 1})
+	startAgent(t, topo, nil, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1,
+		"--web.listen-address", metricsAddr)
+
+	runs := []pingResult{
+		ping(topo, topology.SeedClient, "-q", "-e", "7000", "-c", "500", "-i", "0.002", "-W", "2", vip),
+		ping(topo, topology.SeedClient, "-q", "-e", "7001", "-f", "-c", "300", "-W", "2", vip),
+	}
+	sent := uint64(0)
+	for _, r := range runs {
+		if r.received != r.sent || r.sent == 0 {
+			t.Fatalf("not every request answered: %s", r)
+		}
+		sent += uint64(r.sent)
+	}
+	mfs := scrape(t, topo)
+	requests := counterOf(mfs, "icmplb_backend_requests_total", backend1)
+	replies := counterOf(mfs, "icmplb_backend_replies_total", backend1)
+	unmatched := counterOf(mfs, "icmplb_backend_unmatched_replies_total", backend1)
+	h := backendMetric(mfs, "icmplb_backend_rtt_seconds", backend1).GetHistogram()
+	p50 := histquant.Quantile(0.5, h)
+	t.Logf("%d requests, %d replies, %d unmatched, %d measured, p50 %.3f ms", requests, replies, unmatched, h.GetSampleCount(), p50*1e3)
+	if requests != sent || replies != sent || unmatched != 0 || h.GetSampleCount() != sent {
+		t.Errorf("%d sent: %d requests, %d replies, %d unmatched, %d measured; want every one matched and measured",
+			sent, requests, replies, unmatched, h.GetSampleCount())
+	}
+	if rel := math.Abs(p50-0.010) / 0.010; rel > 0.10 {
+		t.Errorf("p50 %.3f ms, %.1f%% off the backend's 10 ms", p50*1e3, rel*100)
+	}
+}
