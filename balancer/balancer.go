@@ -287,7 +287,7 @@ func (b *Balancer) upCount() int {
 func (b *Balancer) Mode() string { return b.mode }
 
 // Run keeps the backends' neighbour entries resolved and settles lost
-// requests until ctx is done.
+// requests until ctx is done, or returns an error when the interface is gone.
 func (b *Balancer) Run(ctx context.Context) error {
 	neigh := time.NewTicker(b.cfg.NeighInterval)
 	defer neigh.Stop()
@@ -300,6 +300,12 @@ func (b *Balancer) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-neigh.C:
+			// A deleted interface takes the program with it: stop, so that
+			// a supervisor restarts the agent rather than leaving it serving
+			// metrics of nothing and reporting ready.
+			if cur, err := net.InterfaceByIndex(b.iface.Index); err != nil || cur.Name != b.iface.Name {
+				return fmt.Errorf("interface %s is gone; the XDP program went with it", b.iface.Name)
+			}
 			if err := b.refreshNeighbours(); err != nil {
 				b.log.Warn("refresh neighbours", "err", err)
 			}

@@ -397,3 +397,24 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Errorf("backends got %s, want all 5 requests", d)
 	}
 }
+
+// TestInterfaceGone deletes the balancer's interface under the running agent:
+// the program goes with it, so the agent must exit with an error naming the
+// interface instead of serving as if all were well.
+func TestInterfaceGone(t *testing.T) {
+	testenv.Privileged(t)
+	topo := topology.NewT(t, topology.Seed())
+	a := startAgent(t, topo, nil, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1)
+	a.ExpectFailure()
+	if _, err := topo.Run(topology.SeedBalancer, "ip", "link", "del", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("agent still running 5s after its interface was deleted")
+	}
+	if a.Err() == nil || !strings.Contains(a.Log(), "interface eth0 is gone") {
+		t.Errorf("exit %v; want a failure naming the interface", a.Err())
+	}
+}

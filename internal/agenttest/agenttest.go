@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -112,7 +113,13 @@ type Proc struct {
 	log  lockedBuffer
 	done chan struct{}
 	err  error
+	// mayFail is set by a test that makes the process exit with an error.
+	mayFail atomic.Bool
 }
+
+// ExpectFailure tells the cleanup not to report the process's exit error:
+// the test provokes it and checks it.
+func (p *Proc) ExpectFailure() { p.mayFail.Store(true) }
 
 // Start starts cmd with env and stops it when the test ends, showing its
 // output if the test failed.
@@ -129,7 +136,7 @@ func Start(tb testing.TB, name string, cmd *exec.Cmd, env []string) *Proc {
 		close(p.done)
 	}()
 	tb.Cleanup(func() {
-		if _, err := p.Stop(); err != nil {
+		if _, err := p.Stop(); err != nil && !p.mayFail.Load() {
 			tb.Errorf("%s: %v", name, err)
 		}
 		if tb.Failed() {
