@@ -37,7 +37,7 @@ func BenchmarkPath(b *testing.B) {
 		return d
 	}
 	b.Run("baseline_xdp_pass", func(b *testing.B) {
-		h := benchHarness(b, cfg)
+		h := readyHarness(b, cfg)
 		frame := echoRequest(client1, hop1MAC, 1, 1).frame()
 		timed(b, func(uint16) time.Duration {
 			_, d, err := h.objs.XdpPass.Benchmark(frame, 1, nil)
@@ -48,7 +48,7 @@ func BenchmarkPath(b *testing.B) {
 		})
 	})
 	b.Run("pass_not_icmp", func(b *testing.B) {
-		h := benchHarness(b, cfg)
+		h := readyHarness(b, cfg)
 		p := echoRequest(client1, hop1MAC, 1, 1)
 		p.proto = 6
 		frame := p.frame()
@@ -59,7 +59,7 @@ func BenchmarkPath(b *testing.B) {
 		// exhaust the 65536 ids of the one backend.
 		fresh := cfg
 		fresh.NATIdle = time.Nanosecond
-		h := benchHarness(b, fresh)
+		h := readyHarness(b, fresh)
 		var total time.Duration
 		i := uint32(0)
 		for b.Loop() {
@@ -71,13 +71,13 @@ func BenchmarkPath(b *testing.B) {
 		b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/pkt")
 	})
 	b.Run("request_known_session", func(b *testing.B) {
-		h := benchHarness(b, cfg)
+		h := readyHarness(b, cfg)
 		timed(b, func(seq uint16) time.Duration {
 			return kernelTime(b, h, echoRequest(client1, hop1MAC, 7, seq).frame(), xdpTX)
 		})
 	})
 	b.Run("reply_matched", func(b *testing.B) {
-		h := benchHarness(b, cfg)
+		h := readyHarness(b, cfg)
 		out := make([]byte, 256)
 		var total time.Duration
 		seq := uint16(0)
@@ -97,16 +97,16 @@ func BenchmarkPath(b *testing.B) {
 		b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/pkt")
 	})
 	b.Run("reply_conntrack_miss", func(b *testing.B) {
-		h := benchHarness(b, cfg)
+		h := readyHarness(b, cfg)
 		frame := replyTo(echoRequest(client1, hop1MAC, 7, 1), backendA, vip, 0xdead).frame()
 		timed(b, func(uint16) time.Duration { return kernelTime(b, h, frame, xdpPass) })
 	})
 }
 
-// benchHarness is a harness with one ready backend behind every Maglev slot.
-func benchHarness(b *testing.B, cfg Config) *harness {
-	h := newHarness(b, cfg)
-	h.setBackend(b, backendA, backendReady)
-	h.pointMaglev(b, backendA.idx)
+// readyHarness is a harness with backend A ready behind every Maglev slot.
+func readyHarness(tb testing.TB, cfg Config) *harness {
+	h := newHarness(tb, cfg)
+	h.setBackend(tb, backendA, backendReady)
+	h.pointMaglev(tb, backendA.idx)
 	return h
 }

@@ -122,9 +122,7 @@ func epochTotals(t *testing.T, h *harness, idx uint32) (sent, answered uint64) {
 }
 
 func TestRTTMeasured(t *testing.T) {
-	h := newHarness(t, testConfig(vip))
-	h.setBackend(t, backendA, backendReady)
-	h.pointMaglev(t, backendA.idx)
+	h := readyHarness(t, testConfig(vip))
 
 	req := echoRequest(client1, hop1MAC, 0x1234, 7)
 	before := monotonicNow(t)
@@ -159,9 +157,7 @@ func TestRTTMeasured(t *testing.T) {
 // TestRTTManyInFlight checks that replies are matched by sequence number, so
 // that a session with several requests out measures each one.
 func TestRTTManyInFlight(t *testing.T) {
-	h := newHarness(t, testConfig(vip))
-	h.setBackend(t, backendA, backendReady)
-	h.pointMaglev(t, backendA.idx)
+	h := readyHarness(t, testConfig(vip))
 
 	var natID uint16
 	for seq := uint16(1); seq <= 5; seq++ {
@@ -192,9 +188,7 @@ func TestRTTManyInFlight(t *testing.T) {
 }
 
 func TestReplyWithoutRequestUnmatched(t *testing.T) {
-	h := newHarness(t, testConfig(vip))
-	h.setBackend(t, backendA, backendReady)
-	h.pointMaglev(t, backendA.idx)
+	h := readyHarness(t, testConfig(vip))
 
 	req := echoRequest(client1, hop1MAC, 0x1234, 1)
 	_, natID := h.forward(t, req)
@@ -216,9 +210,7 @@ func TestReplyWithoutRequestUnmatched(t *testing.T) {
 func TestLateReplyNotAnswered(t *testing.T) {
 	cfg := testConfig(vip)
 	cfg.LossTimeout = 2 * time.Millisecond
-	h := newHarness(t, cfg)
-	h.setBackend(t, backendA, backendReady)
-	h.pointMaglev(t, backendA.idx)
+	h := readyHarness(t, cfg)
 
 	req := echoRequest(client1, hop1MAC, 0x1234, 1)
 	_, natID := h.forward(t, req)
@@ -239,9 +231,7 @@ func TestLateReplyNotAnswered(t *testing.T) {
 func TestTraceEvents(t *testing.T) {
 	cfg := testConfig(vip)
 	cfg.TraceSample = 1
-	h := newHarness(t, cfg)
-	h.setBackend(t, backendA, backendReady)
-	h.pointMaglev(t, backendA.idx)
+	h := readyHarness(t, cfg)
 	rd, err := ringbuf.NewReader(h.objs.Events)
 	if err != nil {
 		t.Fatal(err)
@@ -286,9 +276,7 @@ func TestTraceEvents(t *testing.T) {
 func TestTraceRingFullCountsDrops(t *testing.T) {
 	cfg := testConfig(vip)
 	cfg.TraceSample = 1
-	h := newHarness(t, cfg)
-	h.setBackend(t, backendA, backendReady)
-	h.pointMaglev(t, backendA.idx)
+	h := readyHarness(t, cfg)
 
 	// Nobody reads: a 4 KiB ring holds about 70 events.
 	const n = 200
@@ -318,9 +306,7 @@ func TestSamplingRate(t *testing.T) {
 	cfg := testConfig(vip)
 	cfg.TraceSample = 4
 	cfg.TraceBufferSize = 1 << 16
-	h := newHarness(t, cfg)
-	h.setBackend(t, backendA, backendReady)
-	h.pointMaglev(t, backendA.idx)
+	h := readyHarness(t, cfg)
 	rd, err := ringbuf.NewReader(h.objs.Events)
 	if err != nil {
 		t.Fatal(err)
