@@ -283,9 +283,6 @@ func (b *Balancer) upCount() int {
 	return n
 }
 
-// Mode is the XDP mode the program is attached in: "native" or "generic".
-func (b *Balancer) Mode() string { return b.mode }
-
 // Run keeps the backends' neighbour entries resolved and settles lost
 // requests until ctx is done, or returns an error when the interface is gone.
 func (b *Balancer) Run(ctx context.Context) error {
