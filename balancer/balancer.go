@@ -36,9 +36,12 @@ type Balancer struct {
 	link  link.Link
 	mode  string
 	ncpu  int
-	// backendOrder lists backends by their index in the data plane's maps.
+	// backendOrder lists the configured backends in address order; ifIdx
+	// is each one's slot in the data plane's maps, and nslots bounds them.
 	backendOrder []netip.Addr
 	ifIdx        map[netip.Addr]uint32
+	nslots       int
+	srcDeny      map[netip.Addr]bool
 	mu           sync.Mutex // guards table, states
 	table        *Maglev
 	states       map[netip.Addr]*backendState
@@ -116,8 +119,11 @@ func New(cfg Config, log *slog.Logger) (*Balancer, error) {
 	if err := b.initBackends(); err != nil {
 		return nil, err
 	}
+	if err := b.refreshSrcDeny(); err != nil {
+		return nil, err
+	}
 	b.resolveAll(2 * time.Second)
-	b.loss = newLossLedger(len(b.backendOrder), monotonic())
+	b.loss = newLossLedger(b.nslots, monotonic())
 	if err := b.attach(); err != nil {
 		return nil, err
 	}
@@ -171,9 +177,10 @@ func (b *Balancer) load() error {
 		b.log.Warn("conntrack occupancy will not be reported: the kernel cannot count map elements (needs Linux 6.6+)", "err", err)
 		b.ctCount.Prog, b.ctCount.Entries = nil, nil
 	}
+	// The in-flight map is not an LRU: without the sweeper it would fill
+	// with lost requests and then refuse every new one.
 	if err := ctSpec.LoadAndAssign(&b.sweep, helperOpts); err != nil {
-		b.log.Warn("lost requests and idle sessions stay in the maps until LRU eviction: the kernel cannot run the sweeper (needs Linux 5.14+)", "err", err)
-		b.sweep.Prog = nil
+		return fmt.Errorf("load the conntrack sweeper (needs Linux 5.14+ for bpf_for_each_map_elem): %w", err)
 	}
 	b.ncpu, err = ebpf.PossibleCPU()
 	if err != nil {
@@ -182,13 +189,13 @@ func (b *Balancer) load() error {
 	return nil
 }
 
-// initBackends gives every configured backend a stable index and checks it is
+// initBackends gives every configured backend its slot and checks it is
 // reached through the balancer's interface: replies leave by XDP_TX, so the
 // balancer only works one-arm.
 func (b *Balancer) initBackends() error {
 	sorted := slices.Clone(b.cfg.Backends)
 	slices.SortFunc(sorted, func(x, y netip.Addr) int { return x.Compare(y) })
-	for i, addr := range sorted {
+	for _, addr := range sorted {
 		routes, err := netlink.RouteGet(addr.AsSlice())
 		if err != nil || len(routes) == 0 {
 			return fmt.Errorf("no route to backend %s: %v", addr, err)
@@ -206,11 +213,59 @@ func (b *Balancer) initBackends() error {
 		if gw, ok := netip.AddrFromSlice(r.Gw); ok && gw.Unmap().IsValid() && !gw.IsUnspecified() {
 			hop = gw.Unmap()
 		}
-		b.ifIdx[addr] = uint32(i)
 		b.backendOrder = append(b.backendOrder, addr)
 		b.states[addr] = &backendState{nextHop: hop}
+	}
+	old, err := b.readSlots()
+	if err != nil {
+		return err
+	}
+	slots, renewed, err := assignSlots(old, sorted, MaxBackends)
+	if err != nil {
+		return err
+	}
+	b.ifIdx = slots
+	for _, idx := range renewed {
+		pool, err := newNATPool()
+		if err != nil {
+			return err
+		}
+		if err := b.objs.NatPools.Put(idx, pool); err != nil {
+			return fmt.Errorf("write NAT pool %d: %w", idx, err)
+		}
+		// A reused slot's old requests must not be answered as this
+		// backend's; they answer to another address and fail the match.
+	}
+	for idx, addr := range old {
+		if _, live := slots[addr]; live && slots[addr] == idx {
+			continue
+		}
+		var v bpf.IcmplbBackend
+		if err := b.objs.Backends.Lookup(idx, &v); err != nil {
+			return fmt.Errorf("read backend slot %d: %w", idx, err)
+		}
+		v.Flags = 0
+		if err := b.objs.Backends.Put(idx, v); err != nil {
+			return fmt.Errorf("retire backend slot %d (%s): %w", idx, addr, err)
+		}
+	}
+	for _, idx := range slots {
+		b.nslots = max(b.nslots, int(idx)+1)
+	}
+	for _, addr := range sorted {
+		if _, ok := old[slots[addr]]; ok && old[slots[addr]] == addr {
+			// Keep the pinned MAC until the neighbour table confirms one:
+			// replies in flight come from it.
+			var v bpf.IcmplbBackend
+			if err := b.objs.Backends.Lookup(slots[addr], &v); err == nil {
+				b.states[addr].mac = net.HardwareAddr(v.Mac[:])
+			}
+		}
 		if err := b.writeBackend(addr); err != nil {
 			return err
+		}
+		if err := b.objs.BackendAddrs.Put(bpf.Addr(addr), slots[addr]); err != nil {
+			return fmt.Errorf("index backend %s: %w", addr, err)
 		}
 	}
 	return b.rebuildTable()
@@ -219,8 +274,10 @@ func (b *Balancer) initBackends() error {
 func (b *Balancer) writeBackend(addr netip.Addr) error {
 	st := b.states[addr]
 	v := bpf.IcmplbBackend{Addr: bpf.Addr(addr), Flags: backendActive}
+	// The last known MAC stays when the neighbour is lost: replies to
+	// requests already sent still come from it and must match.
+	copy(v.Mac[:], st.mac)
 	if st.up {
-		copy(v.Mac[:], st.mac)
 		v.Flags |= backendNeigh
 	}
 	if err := b.objs.Backends.Put(b.ifIdx[addr], v); err != nil {
@@ -286,6 +343,11 @@ func (b *Balancer) upCount() int {
 // Run keeps the backends' neighbour entries resolved and settles lost
 // requests until ctx is done, or returns an error when the interface is gone.
 func (b *Balancer) Run(ctx context.Context) error {
+	lc, err := newLinkChecker(b.iface, b.log)
+	if err != nil {
+		return err
+	}
+	defer lc.close()
 	neigh := time.NewTicker(b.cfg.NeighInterval)
 	defer neigh.Stop()
 	// Settling every quarter epoch keeps loss visible within about
@@ -300,20 +362,21 @@ func (b *Balancer) Run(ctx context.Context) error {
 			// A deleted interface takes the program with it: stop, so that
 			// a supervisor restarts the agent rather than leaving it serving
 			// metrics of nothing and reporting ready.
-			if cur, err := net.InterfaceByIndex(b.iface.Index); err != nil || cur.Name != b.iface.Name {
-				return fmt.Errorf("interface %s is gone; the XDP program went with it", b.iface.Name)
+			if err := lc.check(); err != nil {
+				return err
 			}
 			if err := b.refreshNeighbours(); err != nil {
 				b.log.Warn("refresh neighbours", "err", err)
+			}
+			if err := b.refreshSrcDeny(); err != nil {
+				b.log.Warn("refresh denied source addresses", "err", err)
 			}
 		case <-settle.C:
 			if err := b.settleLoss(); err != nil {
 				b.log.Warn("settle lost requests", "err", err)
 			}
-			if b.sweep.Prog != nil {
-				if _, err := b.sweep.Prog.Run(&ebpf.RunOptions{}); err != nil {
-					b.log.Warn("sweep expired conntrack entries", "err", err)
-				}
+			if _, err := b.sweep.Prog.Run(&ebpf.RunOptions{}); err != nil {
+				b.log.Warn("sweep expired conntrack entries", "err", err)
 			}
 		}
 	}

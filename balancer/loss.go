@@ -95,7 +95,7 @@ func monotonic() uint64 {
 // settleLoss reads the epoch counters and settles what is due.
 func (b *Balancer) settleLoss() error {
 	l := b.loss
-	n := len(b.backendOrder) * bpf.Epochs
+	n := b.nslots * bpf.Epochs
 	if err := readPerCPU(b.objs.Epochs, n, &l.keys, &l.buf, b.ncpu); err != nil {
 		return err
 	}

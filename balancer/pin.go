@@ -12,8 +12,11 @@ import (
 )
 
 // pinnedMaps keep a restarted agent's sessions: the NAT ids it handed out
-// and where they lead, so replies in flight during a restart still match.
-var pinnedMaps = []string{bpf.IcmplbMapCtFwd, bpf.IcmplbMapCtRev, bpf.IcmplbMapNatNext}
+// and where they lead, the requests awaiting replies, and which backend owns
+// which slot and NAT pool, so that replies in flight during a restart still
+// match and are counted under the backend that got the request.
+var pinnedMaps = []string{bpf.IcmplbMapCtFwd, bpf.IcmplbMapCtRev, bpf.IcmplbMapInflight,
+	bpf.IcmplbMapBackends, bpf.IcmplbMapNatPools}
 
 // pinning marks the conntrack maps to be pinned under BPFFS/icmplb/IFACE
 // (reused when present) and returns the load options, or nil without BPFFS.

@@ -107,8 +107,27 @@ var Verdicts = func() []VerdictCount {
 	set(bpf.IcmplbReasonREASON_NEIGH_UNRESOLVED, "pass", "neigh_unresolved")
 	set(bpf.IcmplbReasonREASON_NAT_EXHAUSTED, "pass", "nat_exhausted")
 	set(bpf.IcmplbReasonREASON_NO_BACKEND, "drop", "no_backend")
+	set(bpf.IcmplbReasonREASON_VLAN, "pass", "vlan")
+	set(bpf.IcmplbReasonREASON_BOGUS_SOURCE, "pass", "bogus_source")
+	set(bpf.IcmplbReasonREASON_TTL_ZERO, "pass", "ttl_zero")
+	set(bpf.IcmplbReasonREASON_SESSION_MAC_MISMATCH, "drop", "session_mac_mismatch")
+	set(bpf.IcmplbReasonREASON_REPLY_SPOOFED, "pass", "reply_spoofed")
+	set(bpf.IcmplbReasonREASON_REPLY_MISMATCH, "pass", "reply_mismatch")
+	set(bpf.IcmplbReasonREASON_NAT_COLLISION, "drop", "nat_collision")
+	set(bpf.IcmplbReasonREASON_INFLIGHT_FULL, "drop", "inflight_full")
+	for r, c := range v {
+		if c.Reason == "" {
+			panic(fmt.Sprintf("verdict reason %d has no name: name it in balancer.Verdicts", r))
+		}
+	}
 	return v
 }()
+
+// BalancerLimited are the reasons for which the balancer itself, not a
+// backend, failed a client's request: no NAT id, no room to track it, or its
+// NAT id and sequence still awaited by another client. They are the
+// balancer's loss, never a backend's.
+var BalancerLimited = []string{"nat_exhausted", "nat_collision", "inflight_full"}
 
 // scratch holds the buffers of one map read, reused across scrapes.
 type scratch struct {
@@ -123,9 +142,9 @@ type scratch struct {
 func (b *Balancer) Snapshot() (*Snapshot, error) {
 	b.snapMu.Lock()
 	defer b.snapMu.Unlock()
-	n := len(b.backendOrder)
+	n := b.nslots
 	s := &b.scratch
-	snap := &Snapshot{VIP: b.cfg.VIP, Backends: make([]BackendSnapshot, n)}
+	snap := &Snapshot{VIP: b.cfg.VIP}
 
 	if err := readPerCPU(b.objs.BackendStats, n, &s.keys, &s.counters, b.ncpu); err != nil {
 		return nil, fmt.Errorf("read backend counters: %w", err)
@@ -134,8 +153,10 @@ func (b *Balancer) Snapshot() (*Snapshot, error) {
 		return nil, fmt.Errorf("read RTT histograms: %w", err)
 	}
 	b.mu.Lock()
-	for i, addr := range b.backendOrder {
-		bs := &snap.Backends[i]
+	snap.Backends = make([]BackendSnapshot, len(b.backendOrder))
+	for j, addr := range b.backendOrder {
+		i := int(b.ifIdx[addr])
+		bs := &snap.Backends[j]
 		bs.Addr, bs.Up = addr, b.states[addr].up
 		for cpu := 0; cpu < b.ncpu; cpu++ {
 			c := &s.counters[i*b.ncpu+cpu]
@@ -156,8 +177,8 @@ func (b *Balancer) Snapshot() (*Snapshot, error) {
 	}
 	b.mu.Unlock()
 	b.loss.mu.Lock()
-	for i := range snap.Backends {
-		snap.Backends[i].Lost = b.loss.lost[i]
+	for j, addr := range b.backendOrder {
+		snap.Backends[j].Lost = b.loss.lost[b.ifIdx[addr]]
 	}
 	b.loss.mu.Unlock()
 

@@ -35,6 +35,7 @@ func newDetached(tb testing.TB, n int, opts ...func(*Config)) *Balancer {
 		b.backendOrder = append(b.backendOrder, addr)
 		b.states[addr] = &backendState{nextHop: addr, up: true}
 	}
+	b.nslots = n
 	b.loss = newLossLedger(n, monotonic())
 	return b
 }

@@ -36,7 +36,9 @@ struct {
 	__uint(max_entries, 65537);
 } maglev SEC(".maps");
 
-/* backends: backend index -> address, next-hop MAC, flags. */
+/* backends: backend index -> address, next-hop MAC, flags. A retired
+ * backend's slot keeps its address (flags 0) so that pinned sessions and
+ * requests never land on another backend's counters. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -44,7 +46,25 @@ struct {
 	__uint(max_entries, 1024);
 } backends SEC(".maps");
 
-/* ct_fwd: (client, echo id) -> (backend, NAT id). */
+/* backend_addrs: backend address -> backend index, for replies that match no
+ * request: was it the backend (unmatched) or someone spoofing it? */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(max_entries, 1024);
+} backend_addrs SEC(".maps");
+
+/* src_deny: source addresses no client can have that depend on the host (the
+ * network and broadcast addresses of the interface's subnets) -> 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, __u8);
+	__uint(max_entries, 256);
+} src_deny SEC(".maps");
+
+/* ct_fwd: (client, echo id) -> (backend, NAT id, client's MAC). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct fwd_key);
@@ -52,7 +72,7 @@ struct {
 	__uint(max_entries, 65536);
 } ct_fwd SEC(".maps");
 
-/* ct_rev: (backend, NAT id) -> (client, echo id, client's next-hop MAC). */
+/* ct_rev: (backend, NAT id) -> the session holding it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct rev_key);
@@ -60,13 +80,13 @@ struct {
 	__uint(max_entries, 65536);
 } ct_rev SEC(".maps");
 
-/* nat_next: [0] -> next NAT id candidate, shared by all CPUs. */
+/* nat_pools: backend index -> key and counter of its NAT id permutation. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, 1);
-} nat_next SEC(".maps");
+	__type(value, struct nat_pool);
+	__uint(max_entries, 1024);
+} nat_pools SEC(".maps");
 
 /* stats: enum reason -> packets, per CPU. */
 struct {
@@ -84,9 +104,13 @@ struct {
 	__uint(max_entries, 1024);
 } backend_stats SEC(".maps");
 
-/* inflight: (backend, NAT id, sequence) -> when the request was forwarded. */
+/* inflight: (backend, NAT id, sequence) -> the request awaiting its reply.
+ * A plain hash, not an LRU: evicting a request would turn the balancer's
+ * shortage into a backend's loss and free its key for another client while
+ * its reply is on the way. When full, new requests are refused and counted;
+ * the sweeper frees entries older than twice the loss timeout. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct inflight_key);
 	__type(value, struct inflight_val);
 	__uint(max_entries, 262144);
@@ -239,14 +263,141 @@ static __always_inline void trace(enum trace_kind kind, __u64 sent_ns, __u64 rtt
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* Remembers a forwarded request until its reply, and counts it in its epoch. */
-static __always_inline void request_sent(struct backend *be, __u32 idx, __be16 nat_id, struct fwd_key *fk,
-					 __be16 seq, __u64 now)
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
 {
-	struct inflight_key ik = { .backend = be->addr, .nat_id = nat_id, .seq = seq };
-	struct inflight_val iv = { .sent_ns = now, .backend_idx = idx };
-	struct epoch_count *ep = epoch_slot(idx, now >> EPOCH_SHIFT);
+	return *(__u32 *)a == *(__u32 *)b && *(__u16 *)(a + 4) == *(__u16 *)(b + 4);
+}
 
+/* Verifies the ICMP checksum over the len bytes of the message that follows
+ * an option-less IPv4 header. A function of its own (a BPF global function)
+ * so that the verifier checks its loop once, not once per caller's path.
+ * Words are summed in memory order: the ones'-complement sum is the same in
+ * either byte order, and 2^16 = 1 (mod 0xffff) lets 32-bit words stand for
+ * pairs of 16-bit ones. */
+__attribute__((noinline)) int icmp_csum_ok(struct xdp_md *ctx, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	void *msg = data + sizeof(struct ethhdr) + sizeof(struct iphdr);
+	__u64 sum = 0;
+	__u32 i;
+
+	if (!ctx || len > ICMP_MAX_LEN)
+		return 0;
+	for (i = 0; i < ICMP_MAX_LEN / 4; i++) {
+		__u32 *w = msg + i * 4;
+
+		if (i * 4 + 4 > len)
+			break;
+		if ((void *)(w + 1) > data_end)
+			return 0;
+		sum += *w;
+	}
+	{
+		__u8 *t = msg + (len & ~3U);
+
+		if ((len & ~3U) > ICMP_MAX_LEN)
+			return 0;
+		if (len & 2) {
+			if ((void *)(t + 2) > data_end)
+				return 0;
+			sum += *(__u16 *)t;
+			t += 2;
+		}
+		if (len & 1) {
+			__u8 last[2] = {};
+
+			if ((void *)(t + 1) > data_end)
+				return 0;
+			/* An odd last byte is the high-order byte of a word padded
+			 * with zero: in memory order, the byte then a zero. */
+			last[0] = *t;
+			sum += *(__u16 *)last;
+		}
+	}
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return csum_fold((__u32)sum) == 0xffff;
+}
+
+/* The checksum a correct reply to this (already rewritten) request carries:
+ * the same message with type ECHO turned into ECHOREPLY. 0xffff and 0 are
+ * the same ones'-complement number; compare in one form. */
+static __always_inline __u16 reply_csum_of(__u16 request_csum)
+{
+	__u32 sum = (__u16)~request_csum;
+	__u16 c;
+
+	sum = csum_add16(sum, bpf_htons(ICMP_ECHO << 8), bpf_htons(ICMP_ECHOREPLY << 8));
+	c = ~csum_fold(sum);
+	return c == 0xffff ? 0 : c;
+}
+
+static __always_inline __u16 csum_norm(__u16 c)
+{
+	return c == 0xffff ? 0 : c;
+}
+
+/* Addresses no client's request can come from: replies to them would go to
+ * the wrong place or to many hosts at once. */
+static __always_inline int bogus_source(struct ethhdr *eth, __be32 saddr)
+{
+	__u8 first = bpf_ntohl(saddr) >> 24;
+	__u8 zero_mac[ETH_ALEN] = {};
+
+	if ((eth->h_source[0] & 1) || mac_eq(eth->h_source, zero_mac))
+		return 1;
+	/* 0/8 (this network), 127/8 (loopback), 224/4 and 240/4 (multicast,
+	 * reserved, limited broadcast). */
+	if (first == 0 || first == 127 || first >= 224)
+		return 1;
+	if (saddr == cfg_vip || saddr == cfg_snat)
+		return 1;
+	return bpf_map_lookup_elem(&src_deny, &saddr) != NULL;
+}
+
+enum track {
+	TRACK_NEW,  /* remembered: its reply will be measured */
+	TRACK_DUP,  /* the same session resent a request still awaited */
+	TRACK_COLLISION,
+	TRACK_FULL,
+};
+
+/* Remembers a forwarded request (already rewritten) until its reply, and
+ * counts it in its epoch. Never overwrites another session's request: its
+ * reply would then go to the wrong client. */
+static __always_inline enum track track_request(struct backend *be, __u32 idx, struct fwd_key *fk,
+						const __u8 *client_mac, struct icmp_echo *icmp, __u64 now)
+{
+	struct inflight_key ik = { .backend = be->addr, .nat_id = icmp->id, .seq = icmp->seq };
+	struct inflight_val iv = {
+		.sent_ns = now,
+		.backend_idx = idx,
+		.client = fk->client,
+		.echo_id = fk->echo_id,
+		.reply_csum = reply_csum_of(icmp->checksum),
+	};
+	struct epoch_count *ep;
+	long err;
+
+	__builtin_memcpy(iv.client_mac, client_mac, ETH_ALEN);
+	iv.sampled = cfg_trace_sample && bpf_get_prandom_u32() % cfg_trace_sample == 0;
+	err = bpf_map_update_elem(&inflight, &ik, &iv, BPF_NOEXIST);
+	if (err == -17 /* EEXIST */) {
+		struct inflight_val *old = bpf_map_lookup_elem(&inflight, &ik);
+
+		if (old && old->client == fk->client && old->echo_id == fk->echo_id)
+			return TRACK_DUP;
+		/* A request older than the sweeper's horizon is already lost;
+		 * its key may be taken over. */
+		if (old && old->sent_ns + 2 * cfg_loss_timeout_ns >= now)
+			return TRACK_COLLISION;
+		err = bpf_map_update_elem(&inflight, &ik, &iv, BPF_ANY);
+	}
+	if (err)
+		return TRACK_FULL;
+
+	ep = epoch_slot(idx, now >> EPOCH_SHIFT);
 	if (ep) {
 		if (ep->epoch != now >> EPOCH_SHIFT) {
 			ep->epoch = now >> EPOCH_SHIFT;
@@ -255,32 +406,21 @@ static __always_inline void request_sent(struct backend *be, __u32 idx, __be16 n
 		}
 		ep->sent++;
 	}
-	iv.sampled = cfg_trace_sample && bpf_get_prandom_u32() % cfg_trace_sample == 0;
-	bpf_map_update_elem(&inflight, &ik, &iv, BPF_ANY);
 	if (iv.sampled)
-		trace(TRACE_REQUEST, now, 0, fk->client, be->addr, fk->echo_id, seq, idx, 0);
+		trace(TRACE_REQUEST, now, 0, fk->client, be->addr, fk->echo_id, icmp->seq, idx, 0);
+	return TRACK_NEW;
 }
 
-/* Matches a reply with its request: RTT into the histogram, answer into the
+/* Counts a matched reply: RTT into the histogram and answer into the
  * request's epoch, or late when past the loss timeout. */
-static __always_inline void reply_received(struct backend_counters *bs, struct rev_val *rv, __be32 backend,
-					   __be16 nat_id, __be16 seq, __u64 now)
+static __always_inline void reply_measured(struct backend_counters *bs, struct inflight_val *iv, __be32 backend,
+					   __be16 seq, __u64 now)
 {
-	struct inflight_key ik = { .backend = backend, .nat_id = nat_id, .seq = seq };
-	struct inflight_val *iv = bpf_map_lookup_elem(&inflight, &ik);
-	__u32 idx = rv->backend_idx;
-	__u64 sent, rtt;
-	__u32 sampled, late;
+	__u32 idx = iv->backend_idx;
+	__u64 sent = iv->sent_ns;
+	__u64 rtt = now - sent;
+	__u32 late = rtt > cfg_loss_timeout_ns;
 
-	if (!iv) {
-		bs->unmatched++;
-		return;
-	}
-	sent = iv->sent_ns;
-	sampled = iv->sampled;
-	bpf_map_delete_elem(&inflight, &ik);
-	rtt = now - sent;
-	late = rtt > cfg_loss_timeout_ns;
 	if (late) {
 		bs->late++;
 	} else {
@@ -301,8 +441,8 @@ static __always_inline void reply_received(struct backend_counters *bs, struct r
 				ep->answered++;
 		}
 	}
-	if (sampled)
-		trace(TRACE_REPLY, sent, rtt, rv->client, backend, rv->echo_id, seq, idx, late);
+	if (iv->sampled)
+		trace(TRACE_REPLY, sent, rtt, iv->client, backend, iv->echo_id, seq, idx, late);
 }
 
 static __always_inline __u32 session_hash(__be32 client, __be16 echo_id)
@@ -318,17 +458,34 @@ static __always_inline __u32 session_hash(__be32 client, __be16 echo_id)
 	return (__u32)h;
 }
 
-/* Gives the session a NAT id unused at this backend, or 0 when none was free. */
-static __always_inline int nat_alloc(struct rev_key *rk, struct rev_val *rv, __u64 now)
+/* A 4-round Feistel network on the two bytes of x: a permutation of the 16-bit
+ * ids, so a counter walks all of them before one repeats, in an order that
+ * depends on the pool's secret keys. */
+static __always_inline __u16 nat_permute(const struct nat_pool *p, __u16 x)
 {
-	__u32 zero = 0;
-	__u32 *next = bpf_map_lookup_elem(&nat_next, &zero);
+	__u8 l = x >> 8, r = x & 0xff;
 
-	if (!next)
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u8 f = (__u8)((((__u32)r + p->key[i]) * 0x9e3779b1U) >> 24);
+		__u8 t = l ^ f;
+
+		l = r;
+		r = t;
+	}
+	return ((__u16)l << 8) | r;
+}
+
+/* Gives the session a NAT id no live session holds at this backend, or 0. */
+static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_val *rv, __u64 now)
+{
+	struct nat_pool *pool = bpf_map_lookup_elem(&nat_pools, &idx);
+
+	if (!pool)
 		return 0;
 #pragma unroll
 	for (int i = 0; i < NAT_ID_TRIES; i++) {
-		__u16 cand = (__u16)__sync_fetch_and_add(next, 1);
+		__u16 cand = nat_permute(pool, (__u16)__sync_fetch_and_add(&pool->next, 1));
 		struct rev_val *old;
 
 		rk->nat_id = bpf_htons(cand);
@@ -349,28 +506,40 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	struct fwd_key fk = { .client = ip->saddr, .echo_id = icmp->id };
 	struct rev_key rk = {};
 	struct rev_val rv = { .client = ip->saddr, .echo_id = icmp->id };
+	__u8 client_mac[ETH_ALEN];
 	struct backend *be = NULL;
 	struct fwd_val *fv;
 	__u64 now = bpf_ktime_get_ns();
 	__u32 idx;
 
-	__builtin_memcpy(rv.client_mac, eth->h_source, ETH_ALEN);
+	if (bogus_source(eth, ip->saddr))
+		return count(REASON_BOGUS_SOURCE, XDP_PASS);
+	if (ip->ttl == 0)
+		return count(REASON_TTL_ZERO, XDP_PASS);
+	if (!icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
+		return count(REASON_MALFORMED, XDP_PASS);
+
+	__builtin_memcpy(client_mac, eth->h_source, ETH_ALEN);
 	rv.last_seen_ns = now;
 
 	fv = bpf_map_lookup_elem(&ct_fwd, &fk);
 	if (fv) {
-		idx = fv->backend_idx;
-		be = bpf_map_lookup_elem(&backends, &idx);
-		/* The session stays on its backend while that backend is in the pool
-		 * and reachable, and its NAT id still belongs to this session. */
-		if (be && (be->flags & BACKEND_F_UP) == BACKEND_F_UP && be->addr == fv->backend) {
-			struct rev_val *cur;
+		struct rev_val *cur;
 
-			rk.backend = fv->backend;
-			rk.nat_id = fv->nat_id;
-			cur = bpf_map_lookup_elem(&ct_rev, &rk);
-			if (cur && cur->client == fk.client && cur->echo_id == fk.echo_id) {
-				__builtin_memcpy(cur->client_mac, eth->h_source, ETH_ALEN);
+		rk.backend = fv->backend;
+		rk.nat_id = fv->nat_id;
+		cur = bpf_map_lookup_elem(&ct_rev, &rk);
+		if (cur && cur->client == fk.client && cur->echo_id == fk.echo_id) {
+			/* The session is live: it belongs to the MAC that opened it.
+			 * Anyone else on the segment could otherwise take its
+			 * replies by sending one request with its address. */
+			if (!mac_eq(fv->client_mac, client_mac))
+				return count(REASON_SESSION_MAC_MISMATCH, XDP_DROP);
+			idx = fv->backend_idx;
+			be = bpf_map_lookup_elem(&backends, &idx);
+			/* It stays on its backend while that backend is in the
+			 * pool and reachable. */
+			if (be && (be->flags & BACKEND_F_UP) == BACKEND_F_UP && be->addr == fv->backend) {
 				cur->last_seen_ns = now;
 				goto forward;
 			}
@@ -393,15 +562,28 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 
 	rk.backend = be->addr;
 	rv.backend_idx = idx;
-	if (!nat_alloc(&rk, &rv, now))
+	if (!nat_alloc(idx, &rk, &rv, now))
 		return count(REASON_NAT_EXHAUSTED, XDP_PASS);
 	{
 		struct fwd_val nv = { .backend = be->addr, .backend_idx = idx, .nat_id = rk.nat_id };
 
+		__builtin_memcpy(nv.client_mac, client_mac, ETH_ALEN);
 		bpf_map_update_elem(&ct_fwd, &fk, &nv, BPF_ANY);
 	}
 
 forward:
+	rewrite(eth, ip, icmp, be->mac, cfg_snat, be->addr, rk.nat_id);
+	switch (track_request(be, idx, &fk, client_mac, icmp, now)) {
+	case TRACK_COLLISION:
+		return count(REASON_NAT_COLLISION, XDP_DROP);
+	case TRACK_FULL:
+		return count(REASON_INFLIGHT_FULL, XDP_DROP);
+	case TRACK_DUP:
+		/* Forwarded, not counted again: the first copy's reply answers it. */
+		return count(REASON_REQUEST_FORWARDED, XDP_TX);
+	default:
+		break;
+	}
 	{
 		struct backend_counters *bs = bpf_map_lookup_elem(&backend_stats, &idx);
 
@@ -410,29 +592,72 @@ forward:
 			bs->request_bytes += ctx->data_end - ctx->data;
 		}
 	}
-	request_sent(be, idx, rk.nat_id, &fk, icmp->seq, now);
-	rewrite(eth, ip, icmp, be->mac, cfg_snat, be->addr, rk.nat_id);
 	return count(REASON_REQUEST_FORWARDED, XDP_TX);
+}
+
+/* A reply that answers no request we remember: the backend's (duplicate, or
+ * later than the sweeper's horizon) or a forgery from someone else. */
+static __always_inline int reply_unmatched(struct ethhdr *eth, struct iphdr *ip)
+{
+	__be32 saddr = ip->saddr;
+	__u32 *idx = bpf_map_lookup_elem(&backend_addrs, &saddr);
+	struct backend_counters *bs;
+	struct backend *be;
+
+	if (!idx)
+		return count(REASON_CONNTRACK_MISS, XDP_PASS);
+	be = bpf_map_lookup_elem(&backends, idx);
+	if (!be || !mac_eq(be->mac, eth->h_source))
+		return count(REASON_REPLY_SPOOFED, XDP_PASS);
+	bs = bpf_map_lookup_elem(&backend_stats, idx);
+	if (bs)
+		bs->unmatched++;
+	return count(REASON_CONNTRACK_MISS, XDP_PASS);
 }
 
 static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
 					struct icmp_echo *icmp)
 {
-	struct rev_key rk = { .backend = ip->saddr, .nat_id = icmp->id };
-	struct rev_val *rv = bpf_map_lookup_elem(&ct_rev, &rk);
+	struct inflight_key ik = { .backend = ip->saddr, .nat_id = icmp->id, .seq = icmp->seq };
+	struct inflight_val *found, iv;
 	struct backend_counters *bs;
+	struct backend *be;
+	__u64 now;
 	__u32 idx;
 
-	if (!rv)
+	if (ip->ttl == 0)
+		return count(REASON_TTL_ZERO, XDP_PASS);
+	if (!icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
+		return count(REASON_MALFORMED, XDP_PASS);
+	found = bpf_map_lookup_elem(&inflight, &ik);
+	if (!found)
+		return reply_unmatched(eth, ip);
+	idx = found->backend_idx;
+	be = bpf_map_lookup_elem(&backends, &idx);
+	if (!be || be->addr != ip->saddr)
 		return count(REASON_CONNTRACK_MISS, XDP_PASS);
-	idx = rv->backend_idx;
+	/* One-arm: a backend's frames come from its next hop. Anyone else on
+	 * the segment who takes its address has another MAC. */
+	if (!mac_eq(be->mac, eth->h_source))
+		return count(REASON_REPLY_SPOOFED, XDP_PASS);
+	if (found->reply_csum != csum_norm(icmp->checksum))
+		return count(REASON_REPLY_MISMATCH, XDP_PASS);
+	now = bpf_ktime_get_ns();
+	if (found->sent_ns + 2 * cfg_loss_timeout_ns < now)
+		return reply_unmatched(eth, ip);
+	iv = *found;
+	/* Of two copies of a reply racing on two CPUs, only the one that
+	 * deletes the request is returned and measured. */
+	if (bpf_map_delete_elem(&inflight, &ik))
+		return reply_unmatched(eth, ip);
+
 	bs = bpf_map_lookup_elem(&backend_stats, &idx);
 	if (bs) {
 		bs->replies++;
 		bs->reply_bytes += ctx->data_end - ctx->data;
-		reply_received(bs, rv, ip->saddr, icmp->id, icmp->seq, bpf_ktime_get_ns());
+		reply_measured(bs, &iv, ip->saddr, icmp->seq, now);
 	}
-	rewrite(eth, ip, icmp, rv->client_mac, cfg_vip, rv->client, rv->echo_id);
+	rewrite(eth, ip, icmp, iv.client_mac, cfg_vip, iv.client, iv.echo_id);
 	return count(REASON_REPLY_RETURNED, XDP_TX);
 }
 
@@ -448,6 +673,11 @@ int icmplb(struct xdp_md *ctx)
 
 	if ((void *)(eth + 1) > data_end)
 		return count(REASON_MALFORMED, XDP_PASS);
+	/* A tag in the frame means another network than the one we serve. A
+	 * tag the NIC or veth took out into metadata is invisible here; the
+	 * agent warns about interfaces that strip tags. */
+	if (eth->h_proto == bpf_htons(ETH_P_8021Q) || eth->h_proto == bpf_htons(ETH_P_8021AD))
+		return count(REASON_VLAN, XDP_PASS);
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return count(REASON_NOT_IPV4, XDP_PASS);
 	/* A group destination MAC would become the source MAC of the rewrite. */

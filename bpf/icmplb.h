@@ -7,6 +7,8 @@
 
 #define ETH_ALEN 6
 #define ETH_P_IP 0x0800
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88a8
 #define IPPROTO_ICMP 1
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
@@ -56,6 +58,14 @@ enum reason {
 	REASON_NAT_EXHAUSTED,
 	REASON_NO_BACKEND,
 	REASON_NOT_UNICAST,
+	REASON_VLAN,                 /* tagged in the frame: not ours to balance */
+	REASON_BOGUS_SOURCE,         /* request from an address no client can have */
+	REASON_TTL_ZERO,
+	REASON_SESSION_MAC_MISMATCH, /* a session's request from another MAC: dropped */
+	REASON_REPLY_SPOOFED,        /* backend's address, not its next-hop MAC */
+	REASON_REPLY_MISMATCH,       /* right id and seq, not the request's data */
+	REASON_NAT_COLLISION,        /* NAT id and seq still awaited by another session */
+	REASON_INFLIGHT_FULL,        /* no room to remember the request: dropped */
 	REASON_MAX,
 };
 
@@ -77,12 +87,13 @@ struct fwd_key {
 	__u16 pad;
 };
 
-/* ct_fwd value: where that session goes. */
+/* ct_fwd value: where that session goes, and the MAC that opened it: only
+ * that MAC may send the session's requests, and its replies go back to it. */
 struct fwd_val {
 	__be32 backend;
 	__u32 backend_idx;
 	__be16 nat_id;
-	__u16 pad;
+	__u8 client_mac[ETH_ALEN];
 };
 
 /* ct_rev key: what a backend's reply carries (source address, echo id). */
@@ -92,14 +103,22 @@ struct rev_key {
 	__u16 pad;
 };
 
-/* ct_rev value: how to restore the reply for the client. */
+/* ct_rev value: which session holds a NAT id, and since when it is idle. */
 struct rev_val {
 	__be32 client;
 	__be16 echo_id;
-	__u8 client_mac[ETH_ALEN];
+	__u16 pad;
 	__u32 backend_idx;
-	__u32 pad;
+	__u32 pad2;
 	__u64 last_seen_ns;
+};
+
+/* nat_pools[idx]: NAT ids of one backend are a keyed permutation of a
+ * counter, so an observer of some ids cannot predict the next ones. */
+struct nat_pool {
+	__u32 key[4];
+	__u32 next;
+	__u32 pad;
 };
 
 /* backend_stats[idx], per CPU. */
@@ -112,6 +131,9 @@ struct backend_counters {
 	__u64 late;         /* replies matched after the loss timeout */
 	__u64 unmatched;    /* replies without an in-flight request */
 };
+
+/* The frame sizes the ICMP checksum is verified for (jumbo frames). */
+#define ICMP_MAX_LEN 9000
 
 /* Sizes shared with Go (bpf2go -type layout).
  *
@@ -145,10 +167,17 @@ struct inflight_key {
 	__be16 seq;
 };
 
+/* inflight value: everything a reply needs, so that a reply is returned
+ * only to the client whose request it answers, whatever happened to the
+ * session meanwhile (evicted, idle, NAT id reused). */
 struct inflight_val {
 	__u64 sent_ns;
 	__u32 backend_idx;
-	__u32 sampled;
+	__be32 client;
+	__be16 echo_id;
+	__sum16 reply_csum; /* what the reply's ICMP checksum must be */
+	__u8 client_mac[ETH_ALEN];
+	__u16 sampled;
 };
 
 enum trace_kind {

@@ -50,7 +50,7 @@ type IcmplbFwdVal struct {
 	Backend    uint32
 	BackendIdx uint32
 	NatId      uint16
-	Pad        uint16
+	ClientMac  [6]uint8
 }
 
 type IcmplbInflightKey struct {
@@ -64,7 +64,12 @@ type IcmplbInflightVal struct {
 	_          structs.HostLayout
 	SentNs     uint64
 	BackendIdx uint32
-	Sampled    uint32
+	Client     uint32
+	EchoId     uint16
+	ReplyCsum  uint16
+	ClientMac  [6]uint8
+	Sampled    uint16
+	_          [4]byte
 }
 
 type IcmplbLayout uint32
@@ -77,24 +82,39 @@ const (
 	IcmplbLayoutEPOCHS            IcmplbLayout = 32
 )
 
+type IcmplbNatPool struct {
+	_    structs.HostLayout
+	Key  [4]uint32
+	Next uint32
+	Pad  uint32
+}
+
 type IcmplbReason uint32
 
 const (
-	IcmplbReasonREASON_REQUEST_FORWARDED IcmplbReason = 0
-	IcmplbReasonREASON_REPLY_RETURNED    IcmplbReason = 1
-	IcmplbReasonREASON_NOT_IPV4          IcmplbReason = 2
-	IcmplbReasonREASON_NOT_ICMP          IcmplbReason = 3
-	IcmplbReasonREASON_NOT_ECHO          IcmplbReason = 4
-	IcmplbReasonREASON_NOT_VIP           IcmplbReason = 5
-	IcmplbReasonREASON_FRAGMENT          IcmplbReason = 6
-	IcmplbReasonREASON_IP_OPTIONS        IcmplbReason = 7
-	IcmplbReasonREASON_MALFORMED         IcmplbReason = 8
-	IcmplbReasonREASON_CONNTRACK_MISS    IcmplbReason = 9
-	IcmplbReasonREASON_NEIGH_UNRESOLVED  IcmplbReason = 10
-	IcmplbReasonREASON_NAT_EXHAUSTED     IcmplbReason = 11
-	IcmplbReasonREASON_NO_BACKEND        IcmplbReason = 12
-	IcmplbReasonREASON_NOT_UNICAST       IcmplbReason = 13
-	IcmplbReasonREASON_MAX               IcmplbReason = 14
+	IcmplbReasonREASON_REQUEST_FORWARDED    IcmplbReason = 0
+	IcmplbReasonREASON_REPLY_RETURNED       IcmplbReason = 1
+	IcmplbReasonREASON_NOT_IPV4             IcmplbReason = 2
+	IcmplbReasonREASON_NOT_ICMP             IcmplbReason = 3
+	IcmplbReasonREASON_NOT_ECHO             IcmplbReason = 4
+	IcmplbReasonREASON_NOT_VIP              IcmplbReason = 5
+	IcmplbReasonREASON_FRAGMENT             IcmplbReason = 6
+	IcmplbReasonREASON_IP_OPTIONS           IcmplbReason = 7
+	IcmplbReasonREASON_MALFORMED            IcmplbReason = 8
+	IcmplbReasonREASON_CONNTRACK_MISS       IcmplbReason = 9
+	IcmplbReasonREASON_NEIGH_UNRESOLVED     IcmplbReason = 10
+	IcmplbReasonREASON_NAT_EXHAUSTED        IcmplbReason = 11
+	IcmplbReasonREASON_NO_BACKEND           IcmplbReason = 12
+	IcmplbReasonREASON_NOT_UNICAST          IcmplbReason = 13
+	IcmplbReasonREASON_VLAN                 IcmplbReason = 14
+	IcmplbReasonREASON_BOGUS_SOURCE         IcmplbReason = 15
+	IcmplbReasonREASON_TTL_ZERO             IcmplbReason = 16
+	IcmplbReasonREASON_SESSION_MAC_MISMATCH IcmplbReason = 17
+	IcmplbReasonREASON_REPLY_SPOOFED        IcmplbReason = 18
+	IcmplbReasonREASON_REPLY_MISMATCH       IcmplbReason = 19
+	IcmplbReasonREASON_NAT_COLLISION        IcmplbReason = 20
+	IcmplbReasonREASON_INFLIGHT_FULL        IcmplbReason = 21
+	IcmplbReasonREASON_MAX                  IcmplbReason = 22
 )
 
 type IcmplbRevKey struct {
@@ -108,10 +128,9 @@ type IcmplbRevVal struct {
 	_          structs.HostLayout
 	Client     uint32
 	EchoId     uint16
-	ClientMac  [6]uint8
+	Pad        uint16
 	BackendIdx uint32
-	Pad        uint32
-	_          [4]byte
+	Pad2       uint32
 	LastSeenNs uint64
 }
 
@@ -139,6 +158,7 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	IcmplbMapBackendAddrs     = "backend_addrs"
 	IcmplbMapBackendStats     = "backend_stats"
 	IcmplbMapBackends         = "backends"
 	IcmplbMapConntrackEntries = "conntrack_entries"
@@ -148,8 +168,9 @@ const (
 	IcmplbMapEvents           = "events"
 	IcmplbMapInflight         = "inflight"
 	IcmplbMapMaglev           = "maglev"
-	IcmplbMapNatNext          = "nat_next"
+	IcmplbMapNatPools         = "nat_pools"
 	IcmplbMapRttHist          = "rtt_hist"
+	IcmplbMapSrcDeny          = "src_deny"
 	IcmplbMapStats            = "stats"
 	IcmplbMapTraceDropped     = "trace_dropped"
 	IcmplbProgConntrackCount  = "conntrack_count"
@@ -221,6 +242,7 @@ type IcmplbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type IcmplbMapSpecs struct {
+	BackendAddrs     *ebpf.MapSpec `ebpf:"backend_addrs"`
 	BackendStats     *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends         *ebpf.MapSpec `ebpf:"backends"`
 	ConntrackEntries *ebpf.MapSpec `ebpf:"conntrack_entries"`
@@ -230,8 +252,9 @@ type IcmplbMapSpecs struct {
 	Events           *ebpf.MapSpec `ebpf:"events"`
 	Inflight         *ebpf.MapSpec `ebpf:"inflight"`
 	Maglev           *ebpf.MapSpec `ebpf:"maglev"`
-	NatNext          *ebpf.MapSpec `ebpf:"nat_next"`
+	NatPools         *ebpf.MapSpec `ebpf:"nat_pools"`
 	RttHist          *ebpf.MapSpec `ebpf:"rtt_hist"`
+	SrcDeny          *ebpf.MapSpec `ebpf:"src_deny"`
 	Stats            *ebpf.MapSpec `ebpf:"stats"`
 	TraceDropped     *ebpf.MapSpec `ebpf:"trace_dropped"`
 }
@@ -271,6 +294,7 @@ func (o *IcmplbObjects) Close() error {
 //
 // It can be passed to LoadIcmplbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type IcmplbMaps struct {
+	BackendAddrs     *ebpf.Map `ebpf:"backend_addrs"`
 	BackendStats     *ebpf.Map `ebpf:"backend_stats"`
 	Backends         *ebpf.Map `ebpf:"backends"`
 	ConntrackEntries *ebpf.Map `ebpf:"conntrack_entries"`
@@ -280,14 +304,16 @@ type IcmplbMaps struct {
 	Events           *ebpf.Map `ebpf:"events"`
 	Inflight         *ebpf.Map `ebpf:"inflight"`
 	Maglev           *ebpf.Map `ebpf:"maglev"`
-	NatNext          *ebpf.Map `ebpf:"nat_next"`
+	NatPools         *ebpf.Map `ebpf:"nat_pools"`
 	RttHist          *ebpf.Map `ebpf:"rtt_hist"`
+	SrcDeny          *ebpf.Map `ebpf:"src_deny"`
 	Stats            *ebpf.Map `ebpf:"stats"`
 	TraceDropped     *ebpf.Map `ebpf:"trace_dropped"`
 }
 
 func (m *IcmplbMaps) Close() error {
 	return _IcmplbClose(
+		m.BackendAddrs,
 		m.BackendStats,
 		m.Backends,
 		m.ConntrackEntries,
@@ -297,8 +323,9 @@ func (m *IcmplbMaps) Close() error {
 		m.Events,
 		m.Inflight,
 		m.Maglev,
-		m.NatNext,
+		m.NatPools,
 		m.RttHist,
+		m.SrcDeny,
 		m.Stats,
 		m.TraceDropped,
 	)

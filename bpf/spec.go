@@ -88,6 +88,8 @@ func NewSpec(c Config) (*ebpf.CollectionSpec, error) {
 	spec.Maps[IcmplbMapMaglev].MaxEntries = c.MaglevSize
 	spec.Maps[IcmplbMapBackends].MaxEntries = c.MaxBackends
 	spec.Maps[IcmplbMapBackendStats].MaxEntries = c.MaxBackends
+	spec.Maps[IcmplbMapBackendAddrs].MaxEntries = c.MaxBackends
+	spec.Maps[IcmplbMapNatPools].MaxEntries = c.MaxBackends
 	spec.Maps[IcmplbMapCtFwd].MaxEntries = c.ConntrackSize
 	spec.Maps[IcmplbMapCtRev].MaxEntries = c.ConntrackSize
 	spec.Maps[IcmplbMapInflight].MaxEntries = c.InflightSize

@@ -7,6 +7,7 @@ package exporter
 import (
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,6 +42,7 @@ type Collector struct {
 	requestBytes, replyBytes                 *prometheus.Desc
 	rtt, up                                  *prometheus.Desc
 	packets, ctEntries, ctCapacity           *prometheus.Desc
+	balancerLost                             *prometheus.Desc
 	traceDropped, traceSpans                 *prometheus.Desc
 	scrapeErrors, buildInfo                  *prometheus.Desc
 
@@ -62,11 +64,12 @@ func NewCollector(src Source, tracer *Tracer, version string) *Collector {
 		replies:      d("icmplb_backend_replies_total", "Echo replies from the backend returned to clients.", bl...),
 		lost:         d("icmplb_backend_lost_total", "Echo requests the backend did not answer within the loss timeout.", bl...),
 		late:         d("icmplb_backend_late_replies_total", "Replies that came after the loss timeout (up to twice it); their requests count as lost.", bl...),
-		unmatched:    d("icmplb_backend_unmatched_replies_total", "Replies returned without a request to measure against (duplicates, replies after twice the loss timeout, or the request's in-flight entry was evicted).", bl...),
+		unmatched:    d("icmplb_backend_unmatched_replies_total", "Replies from the backend that answered no request awaited (duplicates, or later than twice the loss timeout); passed to the kernel, not returned to a client.", bl...),
 		requestBytes: d("icmplb_backend_request_bytes_total", "Bytes of echo requests forwarded to the backend (Ethernet frames).", bl...),
 		replyBytes:   d("icmplb_backend_reply_bytes_total", "Bytes of echo replies from the backend (Ethernet frames).", bl...),
 		rtt:          d("icmplb_backend_rtt_seconds", "Time from a request leaving the balancer to its reply arriving, for replies within the loss timeout.", bl...),
 		up:           d("icmplb_backend_up", "1 while the backend's next hop is resolved and it takes new sessions, else 0.", bl...),
+		balancerLost: d("icmplb_balancer_lost_requests_total", "Echo requests to the VIP the balancer itself failed, by reason: nat_exhausted (no free NAT id), nat_collision (its NAT id and sequence still awaited by another client's request) or inflight_full (no room to track it). Never counted as a backend's loss.", "vip", "reason"),
 		packets:      d("icmplb_packets_total", "Packets seen by the XDP program, by verdict (tx, pass, drop) and reason.", "verdict", "reason"),
 		ctEntries:    d("icmplb_conntrack_entries", "Entries in a conntrack map: sessions (client, echo id) active within the NAT idle time, or inflight requests (sent within twice the loss timeout and not answered yet).", "map"),
 		ctCapacity:   d("icmplb_conntrack_capacity", "Capacity of a conntrack LRU map; at capacity the oldest entries are evicted.", "map"),
@@ -80,7 +83,7 @@ func NewCollector(src Source, tracer *Tracer, version string) *Collector {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.replies, c.lost, c.late, c.unmatched,
-		c.requestBytes, c.replyBytes, c.rtt, c.up, c.packets, c.ctEntries, c.ctCapacity,
+		c.requestBytes, c.replyBytes, c.rtt, c.up, c.balancerLost, c.packets, c.ctEntries, c.ctCapacity,
 		c.traceDropped, c.traceSpans, c.scrapeErrors, c.buildInfo} {
 		ch <- d
 	}
@@ -128,6 +131,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, v := range snap.Verdicts {
 		counter(c.packets, v.Packets, v.Verdict, v.Reason)
+		if slices.Contains(balancer.BalancerLimited, v.Reason) {
+			counter(c.balancerLost, v.Packets, vip, v.Reason)
+		}
 	}
 	if snap.Conntrack.Known {
 		ch <- prometheus.MustNewConstMetric(c.ctEntries, prometheus.GaugeValue, float64(snap.Conntrack.Sessions), "sessions")

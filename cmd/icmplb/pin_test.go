@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -43,8 +44,12 @@ func TestPinnedSessionsSurviveRestart(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 	pinned, _ := filepath.Glob(filepath.Join(fs, "icmplb", "eth0", "*"))
-	if len(pinned) != 3 {
-		t.Fatalf("pinned %v, want ct_fwd, ct_rev, nat_next", pinned)
+	var names []string
+	for _, p := range pinned {
+		names = append(names, filepath.Base(p))
+	}
+	if want := []string{"backends", "ct_fwd", "ct_rev", "inflight", "nat_pools"}; !slices.Equal(names, want) {
+		t.Fatalf("pinned %v, want %v", names, want)
 	}
 
 	before := icmpOf(t, topo, topology.SeedBackend2)

@@ -1,0 +1,87 @@
+package balancer
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/icmplb/icmplb/bpf"
+)
+
+// deniedSources are the addresses of the interface's own subnets that no
+// client can send from: each subnet's network and broadcast addresses (a
+// reply to either reaches every host of the segment) and the interface's own
+// addresses (a reply to one would come back to the balancer).
+func deniedSources(addrs []netip.Prefix) map[netip.Addr]bool {
+	deny := map[netip.Addr]bool{}
+	for _, p := range addrs {
+		if !p.Addr().Is4() {
+			continue
+		}
+		deny[p.Addr()] = true
+		if p.Bits() > 30 {
+			continue // /31 and /32 have no network or broadcast address
+		}
+		network := p.Masked().Addr()
+		b := network.As4()
+		host := uint32(1)<<(32-p.Bits()) - 1
+		for i := range 4 {
+			b[i] |= byte(host >> (24 - 8*i))
+		}
+		deny[network] = true
+		deny[netip.AddrFrom4(b)] = true
+	}
+	return deny
+}
+
+// ifacePrefixes lists the IPv4 prefixes configured on the interface.
+func ifacePrefixes(ifindex int) ([]netip.Prefix, error) {
+	link, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return nil, err
+	}
+	list, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, a := range list {
+		if a.IPNet == nil {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
+	}
+	return out, nil
+}
+
+// refreshSrcDeny brings the data plane's src_deny map in line with the
+// interface's addresses, which may change while the agent runs.
+func (b *Balancer) refreshSrcDeny() error {
+	prefixes, err := ifacePrefixes(b.iface.Index)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", b.iface.Name, err)
+	}
+	want := deniedSources(prefixes)
+	for a := range want {
+		if !b.srcDeny[a] {
+			if err := b.objs.SrcDeny.Put(bpf.Addr(a), uint8(1)); err != nil {
+				return fmt.Errorf("deny source %s: %w", a, err)
+			}
+		}
+	}
+	for a := range b.srcDeny {
+		if !want[a] {
+			if err := b.objs.SrcDeny.Delete(bpf.Addr(a)); err != nil {
+				return fmt.Errorf("allow source %s: %w", a, err)
+			}
+		}
+	}
+	b.srcDeny = want
+	return nil
+}
