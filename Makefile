@@ -18,7 +18,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 DEBS := clang-16 llvm-16 libbpf-dev iproute2 iputils-ping procps util-linux mount ethtool tcpdump \
         prometheus ca-certificates git
 
-.PHONY: all deps build generate check-generate test lint bench demo clean
+.PHONY: all deps build generate check-generate test lint bench fuzz demo clean
 
 all: build
 
@@ -43,6 +43,14 @@ lint:
 test: deps build lint
 	ICMPLB_BIN=$(CURDIR)/$(BIN) ICMPLB_REQUIRE_PRIVILEGED=$${CI:-} \
 	  $(GO) test -p 1 -count=1 -timeout 12m ./...
+
+# Fuzzes the XDP program through BPF_PROG_TEST_RUN (bpf/fuzz_test.go) for
+# FUZZTIME; needs root (fails rather than skips without it). `test` runs only
+# the seed corpus. A finding is saved in bpf/testdata/fuzz/FuzzXDP/ and then
+# fails `go test ./bpf/` until fixed.
+FUZZTIME ?= 2m
+fuzz: deps
+	ICMPLB_REQUIRE_PRIVILEGED=1 $(GO) test -run '^$$' -fuzz '^FuzzXDP$$' -fuzztime $(FUZZTIME) ./bpf/
 
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -4,7 +4,7 @@
 // neighbour table, and attaches the program to an interface with a bpf_link.
 // It is the only package that touches BPF objects.
 //
-// It needs Linux 5.12 or newer (XDP bpf_link, BPF atomics) and the
+// It needs Linux 5.14 or newer (XDP bpf_link, BPF atomics, bpf_for_each_map_elem) and the
 // capabilities CAP_BPF and CAP_NET_ADMIN.
 package balancer
 
@@ -94,6 +94,9 @@ func New(cfg Config, log *slog.Logger) (*Balancer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("interface %q not found; list interfaces with `ip link`", cfg.Iface)
 	}
+	if err := checkHost(cfg, iface, log); err != nil {
+		return nil, err
+	}
 	if err := checkPrivileges(); err != nil {
 		return nil, err
 	}
@@ -101,6 +104,7 @@ func New(cfg Config, log *slog.Logger) (*Balancer, error) {
 		return nil, err
 	}
 	mode := chooseMode(cfg.XDPMode, iface, log)
+	warnVLANStrip(iface, log)
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("lift the memlock limit for BPF maps: %w", err)
 	}
@@ -123,6 +127,7 @@ func New(cfg Config, log *slog.Logger) (*Balancer, error) {
 		return nil, err
 	}
 	b.resolveAll(2 * time.Second)
+	b.warnUnresolved()
 	b.loss = newLossLedger(b.nslots, monotonic())
 	if err := b.attach(); err != nil {
 		return nil, err
@@ -166,7 +171,7 @@ func (b *Balancer) load() error {
 		}
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			return fmt.Errorf("the kernel's verifier rejected the data plane (kernel too old? icmplb needs Linux 5.12+): %v", ve)
+			return fmt.Errorf("the kernel's verifier rejected the data plane (kernel too old? icmplb needs Linux 5.14+): %v", ve)
 		}
 		return fmt.Errorf("load the data plane: %w", err)
 	}

@@ -14,7 +14,8 @@ import (
 func newDetached(tb testing.TB, n int, opts ...func(*Config)) *Balancer {
 	tb.Helper()
 	testenv.Privileged(tb)
-	cfg := Config{Iface: "none", VIP: netip.MustParseAddr("10.0.0.100"), MaglevSize: 251}
+	cfg := DefaultConfig()
+	cfg.Iface, cfg.VIP, cfg.MaglevSize = "none", netip.MustParseAddr("10.0.0.100"), 251
 	for i := range n {
 		cfg.Backends = append(cfg.Backends, netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Capability bits (linux/capability.h).
@@ -80,7 +81,7 @@ func checkKernel() error {
 	for _, p := range probes {
 		if err := p.err(); err != nil {
 			if errors.Is(err, ebpf.ErrNotSupported) {
-				return fmt.Errorf("kernel lacks %s, which icmplb needs (Linux 5.12 or newer): %w", p.what, err)
+				return fmt.Errorf("kernel lacks %s, which icmplb needs (Linux 5.14 or newer): %w", p.what, err)
 			}
 			return fmt.Errorf("probe kernel for %s: %w", p.what, err)
 		}
@@ -134,9 +135,82 @@ func (b *Balancer) attach() error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, os.ErrExist) || strings.Contains(err.Error(), "busy") {
-		return fmt.Errorf("attach XDP to %s: another XDP program is attached; detach it first (ip link set dev %s xdp off): %w",
-			b.iface.Name, b.iface.Name, err)
+	if errors.Is(err, os.ErrExist) || errors.Is(err, unix.EBUSY) || strings.Contains(err.Error(), "busy") {
+		return fmt.Errorf("attach XDP to %s: %s: %w", b.iface.Name, xdpOwner(b.iface), err)
 	}
 	return fmt.Errorf("attach XDP (%s mode) to %s: %w", b.mode, b.iface.Name, err)
+}
+
+// xdpOwner says which XDP program holds the interface and how to remove it.
+// The remedy depends on how it was attached: `ip link set dev IFACE xdp off`
+// removes a program attached through netlink (ip link, libxdp's legacy mode)
+// but the kernel refuses it (EBUSY) for one attached through a bpf_link, as
+// icmplb and most current agents attach: that one goes with the process
+// holding the link, or with `bpftool link detach`.
+func xdpOwner(iface *net.Interface) string {
+	l, err := netlink.LinkByIndex(iface.Index)
+	if err != nil || l.Attrs().Xdp == nil || !l.Attrs().Xdp.Attached {
+		return fmt.Sprintf("another XDP program is attached; find it with `bpftool net show dev %s`, then stop the process holding its link (`bpftool link show`) or detach it",
+			iface.Name)
+	}
+	x := l.Attrs().Xdp
+	// XDP_ATTACHED_* of linux/if_link.h, and ip link's keyword for each.
+	mode, keyword := "native", "xdpdrv"
+	switch x.AttachMode {
+	case 2:
+		mode, keyword = "generic", "xdpgeneric"
+	case 3:
+		mode, keyword = "offload", "xdpoffload"
+	case 4:
+		mode, keyword = "several modes", "xdp"
+	}
+	prog := "another XDP program"
+	if x.ProgId != 0 {
+		prog = fmt.Sprintf("XDP program %d%s", x.ProgId, progName(x.ProgId))
+	}
+	linkID, known := xdpLinkOf(iface.Index, x.ProgId)
+	switch {
+	case known && linkID != 0:
+		return fmt.Sprintf("%s (%s mode) is attached through bpf_link %d, which `ip link set dev %s xdp off` cannot remove: stop the process holding it (another icmplb?) or run `bpftool link detach id %d`",
+			prog, mode, linkID, iface.Name, linkID)
+	case known:
+		return fmt.Sprintf("%s (%s mode) is attached without a bpf_link (by ip link or similar): detach it with `ip link set dev %s %s off`",
+			prog, mode, iface.Name, keyword)
+	default:
+		return fmt.Sprintf("%s (%s mode) is attached: if `bpftool link show` lists an xdp link on %s, stop the process holding it (another icmplb?) or run `bpftool link detach id ID`; otherwise run `ip link set dev %s %s off`",
+			prog, mode, iface.Name, iface.Name, keyword)
+	}
+}
+
+// xdpLinkOf returns the id of the bpf_link attaching prog (0: any program)
+// to ifindex, or 0 when no link does; known is false when the links cannot
+// be listed (that needs CAP_SYS_ADMIN). Link ids are global but ifindexes are
+// per network namespace, hence the match on the program too.
+func xdpLinkOf(ifindex int, prog uint32) (id link.ID, known bool) {
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil || info.Type != link.XDPType || info.XDP() == nil {
+			continue
+		}
+		if int(info.XDP().Ifindex) == ifindex && (prog == 0 || info.Program == ebpf.ProgramID(prog)) {
+			return info.ID, true
+		}
+	}
+	return 0, it.Err() == nil
+}
+
+// progName is ` "name"` of a program, or "" when it cannot be read.
+func progName(id uint32) string {
+	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+	if err != nil {
+		return ""
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil || info.Name == "" {
+		return ""
+	}
+	return fmt.Sprintf(" %q", info.Name)
 }

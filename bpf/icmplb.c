@@ -386,12 +386,14 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 	if (err == -17 /* EEXIST */) {
 		struct inflight_val *old = bpf_map_lookup_elem(&inflight, &ik);
 
-		if (old && old->client == fk->client && old->echo_id == fk->echo_id)
-			return TRACK_DUP;
-		/* A request older than the sweeper's horizon is already lost;
-		 * its key may be taken over. */
-		if (old && old->sent_ns + 2 * cfg_loss_timeout_ns >= now)
+		/* A request older than the sweeper's horizon is already lost: its
+		 * key may be taken over, by its own session too (the sequence
+		 * wrapped), which makes a new, counted request. */
+		if (old && old->sent_ns + 2 * cfg_loss_timeout_ns >= now) {
+			if (old->client == fk->client && old->echo_id == fk->echo_id)
+				return TRACK_DUP;
 			return TRACK_COLLISION;
+		}
 		err = bpf_map_update_elem(&inflight, &ik, &iv, BPF_ANY);
 	}
 	if (err)

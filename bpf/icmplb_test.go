@@ -291,10 +291,50 @@ func testConfig(snat netip.Addr) Config {
 	}
 }
 
+// reasonTable is the verdict each reason must come with and the name the
+// agent exports it under (balancer.Verdicts; checked in verdicts_test.go).
+var reasonTable = [IcmplbReasonREASON_MAX]struct {
+	verdict uint32
+	name    string
+}{
+	IcmplbReasonREASON_REQUEST_FORWARDED:    {xdpTX, "request_forwarded"},
+	IcmplbReasonREASON_REPLY_RETURNED:       {xdpTX, "reply_returned"},
+	IcmplbReasonREASON_NOT_IPV4:             {xdpPass, "not_ipv4"},
+	IcmplbReasonREASON_NOT_ICMP:             {xdpPass, "not_icmp"},
+	IcmplbReasonREASON_NOT_ECHO:             {xdpPass, "not_echo"},
+	IcmplbReasonREASON_NOT_VIP:              {xdpPass, "not_vip"},
+	IcmplbReasonREASON_FRAGMENT:             {xdpPass, "fragment"},
+	IcmplbReasonREASON_IP_OPTIONS:           {xdpPass, "ip_options"},
+	IcmplbReasonREASON_MALFORMED:            {xdpPass, "malformed"},
+	IcmplbReasonREASON_CONNTRACK_MISS:       {xdpPass, "conntrack_miss"},
+	IcmplbReasonREASON_NEIGH_UNRESOLVED:     {xdpPass, "neigh_unresolved"},
+	IcmplbReasonREASON_NAT_EXHAUSTED:        {xdpPass, "nat_exhausted"},
+	IcmplbReasonREASON_NO_BACKEND:           {xdpDrop, "no_backend"},
+	IcmplbReasonREASON_NOT_UNICAST:          {xdpPass, "not_unicast"},
+	IcmplbReasonREASON_VLAN:                 {xdpPass, "vlan"},
+	IcmplbReasonREASON_BOGUS_SOURCE:         {xdpPass, "bogus_source"},
+	IcmplbReasonREASON_TTL_ZERO:             {xdpPass, "ttl_zero"},
+	IcmplbReasonREASON_SESSION_MAC_MISMATCH: {xdpDrop, "session_mac_mismatch"},
+	IcmplbReasonREASON_REPLY_SPOOFED:        {xdpPass, "reply_spoofed"},
+	IcmplbReasonREASON_REPLY_MISMATCH:       {xdpPass, "reply_mismatch"},
+	IcmplbReasonREASON_NAT_COLLISION:        {xdpDrop, "nat_collision"},
+	IcmplbReasonREASON_INFLIGHT_FULL:        {xdpDrop, "inflight_full"},
+}
+
+// ReasonVerdict exports reasonTable to the external test package, which may
+// import the balancer (this package may not: the balancer imports it).
+func ReasonVerdict(r IcmplbReason) (verdict, name string) {
+	e := reasonTable[r]
+	return map[uint32]string{xdpDrop: "drop", xdpPass: "pass", xdpTX: "tx"}[e.verdict], e.name
+}
+
 type harness struct {
 	cfg      Config
 	objs     IcmplbObjects
 	backends map[uint32]backendInfo
+	// pools holds the NAT id keys written per backend index, so that tests
+	// can predict ids with natPermute, their own model of the kernel's.
+	pools map[uint32]IcmplbNatPool
 }
 
 // newHarness loads a fresh collection so that no test sees another's
@@ -306,7 +346,7 @@ func newHarness(t testing.TB, cfg Config) *harness {
 	if err != nil {
 		t.Fatalf("NewSpec: %v", err)
 	}
-	h := &harness{cfg: cfg, backends: map[uint32]backendInfo{}}
+	h := &harness{cfg: cfg, backends: map[uint32]backendInfo{}, pools: map[uint32]IcmplbNatPool{}}
 	if err := spec.LoadAndAssign(&h.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -318,13 +358,79 @@ func newHarness(t testing.TB, cfg Config) *harness {
 	return h
 }
 
+// setBackend writes what the agent writes for a backend: its slot, its
+// address index while it is active, and, for an index or address new to
+// the slot, a NAT pool with random keys and a random starting counter.
 func (h *harness) setBackend(t testing.TB, be backendInfo, flags uint16) {
 	t.Helper()
 	v := IcmplbBackend{Addr: Addr(be.addr), Mac: be.mac, Flags: flags}
 	if err := h.objs.Backends.Put(be.idx, v); err != nil {
 		t.Fatalf("backends[%d]: %v", be.idx, err)
 	}
+	if flags&backendActive != 0 {
+		if err := h.objs.BackendAddrs.Put(Addr(be.addr), be.idx); err != nil {
+			t.Fatalf("backend_addrs[%v]: %v", be.addr, err)
+		}
+	} else if err := h.objs.BackendAddrs.Delete(Addr(be.addr)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("delete backend_addrs[%v]: %v", be.addr, err)
+	}
+	if old, ok := h.backends[be.idx]; !ok || old.addr != be.addr {
+		pool := IcmplbNatPool{Next: rand.Uint32()}
+		for i := range pool.Key {
+			pool.Key[i] = rand.Uint32()
+		}
+		h.setPool(t, be.idx, pool)
+	}
 	h.backends[be.idx] = be
+}
+
+func (h *harness) setPool(t testing.TB, idx uint32, pool IcmplbNatPool) {
+	t.Helper()
+	if err := h.objs.NatPools.Put(idx, pool); err != nil {
+		t.Fatalf("nat_pools[%d]: %v", idx, err)
+	}
+	h.pools[idx] = pool
+	t.Logf("nat_pools[%d] = keys %#08x, next %d", idx, pool.Key, pool.Next)
+}
+
+// setNATNext sets the counter of backend idx's NAT pool, keeping its keys.
+func (h *harness) setNATNext(t testing.TB, idx uint32, next uint32) {
+	t.Helper()
+	pool, ok := h.pools[idx]
+	if !ok {
+		t.Fatalf("test bug: no NAT pool for backend %d", idx)
+	}
+	pool.Next = next
+	if err := h.objs.NatPools.Put(idx, pool); err != nil {
+		t.Fatalf("nat_pools[%d]: %v", idx, err)
+	}
+	h.pools[idx] = pool
+}
+
+// poolNext reads the counter of backend idx's NAT pool from the kernel.
+func (h *harness) poolNext(t testing.TB, idx uint32) uint32 {
+	t.Helper()
+	var pool IcmplbNatPool
+	if err := h.objs.NatPools.Lookup(idx, &pool); err != nil {
+		t.Fatalf("nat_pools[%d]: %v", idx, err)
+	}
+	return pool.Next
+}
+
+// natID is the NAT id backend idx's pool gives for counter value n.
+func (h *harness) natID(t testing.TB, idx uint32, n uint32) uint16 {
+	t.Helper()
+	pool, ok := h.pools[idx]
+	if !ok {
+		t.Fatalf("test bug: no NAT pool for backend %d", idx)
+	}
+	return natPermute(pool.Key, uint16(n))
+}
+
+// forceNATID makes id the next NAT id backend idx's pool hands out.
+func (h *harness) forceNATID(t testing.TB, idx uint32, id uint16) {
+	t.Helper()
+	h.setNATNext(t, idx, uint32(natUnpermute(h.pools[idx].Key, id)))
 }
 
 // pointMaglev fills every slot, cycling through idxs.
@@ -337,14 +443,7 @@ func (h *harness) pointMaglev(t testing.TB, idxs ...uint32) {
 	}
 }
 
-func (h *harness) setNATNext(t *testing.T, v uint32) {
-	t.Helper()
-	if err := h.objs.NatNext.Put(uint32(0), v); err != nil {
-		t.Fatalf("nat_next: %v", err)
-	}
-}
-
-func (h *harness) stats(t *testing.T) [IcmplbReasonREASON_MAX]uint64 {
+func (h *harness) stats(t testing.TB) [IcmplbReasonREASON_MAX]uint64 {
 	t.Helper()
 	var out [IcmplbReasonREASON_MAX]uint64
 	for r := range IcmplbReasonREASON_MAX {
@@ -359,7 +458,7 @@ func (h *harness) stats(t *testing.T) [IcmplbReasonREASON_MAX]uint64 {
 	return out
 }
 
-func (h *harness) backendCounters(t *testing.T, idx uint32) IcmplbBackendCounters {
+func (h *harness) backendCounters(t testing.TB, idx uint32) IcmplbBackendCounters {
 	t.Helper()
 	var perCPU []IcmplbBackendCounters
 	if err := h.objs.BackendStats.Lookup(idx, &perCPU); err != nil {
@@ -384,7 +483,7 @@ func traffic(c IcmplbBackendCounters) IcmplbBackendCounters {
 	return IcmplbBackendCounters{Requests: c.Requests, RequestBytes: c.RequestBytes, Replies: c.Replies, ReplyBytes: c.ReplyBytes}
 }
 
-func monotonicNow(t *testing.T) uint64 {
+func monotonicNow(t testing.TB) uint64 {
 	t.Helper()
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
@@ -398,13 +497,11 @@ func monotonicNow(t *testing.T) uint64 {
 // exactly the wanted reason counter moved, by one.
 func (h *harness) run(t *testing.T, in []byte, wantVerdict uint32, wantReason IcmplbReason) []byte {
 	t.Helper()
-	before := h.stats(t)
-	data := bytes.Clone(in)
-	opts := ebpf.RunOptions{Data: data, DataOut: make([]byte, len(in)+256)}
-	verdict, err := h.objs.Icmplb.Run(&opts)
-	if err != nil {
-		t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
+	if wantReason >= IcmplbReasonREASON_MAX || reasonTable[wantReason].verdict != wantVerdict {
+		t.Fatalf("test bug: reason %d does not come with verdict %d", wantReason, wantVerdict)
 	}
+	before := h.stats(t)
+	verdict, out := h.runRaw(t, in)
 	after := h.stats(t)
 	if verdict != wantVerdict {
 		t.Errorf("verdict %d, want %d", verdict, wantVerdict)
@@ -415,13 +512,26 @@ func (h *harness) run(t *testing.T, in []byte, wantVerdict uint32, wantReason Ic
 			want = 1
 		}
 		if d := after[r] - before[r]; d != want {
-			t.Errorf("stats[%d] moved by %d, want %d (want reason %d)", r, d, want, wantReason)
+			t.Errorf("stats[%s] moved by %d, want %d (want reason %s)", reasonTable[r].name, d, want, reasonTable[wantReason].name)
 		}
 	}
 	if t.Failed() {
 		t.FailNow()
 	}
-	return opts.DataOut
+	return out
+}
+
+// runRaw runs the program once on a copy of in, checking nothing: for loops
+// that set up state by the thousand, where run's counter reads would cost
+// most of the time.
+func (h *harness) runRaw(t testing.TB, in []byte) (uint32, []byte) {
+	t.Helper()
+	opts := ebpf.RunOptions{Data: bytes.Clone(in), DataOut: make([]byte, len(in)+256)}
+	verdict, err := h.objs.Icmplb.Run(&opts)
+	if err != nil {
+		t.Fatalf("BPF_PROG_TEST_RUN of a %d-byte frame: %v", len(in), err)
+	}
+	return verdict, opts.DataOut
 }
 
 // requireUntouched runs a frame the balancer must leave to the kernel.
@@ -452,16 +562,31 @@ func (h *harness) forward(t *testing.T, req packet) (backendInfo, uint16) {
 			netip.AddrFrom4([4]byte(out[30:34])), diffFrames(in, out))
 	}
 	natID := binary.BigEndian.Uint16(out[38:40])
+	requireChecksumsVerify(t, out)
+	requireFrame(t, "forwarded request", h.forwardedFrame(req, be, natID), out)
+	return be, natID
+}
 
+// forwardedFrame is req as it must leave towards be with natID.
+func (h *harness) forwardedFrame(req packet, be backendInfo, natID uint16) []byte {
 	want := req
 	want.ethSrc = req.ethDst
 	want.ethDst = be.mac
 	want.src = h.cfg.SNAT
 	want.dst = be.addr
 	want.echoID = natID
-	requireChecksumsVerify(t, out)
-	requireFrame(t, "forwarded request", want.frame(), out)
-	return be, natID
+	return want.frame()
+}
+
+// returnedFrame is the backend's reply rep as it must leave for the client.
+func (h *harness) returnedFrame(rep packet, client netip.Addr, echoID uint16, hop mac) []byte {
+	want := rep
+	want.ethSrc = rep.ethDst
+	want.ethDst = hop
+	want.src = h.cfg.VIP
+	want.dst = client
+	want.echoID = echoID
+	return want.frame()
 }
 
 // returnReply sends the backend's reply and checks it left restored for the
@@ -470,17 +595,11 @@ func (h *harness) returnReply(t *testing.T, rep packet, client netip.Addr, echoI
 	t.Helper()
 	in := rep.frame()
 	out := h.run(t, in, xdpTX, IcmplbReasonREASON_REPLY_RETURNED)
-	want := rep
-	want.ethSrc = rep.ethDst
-	want.ethDst = hop
-	want.src = h.cfg.VIP
-	want.dst = client
-	want.echoID = echoID
 	if len(out) != len(in) {
 		t.Fatalf("output is %d bytes, input %d:\n%s", len(out), len(in), diffFrames(in, out))
 	}
 	requireChecksumsVerify(t, out)
-	requireFrame(t, "returned reply", want.frame(), out)
+	requireFrame(t, "returned reply", h.returnedFrame(rep, client, echoID, hop), out)
 }
 
 // requireConntrack checks both directions of a session's conntrack state.
@@ -491,9 +610,10 @@ func (h *harness) requireConntrack(t *testing.T, client netip.Addr, echoID uint1
 	if err := h.objs.CtFwd.Lookup(fk, &fv); err != nil {
 		t.Fatalf("ct_fwd[%v, id %#04x]: %v", client, echoID, err)
 	}
-	if wantFV := (IcmplbFwdVal{Backend: Addr(be.addr), BackendIdx: be.idx, NatId: Net16(natID)}); fv != wantFV {
-		t.Errorf("ct_fwd[%v, id %#04x] = {backend %v, idx %d, nat id %#04x}, want {%v, %d, %#04x}",
-			client, echoID, AddrFrom(fv.Backend), fv.BackendIdx, Host16(fv.NatId), be.addr, be.idx, natID)
+	if wantFV := (IcmplbFwdVal{Backend: Addr(be.addr), BackendIdx: be.idx, NatId: Net16(natID), ClientMac: hop}); fv != wantFV {
+		t.Errorf("ct_fwd[%v, id %#04x] = {backend %v, idx %d, nat id %#04x, mac %v}, want {%v, %d, %#04x, %v}",
+			client, echoID, AddrFrom(fv.Backend), fv.BackendIdx, Host16(fv.NatId), mac(fv.ClientMac),
+			be.addr, be.idx, natID, hop)
 	}
 
 	var rv IcmplbRevVal
@@ -501,13 +621,105 @@ func (h *harness) requireConntrack(t *testing.T, client netip.Addr, echoID uint1
 	if err := h.objs.CtRev.Lookup(rk, &rv); err != nil {
 		t.Fatalf("ct_rev[%v, nat id %#04x]: %v", be.addr, natID, err)
 	}
-	if AddrFrom(rv.Client) != client || Host16(rv.EchoId) != echoID || mac(rv.ClientMac) != hop || rv.BackendIdx != be.idx {
-		t.Errorf("ct_rev[%v, nat id %#04x] = {client %v, id %#04x, mac %v, idx %d}, want {%v, %#04x, %v, %d}",
-			be.addr, natID, AddrFrom(rv.Client), Host16(rv.EchoId), mac(rv.ClientMac), rv.BackendIdx,
-			client, echoID, hop, be.idx)
+	if AddrFrom(rv.Client) != client || Host16(rv.EchoId) != echoID || rv.BackendIdx != be.idx {
+		t.Errorf("ct_rev[%v, nat id %#04x] = {client %v, id %#04x, idx %d}, want {%v, %#04x, %d}",
+			be.addr, natID, AddrFrom(rv.Client), Host16(rv.EchoId), rv.BackendIdx, client, echoID, be.idx)
 	}
 	if now := monotonicNow(t); rv.LastSeenNs == 0 || rv.LastSeenNs > now {
 		t.Errorf("ct_rev last_seen_ns %d, want a past CLOCK_MONOTONIC time (now %d)", rv.LastSeenNs, now)
+	}
+}
+
+// requireNoSession checks that a request left no forward conntrack entry.
+func (h *harness) requireNoSession(t *testing.T, client netip.Addr, echoID uint16) {
+	t.Helper()
+	var fv IcmplbFwdVal
+	if err := h.objs.CtFwd.Lookup(IcmplbFwdKey{Client: Addr(client), EchoId: Net16(echoID)}, &fv); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("ct_fwd[%v, id %#04x] = %+v (err %v), want no session", client, echoID, fv, err)
+	}
+}
+
+func inflightKey(be backendInfo, natID, seq uint16) IcmplbInflightKey {
+	return IcmplbInflightKey{Backend: Addr(be.addr), NatId: Net16(natID), Seq: Net16(seq)}
+}
+
+// inflight returns the in-flight entry of request (be, natID, seq), if any.
+func (h *harness) inflight(t testing.TB, be backendInfo, natID, seq uint16) (IcmplbInflightVal, bool) {
+	t.Helper()
+	var iv IcmplbInflightVal
+	err := h.objs.Inflight.Lookup(inflightKey(be, natID, seq), &iv)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return iv, false
+	}
+	if err != nil {
+		t.Fatalf("inflight[%v, %#04x, seq %d]: %v", be.addr, natID, seq, err)
+	}
+	return iv, true
+}
+
+// requireInflight checks that req, forwarded to be with natID, waits for
+// the reply that backend be would send, whose ICMP checksum the test
+// computes from scratch (0xffff and 0 are one ones'-complement zero).
+func (h *harness) requireInflight(t *testing.T, req packet, be backendInfo, natID uint16) IcmplbInflightVal {
+	t.Helper()
+	iv, ok := h.inflight(t, be, natID, req.seq)
+	if !ok {
+		t.Fatalf("no in-flight entry for %v nat id %#04x seq %d", be.addr, natID, req.seq)
+	}
+	f := replyTo(req, be, h.cfg.SNAT, natID).frame()
+	wantCsum := binary.BigEndian.Uint16(f[36:])
+	if wantCsum == 0xffff {
+		wantCsum = 0
+	}
+	if AddrFrom(iv.Client) != req.src || Host16(iv.EchoId) != req.echoID || mac(iv.ClientMac) != req.ethSrc ||
+		iv.BackendIdx != be.idx || Host16(iv.ReplyCsum) != wantCsum {
+		t.Errorf("inflight[%v, %#04x, seq %d] = {client %v, id %#04x, mac %v, idx %d, reply csum %#04x}, want {%v, %#04x, %v, %d, %#04x}",
+			be.addr, natID, req.seq, AddrFrom(iv.Client), Host16(iv.EchoId), mac(iv.ClientMac), iv.BackendIdx, Host16(iv.ReplyCsum),
+			req.src, req.echoID, req.ethSrc, be.idx, wantCsum)
+	}
+	if now := monotonicNow(t); iv.SentNs == 0 || iv.SentNs > now {
+		t.Errorf("inflight sent_ns %d, want a past CLOCK_MONOTONIC time (now %d)", iv.SentNs, now)
+	}
+	return iv
+}
+
+// sweep runs the sweeper program once, as the agent does periodically.
+func (h *harness) sweep(t testing.TB) {
+	t.Helper()
+	if _, err := h.objs.Sweep.Run(&ebpf.RunOptions{}); err != nil {
+		t.Fatalf("run sweep: %v", err)
+	}
+}
+
+// inflightCount counts the requests awaiting replies.
+func (h *harness) inflightCount(t testing.TB) int {
+	t.Helper()
+	var (
+		k IcmplbInflightKey
+		v IcmplbInflightVal
+		n int
+	)
+	it := h.objs.Inflight.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("iterate inflight: %v", err)
+	}
+	return n
+}
+
+// backdate moves the send time of an in-flight request d into the past, so
+// that tests of the loss timeouts need not sleep through them.
+func (h *harness) backdate(t testing.TB, be backendInfo, natID, seq uint16, d time.Duration) {
+	t.Helper()
+	iv, ok := h.inflight(t, be, natID, seq)
+	if !ok {
+		t.Fatalf("no in-flight entry for %v nat id %#04x seq %d to backdate", be.addr, natID, seq)
+	}
+	iv.SentNs -= uint64(d)
+	if err := h.objs.Inflight.Put(inflightKey(be, natID, seq), iv); err != nil {
+		t.Fatalf("backdate inflight: %v", err)
 	}
 }
 
@@ -522,9 +734,13 @@ func TestRequestForwarded(t *testing.T) {
 		t.Fatalf("request went to backend %d, want %d", be.idx, backendA.idx)
 	}
 	h.requireConntrack(t, client1, 0x1234, hop1MAC, backendA, natID)
+	h.requireInflight(t, req, backendA, natID)
 	want := IcmplbBackendCounters{Requests: 1, RequestBytes: uint64(len(req.frame()))}
 	if got := traffic(h.backendCounters(t, backendA.idx)); got != want {
 		t.Errorf("backend_stats[%d] = %+v, want %+v", backendA.idx, got, want)
+	}
+	if sent, answered := epochTotals(t, h, backendA.idx); sent != 1 || answered != 0 {
+		t.Errorf("epochs count %d sent, %d answered; want 1, 0", sent, answered)
 	}
 }
 
@@ -630,23 +846,6 @@ func TestReplyReturned(t *testing.T) {
 	}
 }
 
-func TestReplyFollowsLatestClientMAC(t *testing.T) {
-	h := newHarness(t, testConfig(vip))
-	h.setBackend(t, backendA, backendReady)
-	h.pointMaglev(t, backendA.idx)
-
-	req := echoRequest(client1, hop1MAC, 0x2222, 1)
-	_, natID := h.forward(t, req)
-	// The client's traffic now arrives through another router.
-	req2 := echoRequest(client1, hop2MAC, 0x2222, 2)
-	_, natID2 := h.forward(t, req2)
-	if natID2 != natID {
-		t.Fatalf("NAT id changed from %#04x to %#04x", natID, natID2)
-	}
-	h.requireConntrack(t, client1, 0x2222, hop2MAC, backendA, natID)
-	h.returnReply(t, replyTo(req2, backendA, vip, natID), client1, 0x2222, hop2MAC)
-}
-
 func TestIdentifierCollision(t *testing.T) {
 	h := newHarness(t, testConfig(vip))
 	h.setBackend(t, backendA, backendReady)
@@ -708,127 +907,6 @@ func TestSNATDifferentFromVIP(t *testing.T) {
 		r.dst = snatAlt
 		h.requireUntouched(t, r.frame(), xdpPass, IcmplbReasonREASON_NOT_VIP)
 	})
-}
-
-func TestNATIDWraps(t *testing.T) {
-	h := newHarness(t, testConfig(vip))
-	h.setBackend(t, backendA, backendReady)
-	h.pointMaglev(t, backendA.idx)
-	h.setNATNext(t, 0xffff)
-
-	req1 := echoRequest(client1, hop1MAC, 1, 1)
-	req2 := echoRequest(client2, hop2MAC, 1, 1)
-	if _, nat := h.forward(t, req1); nat != 0xffff {
-		t.Errorf("first NAT id %#04x, want 0xffff", nat)
-	}
-	if _, nat := h.forward(t, req2); nat != 0x0000 {
-		t.Errorf("NAT id after 0xffff is %#04x, want 0x0000", nat)
-	}
-	h.returnReply(t, replyTo(req1, backendA, vip, 0xffff), client1, 1, hop1MAC)
-	h.returnReply(t, replyTo(req2, backendA, vip, 0x0000), client2, 1, hop2MAC)
-}
-
-func TestNATIDSkipsBusyReusesIdle(t *testing.T) {
-	cfg := testConfig(vip)
-	cfg.NATIdle = 10 * time.Second
-	h := newHarness(t, cfg)
-	h.setBackend(t, backendA, backendReady)
-	h.pointMaglev(t, backendA.idx)
-
-	now := monotonicNow(t)
-	if now < uint64(3*cfg.NATIdle) {
-		t.Skipf("uptime %v is too short to fake an idle session", time.Duration(now))
-	}
-	busy := IcmplbRevVal{Client: Addr(client2), EchoId: Net16(77), ClientMac: hop2MAC, BackendIdx: backendA.idx, LastSeenNs: now}
-	for id := uint16(100); id < 103; id++ {
-		v := busy
-		if id == 101 {
-			// Stamped by another CPU after this packet read the clock.
-			v.LastSeenNs = now + uint64(time.Second)
-		}
-		if err := h.objs.CtRev.Put(IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(id)}, v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	idle := busy
-	idle.LastSeenNs = now - uint64(2*cfg.NATIdle)
-	if err := h.objs.CtRev.Put(IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(103)}, idle); err != nil {
-		t.Fatal(err)
-	}
-	h.setNATNext(t, 100)
-
-	req := echoRequest(client1, hop1MAC, 5, 1)
-	if _, nat := h.forward(t, req); nat != 103 {
-		t.Fatalf("NAT id %d, want 103 (100-102 busy, 103 idle)", nat)
-	}
-	h.requireConntrack(t, client1, 5, hop1MAC, backendA, 103)
-	h.returnReply(t, replyTo(req, backendA, vip, 103), client1, 5, hop1MAC)
-}
-
-// An idle session's NAT id may go to a new session; when the old session
-// wakes up it must get a fresh id instead of hijacking the new owner's.
-func TestNATIDReusedByAnotherSession(t *testing.T) {
-	requireRoot(t)
-	tests := []struct {
-		name        string
-		thief       netip.Addr
-		thiefHop    mac
-		thiefEchoID uint16
-	}{
-		{"other client, same echo id", client2, hop2MAC, 5},
-		{"same client, other echo id", client1, hop1MAC, 6},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg := testConfig(vip)
-			cfg.NATIdle = 0
-			h := newHarness(t, cfg)
-			h.setBackend(t, backendA, backendReady)
-			h.pointMaglev(t, backendA.idx)
-
-			const natID = 40
-			h.setNATNext(t, natID)
-			h.forward(t, echoRequest(client1, hop1MAC, 5, 1))
-			h.setNATNext(t, natID)
-			thiefReq := echoRequest(tt.thief, tt.thiefHop, tt.thiefEchoID, 1)
-			if _, got := h.forward(t, thiefReq); got != natID {
-				t.Fatalf("setup: second session got NAT id %d, want the idle %d", got, natID)
-			}
-
-			req := echoRequest(client1, hop1MAC, 5, 2)
-			_, got := h.forward(t, req)
-			if got == natID {
-				t.Fatalf("returning session took NAT id %d, now owned by %v id %d", natID, tt.thief, tt.thiefEchoID)
-			}
-			h.requireConntrack(t, client1, 5, hop1MAC, backendA, got)
-			h.requireConntrack(t, tt.thief, tt.thiefEchoID, tt.thiefHop, backendA, natID)
-			h.returnReply(t, replyTo(thiefReq, backendA, vip, natID), tt.thief, tt.thiefEchoID, tt.thiefHop)
-			h.returnReply(t, replyTo(req, backendA, vip, got), client1, 5, hop1MAC)
-		})
-	}
-}
-
-func TestNATExhausted(t *testing.T) {
-	h := newHarness(t, testConfig(vip))
-	h.setBackend(t, backendA, backendReady)
-	h.pointMaglev(t, backendA.idx)
-
-	now := monotonicNow(t)
-	busy := IcmplbRevVal{Client: Addr(client2), EchoId: Net16(77), ClientMac: hop2MAC, BackendIdx: backendA.idx, LastSeenNs: now}
-	// The allocator tries 8 candidates per packet.
-	for id := uint16(0); id < 8; id++ {
-		if err := h.objs.CtRev.Put(IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(id)}, busy); err != nil {
-			t.Fatal(err)
-		}
-	}
-	h.requireUntouched(t, echoRequest(client1, hop1MAC, 5, 1).frame(), xdpPass, IcmplbReasonREASON_NAT_EXHAUSTED)
-	var fv IcmplbFwdVal
-	if err := h.objs.CtFwd.Lookup(IcmplbFwdKey{Client: Addr(client1), EchoId: Net16(5)}, &fv); !errors.Is(err, ebpf.ErrKeyNotExist) {
-		t.Errorf("ct_fwd entry after failed allocation: %+v, %v", fv, err)
-	}
-	if _, nat := h.forward(t, echoRequest(client1, hop1MAC, 5, 2)); nat != 8 {
-		t.Errorf("NAT id %d after exhaustion, want 8", nat)
-	}
 }
 
 func TestNoBackend(t *testing.T) {
@@ -903,11 +981,12 @@ func TestPassUntouched(t *testing.T) {
 		0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
 		0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64,
 		128, 0, 0, 0, 0x12, 0x34, 0, 1)
-	vlan := func() []byte {
+	// An echo request to the VIP, byte for byte, behind a tag.
+	vlan := func(tpid uint16) []byte {
 		f := req.frame()
-		tagged := append(ethHeader(lbMAC, hop1MAC, 0x8100), 0, 10, 0x08, 0x00)
+		tagged := append(ethHeader(lbMAC, hop1MAC, tpid), 0, 10, 0x08, 0x00)
 		return append(tagged, f[14:]...)
-	}()
+	}
 
 	tests := []struct {
 		name   string
@@ -917,7 +996,16 @@ func TestPassUntouched(t *testing.T) {
 	}{
 		{name: "ARP", frame: func() []byte { return arp }, reason: IcmplbReasonREASON_NOT_IPV4},
 		{name: "IPv6 echo", frame: func() []byte { return ipv6 }, reason: IcmplbReasonREASON_NOT_IPV4},
-		{name: "802.1Q tagged echo", frame: func() []byte { return vlan }, reason: IcmplbReasonREASON_NOT_IPV4},
+		{name: "802.1Q tagged echo", frame: func() []byte { return vlan(0x8100) }, reason: IcmplbReasonREASON_VLAN},
+		{name: "802.1ad tagged echo", frame: func() []byte { return vlan(0x88a8) }, reason: IcmplbReasonREASON_VLAN},
+		{name: "802.1ad tag around 802.1Q tag", reason: IcmplbReasonREASON_VLAN, frame: func() []byte {
+			f := vlan(0x8100)
+			return append(append(ethHeader(lbMAC, hop1MAC, 0x88a8), 0, 20), f[12:]...)
+		}},
+		// A tag with no room for its inner ethertype: the tag alone decides.
+		{name: "802.1Q tag cut short", reason: IcmplbReasonREASON_VLAN, frame: func() []byte {
+			return append(ethHeader(lbMAC, hop1MAC, 0x8100), 0, 10)
+		}},
 		{name: "echo to VIP in a broadcast frame", reason: IcmplbReasonREASON_NOT_UNICAST, frame: func() []byte {
 			return reqFrame(func(p *packet) { p.ethDst = mac{0xff, 0xff, 0xff, 0xff, 0xff, 0xff} })
 		}},
@@ -1011,12 +1099,24 @@ func TestPassUntouched(t *testing.T) {
 		}},
 		{name: "reply with NAT id from another backend", reason: IcmplbReasonREASON_CONNTRACK_MISS,
 			setup: func(t *testing.T, h *harness) {
-				if _, nat := h.forward(t, req); nat != 0 {
-					t.Fatalf("setup: NAT id %d, want 0", nat)
+				h.forceNATID(t, backendA.idx, 0x0abc)
+				if _, nat := h.forward(t, req); nat != 0x0abc {
+					t.Fatalf("setup: NAT id %#04x, want 0x0abc", nat)
 				}
 			},
-			frame: func() []byte { return replyTo(req, backendB, vip, 0).frame() },
+			frame: func() []byte { return replyTo(req, backendB, vip, 0x0abc).frame() },
 		},
+		{name: "echo request with TTL 0", reason: IcmplbReasonREASON_TTL_ZERO, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.ttl = 0 })
+		}},
+		{name: "echo request with bad ICMP checksum", reason: IcmplbReasonREASON_MALFORMED, frame: func() []byte {
+			f := req.frame()
+			f[37] ^= 0x01
+			return f
+		}},
+		{name: "echo request from a multicast MAC", reason: IcmplbReasonREASON_BOGUS_SOURCE, frame: func() []byte {
+			return reqFrame(func(p *packet) { p.ethSrc = mac{0x01, 0x00, 0x5e, 0, 0, 1} })
+		}},
 		{name: "neighbour unresolved", reason: IcmplbReasonREASON_NEIGH_UNRESOLVED,
 			setup: func(t *testing.T, h *harness) { h.setBackend(t, backendA, backendActive) },
 			frame: func() []byte { return req.frame() },
@@ -1042,20 +1142,32 @@ func TestPassUntouched(t *testing.T) {
 	}
 }
 
-// zeroChecksums picks the last payload word and the IP id so that both
-// checksums of at(p) are 0x0000: the value where an incremental update that
-// mixes up ones'-complement zeros would disagree with a from-scratch sum.
-func zeroChecksums(t *testing.T, p packet, at func(packet) packet) packet {
+// zeroICMPChecksum picks the last payload word of p so that the ICMP checksum
+// of at(p) is 0x0000: the value where an incremental update that mixes up
+// ones'-complement zeros would disagree with a from-scratch sum. at must
+// carry p's payload over; replies are steered through their request's
+// payload, since a reply must echo its request's data.
+func zeroICMPChecksum(t *testing.T, p packet, at func(packet) packet) packet {
 	t.Helper()
 	p.payload = bytes.Clone(p.payload)
 	n := len(p.payload)
 	p.payload[n-2], p.payload[n-1] = 0, 0
-	p.ipID = 0
 	f := at(p).frame()
 	binary.BigEndian.PutUint16(p.payload[n-2:], binary.BigEndian.Uint16(f[36:]))
-	p.ipID = binary.BigEndian.Uint16(f[24:])
-	if f := at(p).frame(); f[24]|f[25]|f[36]|f[37] != 0 {
-		t.Fatalf("test bug: checksums %#02x%02x/%#02x%02x, want zero", f[24], f[25], f[36], f[37])
+	if f := at(p).frame(); f[36]|f[37] != 0 {
+		t.Fatalf("test bug: ICMP checksum %#02x%02x, want zero", f[36], f[37])
+	}
+	return p
+}
+
+// zeroIPChecksum picks the IP id of p so that the IP checksum of at(p) is
+// 0x0000; at must carry the IP id over.
+func zeroIPChecksum(t *testing.T, p packet, at func(packet) packet) packet {
+	t.Helper()
+	p.ipID = 0
+	p.ipID = binary.BigEndian.Uint16(at(p).frame()[24:])
+	if f := at(p).frame(); f[24]|f[25] != 0 {
+		t.Fatalf("test bug: IP checksum %#02x%02x, want zero", f[24], f[25])
 	}
 	return p
 }
@@ -1063,7 +1175,8 @@ func zeroChecksums(t *testing.T, p packet, at func(packet) packet) packet {
 func TestChecksumCorners(t *testing.T) {
 	cfg := testConfig(snatAlt)
 	// Every NAT id counts as idle, so the allocator hands out exactly the
-	// id nat_next names even though sessions pile up on one backend.
+	// id the pool's counter names even though sessions pile up on one
+	// backend.
 	cfg.NATIdle = 0
 	h := newHarness(t, cfg)
 	h.setBackend(t, backendA, backendReady)
@@ -1071,7 +1184,7 @@ func TestChecksumCorners(t *testing.T) {
 
 	edges := []uint16{0x0000, 0x0001, 0x00ff, 0x7fff, 0x8000, 0xff00, 0xfffe, 0xffff}
 	identity := func(p packet) packet { return p }
-	variants := []string{"random", "request in", "request out", "reply in", "reply out"}
+	variants := []string{"random", "request in", "request out", "reply in", "reply out", "reply in as 0xffff"}
 	rng := rand.New(rand.NewPCG(1071, 1624))
 	session := 0
 	for _, variant := range variants {
@@ -1085,29 +1198,50 @@ func TestChecksumCorners(t *testing.T) {
 					for i := range req.payload {
 						req.payload[i] = byte(rng.Uint32())
 					}
+					forwarded := func(p packet) packet {
+						p.src, p.dst, p.echoID = cfg.SNAT, backendA.addr, natID
+						return p
+					}
+					replyIn := func(p packet) packet { return replyTo(p, backendA, cfg.SNAT, natID) }
+					restored := func(p packet) packet {
+						p.src, p.dst, p.echoID = cfg.VIP, client, echoID
+						return p
+					}
 					switch variant {
 					case "request in":
-						req = zeroChecksums(t, req, identity)
+						req = zeroIPChecksum(t, zeroICMPChecksum(t, req, identity), identity)
 					case "request out":
-						req = zeroChecksums(t, req, func(p packet) packet {
-							p.src, p.dst, p.echoID = cfg.SNAT, backendA.addr, natID
-							return p
-						})
+						req = zeroIPChecksum(t, zeroICMPChecksum(t, req, forwarded), forwarded)
+					case "reply in", "reply in as 0xffff":
+						req = zeroICMPChecksum(t, req, replyIn)
+					case "reply out":
+						req = zeroICMPChecksum(t, req, func(p packet) packet { return restored(replyIn(p)) })
 					}
-					h.setNATNext(t, uint32(natID))
+					h.forceNATID(t, backendA.idx, natID)
 					if _, got := h.forward(t, req); got != natID {
 						t.Fatalf("NAT id %#04x, want %#04x", got, natID)
 					}
 
-					rep := replyTo(req, backendA, cfg.SNAT, natID)
+					rep := replyIn(req)
 					switch variant {
 					case "reply in":
-						rep = zeroChecksums(t, rep, identity)
+						rep = zeroIPChecksum(t, rep, identity)
 					case "reply out":
-						rep = zeroChecksums(t, rep, func(p packet) packet {
-							p.src, p.dst, p.echoID = cfg.VIP, client, echoID
-							return p
-						})
+						rep = zeroIPChecksum(t, rep, restored)
+					case "reply in as 0xffff":
+						// The other ones'-complement zero: it verifies as
+						// well, and a backend may send it.
+						in := rep.frame()
+						in[36], in[37] = 0xff, 0xff
+						out := h.run(t, in, xdpTX, IcmplbReasonREASON_REPLY_RETURNED)
+						requireChecksumsVerify(t, out)
+						want := h.returnedFrame(rep, client, echoID, hop1MAC)
+						// Either zero may come out when the sum is zero.
+						if binary.BigEndian.Uint16(want[36:]) == 0 && binary.BigEndian.Uint16(out[36:]) == 0xffff {
+							want[36], want[37] = 0xff, 0xff
+						}
+						requireFrame(t, "returned reply", want, out)
+						continue
 					}
 					h.returnReply(t, rep, client, echoID, hop1MAC)
 				}

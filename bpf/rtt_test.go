@@ -187,37 +187,43 @@ func TestRTTManyInFlight(t *testing.T) {
 	}
 }
 
+// TestReplyWithoutRequestUnmatched: a backend's reply that answers no request
+// in flight (a duplicate, or a sequence never sent) is no measurement, and
+// no client's: it is passed to the kernel untouched and counted unmatched.
 func TestReplyWithoutRequestUnmatched(t *testing.T) {
 	h := readyHarness(t, testConfig(vip))
 
 	req := echoRequest(client1, hop1MAC, 0x1234, 1)
 	_, natID := h.forward(t, req)
-	// A duplicate reply and a reply for a sequence never sent: both still
-	// reach the client, neither is a measurement.
 	rep := replyTo(req, backendA, vip, natID)
 	h.returnReply(t, rep, client1, 0x1234, hop1MAC)
-	h.returnReply(t, rep, client1, 0x1234, hop1MAC)
+	h.requireUntouched(t, rep.frame(), xdpPass, IcmplbReasonREASON_CONNTRACK_MISS)
 	rep.seq = 99
-	h.returnReply(t, rep, client1, 0x1234, hop1MAC)
-	if c := h.backendCounters(t, backendA.idx); c.Unmatched != 2 || c.Replies != 3 {
-		t.Errorf("counters %+v, want 3 replies of which 2 unmatched", c)
+	h.requireUntouched(t, rep.frame(), xdpPass, IcmplbReasonREASON_CONNTRACK_MISS)
+	if c := h.backendCounters(t, backendA.idx); c.Unmatched != 2 || c.Replies != 1 {
+		t.Errorf("counters %+v, want 1 reply and 2 unmatched", c)
 	}
 	if _, answered := epochTotals(t, h, backendA.idx); answered != 1 {
 		t.Errorf("%d answered, want 1", answered)
 	}
+	if hist := histogram(t, h, backendA.idx); len(hist) != 1 {
+		t.Errorf("histogram %v, want the one matched reply", hist)
+	}
 }
 
+// TestLateReplyNotAnswered: a reply after the loss timeout but within twice
+// that is returned and counted late; its request stays lost. The request's
+// send time is moved back instead of sleeping through the timeout.
 func TestLateReplyNotAnswered(t *testing.T) {
 	cfg := testConfig(vip)
-	cfg.LossTimeout = 2 * time.Millisecond
 	h := readyHarness(t, cfg)
 
 	req := echoRequest(client1, hop1MAC, 0x1234, 1)
 	_, natID := h.forward(t, req)
-	time.Sleep(10 * time.Millisecond)
+	h.backdate(t, backendA, natID, 1, cfg.LossTimeout+cfg.LossTimeout/2)
 	h.returnReply(t, replyTo(req, backendA, vip, natID), client1, 0x1234, hop1MAC)
 	c := h.backendCounters(t, backendA.idx)
-	if c.Late != 1 || c.RttSumNs != 0 {
+	if c.Late != 1 || c.RttSumNs != 0 || c.Replies != 1 || c.Unmatched != 0 {
 		t.Errorf("counters %+v, want one late reply outside the RTT sum", c)
 	}
 	if len(histogram(t, h, backendA.idx)) != 0 {
@@ -225,6 +231,30 @@ func TestLateReplyNotAnswered(t *testing.T) {
 	}
 	if sent, answered := epochTotals(t, h, backendA.idx); sent != 1 || answered != 0 {
 		t.Errorf("epochs %d sent, %d answered; want the late request unanswered", sent, answered)
+	}
+	if _, ok := h.inflight(t, backendA, natID, 1); ok {
+		t.Error("in-flight entry kept after its late reply")
+	}
+}
+
+// TestReplyPastTwiceLossTimeoutUnmatched: past twice the loss timeout a
+// request is forgotten even if the sweeper has not removed it yet; a reply
+// then is unmatched and not the client's any more.
+func TestReplyPastTwiceLossTimeoutUnmatched(t *testing.T) {
+	cfg := testConfig(vip)
+	h := readyHarness(t, cfg)
+
+	req := echoRequest(client1, hop1MAC, 0x1234, 1)
+	_, natID := h.forward(t, req)
+	h.backdate(t, backendA, natID, 1, 2*cfg.LossTimeout+time.Second)
+	h.requireUntouched(t, replyTo(req, backendA, vip, natID).frame(), xdpPass, IcmplbReasonREASON_CONNTRACK_MISS)
+	c := h.backendCounters(t, backendA.idx)
+	if c.Unmatched != 1 || c.Late != 0 || c.Replies != 0 || c.RttSumNs != 0 {
+		t.Errorf("counters %+v, want one unmatched reply and nothing else", c)
+	}
+	h.sweep(t)
+	if _, ok := h.inflight(t, backendA, natID, 1); ok {
+		t.Error("sweeper kept a request older than twice the loss timeout")
 	}
 }
 

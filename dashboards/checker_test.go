@@ -443,11 +443,25 @@ func (c *checker) selector(vs *parser.VectorSelector, errs *[]error) labelSet {
 			}
 			if !found {
 				fail("%s: %s matches none of the values %v", vs, m, slices.Sorted(maps.Keys(vals)))
+				continue
+			}
+			// A list of literal values: each must exist, or a misspelt
+			// one hides behind the others and its series never shows.
+			if m.Type == labels.MatchRegexp && literalAltsRE.MatchString(m.Value) {
+				for alt := range strings.SplitSeq(strings.Trim(m.Value, "()"), "|") {
+					if !vals[alt] {
+						fail("%s: %s lists %q, none of the values %v", vs, m, alt, slices.Sorted(maps.Keys(vals)))
+					}
+				}
 			}
 		}
 	}
 	return out
 }
+
+// literalAltsRE matches a regex that only lists literal label values:
+// a|b|c, optionally in parentheses.
+var literalAltsRE = regexp.MustCompile(`^\(?\w+(\|\w+)*\)?$`)
 
 // Grafana variables in expressions: $name, ${name}, ${name:format}, [[name]].
 var grafanaVarRE = regexp.MustCompile(`\$\{(\w+)(?::[^}]*)?\}|\$(\w+)|\[\[(\w+)\]\]`)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/icmplb/icmplb/balancer"
 	"github.com/icmplb/icmplb/internal/testenv"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/rulefmt"
@@ -362,6 +363,7 @@ func TestCheckerCatchesMistakes(t *testing.T) {
 		{"on label", "and on (job, instance)", "and on (job, node)", "on(node): label not on both sides"},
 		{"quantile without le", "sum by (vip, backend, le)", "sum by (vip, backend)", "histogram_quantile over series without le"},
 		{"fixed label value", "rate(icmplb_trace_events_dropped_total[", `rate(icmplb_trace_events_dropped_total{stage="ringbuf"}[`, `matches none of the values [kernel pipeline]`},
+		{"one value of a list", "|session_mac_mismatch", "|session_mac_mismach", `lists "session_mac_mismach"`},
 		{"multi-value variable", `vip=~"$vip"`, `vip="$vip"`, "use =~ or !~"},
 		{"one to one", "icmplb_conntrack_entries / icmplb_conntrack_capacity", "icmplb_conntrack_entries / icmplb_backend_up", "sides differ"},
 		{"threshold in a dashboard", "sum(rate(icmplb_backend_lost_total", "0.05 < sum(rate(icmplb_backend_lost_total", ""},
@@ -681,6 +683,63 @@ func TestThresholdTable(t *testing.T) {
 	}
 }
 
+// TestVerdictReasons keeps the table "Verdict reasons" of README.md in step
+// with the data plane: one row per verdict reason (balancer.Verdicts), with
+// the reasons of the balancer's own loss (balancer.BalancerLimited) marked.
+func TestVerdictReasons(t *testing.T) {
+	f, err := os.Open(readmeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	documented := map[balancer.VerdictCount]bool{}
+	var limited []string
+	in := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		cells := strings.Split(strings.Trim(line, "|"), "|")
+		for i := range cells {
+			cells[i] = strings.TrimSpace(cells[i])
+		}
+		switch {
+		case !in && len(cells) == 3 && cells[0] == "verdict" && cells[1] == "reason":
+			in = true
+		case in && !strings.HasPrefix(line, "|"):
+			in = false
+		case in && strings.HasPrefix(cells[0], "---"):
+		case in:
+			if len(cells) != 3 {
+				t.Errorf("%s: verdict reasons row %q: want 3 cells", readmeFile, line)
+				continue
+			}
+			v := balancer.VerdictCount{Verdict: backticks.Replace(cells[0]), Reason: backticks.Replace(cells[1])}
+			if documented[v] {
+				t.Errorf("%s: verdict %s reason %s documented twice", readmeFile, v.Verdict, v.Reason)
+			}
+			documented[v] = true
+			if strings.Contains(cells[2], "*balancer loss*") {
+				limited = append(limited, v.Reason)
+			}
+		}
+	}
+	if len(documented) == 0 {
+		t.Fatalf("%s: no table with the header | verdict | reason | packets |", readmeFile)
+	}
+	for _, v := range balancer.Verdicts {
+		if !documented[v] {
+			t.Errorf("%s: verdict %s reason %s is not in the verdict reasons table", readmeFile, v.Verdict, v.Reason)
+		}
+		delete(documented, v)
+	}
+	for v := range documented {
+		t.Errorf("%s: verdict %s reason %s is documented but not a verdict of the data plane", readmeFile, v.Verdict, v.Reason)
+	}
+	if !slices.Equal(slices.Sorted(slices.Values(limited)), slices.Sorted(slices.Values(balancer.BalancerLimited))) {
+		t.Errorf("%s: reasons marked *balancer loss* %v, want balancer.BalancerLimited %v", readmeFile, limited, balancer.BalancerLimited)
+	}
+}
+
 // githubAnchor is the fragment GitHub gives a heading.
 func githubAnchor(heading string) string {
 	var b strings.Builder
@@ -714,7 +773,8 @@ func TestRunbooks(t *testing.T) {
 	rgs := loadRules(t, rulesFile)
 	as := alerts(rgs)
 	want := []string{"IcmplbBackendLoss", "IcmplbBackendDown", "IcmplbAllBackendsDown",
-		"IcmplbBackendRTTRegression", "IcmplbConntrackNearFull", "IcmplbExporterDown"}
+		"IcmplbBackendRTTRegression", "IcmplbConntrackNearFull", "IcmplbBalancerOverloaded",
+		"IcmplbSpoofedTraffic", "IcmplbExporterDown"}
 	var got []string
 	for _, a := range as {
 		got = append(got, a.Alert)

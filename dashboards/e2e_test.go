@@ -20,7 +20,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -293,11 +295,33 @@ func e2eQueries(ds []*dashboard, vips, backends []string) []e2eQuery {
 	return qs
 }
 
-// TestEndToEnd runs the agent and Prometheus with the rules (time scales
-// shortened by shortRules) and checks what a Grafana user would see: the
-// variables' values, data in every panel, exemplars on the latency panels,
-// and IcmplbBackendLoss firing for the lossy backend h3 and never for h2.
-func TestEndToEnd(t *testing.T) {
+// stopFirst sends p SIGTERM and waits up to a minute for it to exit: run as
+// a cleanup registered after agenttest.Start's, it goes first, and that one
+// (which kills after 5s, too short on a loaded machine: the agent's detach
+// waits for RCU grace periods) then finds p gone. A process still running
+// after the minute is left to it, which kills and reports it.
+func stopFirst(p *agenttest.Proc) {
+	if p.Cmd.Process.Signal(syscall.SIGTERM) != nil {
+		return
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(time.Minute):
+	}
+}
+
+// lab is the seed topology with the agent (backends h2, healthy, and h3,
+// late and lossy), Prometheus scraping it with the rules (time scales
+// shortened by shortRules), and pings to the VIP from both clients.
+type lab struct {
+	api *promAPI
+	// conntrackKnown: the kernel counts map elements (6.6+).
+	conntrackKnown                   bool
+	begin, promStart, ready, traffic time.Time
+}
+
+// startLab starts the lab, the agent with agentArgs added to its flags.
+func startLab(t *testing.T, agentArgs ...string) *lab {
 	testenv.Privileged(t)
 	promBin := testenv.Tool(t, "prometheus", "prometheus")
 	testenv.Tool(t, "ping", "iputils-ping")
@@ -338,11 +362,12 @@ func TestEndToEnd(t *testing.T) {
 
 	addrs := freeAddrs(t, topo, lb, 2)
 	agentAddr, promAddr := addrs[0], addrs[1]
-	agent := agenttest.Start(t, "icmplb", topo.Command(lb, bin, "run", "--iface", "eth0", "--vip", vip,
+	agent := agenttest.Start(t, "icmplb", topo.Command(lb, bin, append([]string{"run", "--iface", "eth0", "--vip", vip,
 		"--backend", goodBackend, "--backend", lossy,
-		"--web.listen-address", agentAddr, "--trace.sample", "10"),
+		"--web.listen-address", agentAddr, "--trace.sample", "10"}, agentArgs...)...),
 		agenttest.Env("OTEL_EXPORTER_OTLP_ENDPOINT=http://"+otlp.Addr().String(), "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"))
-	agent.WaitLog(t, "msg=attached", 10*time.Second)
+	t.Cleanup(func() { stopFirst(agent) })
+	agent.WaitLog(t, "msg=attached", time.Minute) // a deadline for a hang, not a speed target
 	conntrackKnown := !strings.Contains(agent.Log(), "conntrack occupancy will not be reported")
 
 	dir := t.TempDir()
@@ -369,11 +394,12 @@ scrape_configs:
 		t.Fatal(err)
 	}
 	promStart := time.Now()
-	agenttest.Start(t, "prometheus", topo.Command(lb, promBin,
+	prom := agenttest.Start(t, "prometheus", topo.Command(lb, promBin,
 		"--config.file="+config, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+promAddr, "--enable-feature=exemplar-storage"), agenttest.Env())
+	t.Cleanup(func() { stopFirst(prom) })
 	api := newPromAPI(topo, lb, promAddr)
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	for deadline := time.Now().Add(time.Minute); ; {
 		resp, err := api.client.Get(api.base + "/-/ready")
 		if err == nil {
 			resp.Body.Close()
@@ -382,7 +408,7 @@ scrape_configs:
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("prometheus not ready within 20s: %v", err)
+			t.Fatalf("prometheus not ready within a minute: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -407,7 +433,15 @@ scrape_configs:
 			pings = append(pings, p)
 		}
 	}
-	traffic := time.Now()
+	return &lab{api: api, conntrackKnown: conntrackKnown, begin: begin, promStart: promStart, ready: ready, traffic: time.Now()}
+}
+
+// TestEndToEnd checks, in the lab, what a Grafana user would see: the
+// variables' values, data in every panel, exemplars on the latency panels,
+// and IcmplbBackendLoss firing for the lossy backend h3 and never for h2.
+func TestEndToEnd(t *testing.T) {
+	l := startLab(t)
+	api, conntrackKnown, traffic := l.api, l.conntrackKnown, l.traffic
 
 	ds := loadDashboards(t)
 	varQuery := func(d *dashboard, name string, vals map[string]string) (string, string) {
@@ -520,7 +554,7 @@ scrape_configs:
 		break
 	}
 	t.Logf("setup (topology, agent, prometheus ready in %v) took %v; from the first ping, all %d panel queries (%d with exemplars) had data after %v and IcmplbBackendLoss fired for %s after %v",
-		ready.Sub(promStart).Round(time.Millisecond), traffic.Sub(begin).Round(time.Millisecond),
+		l.ready.Sub(l.promStart).Round(time.Millisecond), traffic.Sub(l.begin).Round(time.Millisecond),
 		nQueries, nExemplared, dataAt.Sub(traffic).Round(time.Millisecond), lossy, firingAt.Sub(traffic).Round(time.Millisecond))
 
 	// What was measured, for the log.
@@ -538,5 +572,99 @@ scrape_configs:
 		for _, s := range ss {
 			t.Logf("%s%v = %v", expr, s.Metric, s.Value[1])
 		}
+	}
+}
+
+// TestEndToEndBalancerLoss runs the lab with an in-flight map too small for
+// its traffic: the smallest the agent takes (1024 entries) and the longest
+// loss timeout (30 s), so that each of h3's unanswered requests (20 to 30 a
+// second) stays tracked for a minute and the map fills within a minute.
+// The balancer then drops the requests it cannot track (inflight_full), on
+// their way to either backend. IcmplbBalancerOverloaded must fire for
+// that reason, and what it dropped must never count as the healthy h2's
+// loss: IcmplbBackendLoss never even pending for h2, h2's lost counter zero.
+func TestEndToEndBalancerLoss(t *testing.T) {
+	l := startLab(t, "--inflight-size", "1024", "--loss-timeout", "30s")
+	allowed := map[string]bool{
+		"IcmplbBalancerOverloaded": true,
+		"IcmplbBackendLoss":        true, // for h3; for h2 it fails the test
+		"IcmplbConntrackNearFull":  true, // the in-flight map is full
+	}
+	var firingAt time.Time
+	for deadline := time.Now().Add(e2eWait); firingAt.IsZero(); time.Sleep(time.Second) {
+		as, err := l.api.alerts()
+		if err != nil {
+			t.Fatalf("alerts: %v", err)
+		}
+		for _, a := range as {
+			name := a.Labels["alertname"]
+			switch {
+			case name == "IcmplbBackendLoss" && a.Labels["backend"] == goodBackend:
+				t.Fatalf("IcmplbBackendLoss is %s for the healthy backend %s, whose requests only the balancer dropped: %v", a.State, goodBackend, a.Labels)
+			case name == "IcmplbBalancerOverloaded" && a.Labels["reason"] == "inflight_full" && a.State == "firing":
+				firingAt = time.Now()
+			}
+		}
+		if firingAt.IsZero() && time.Now().After(deadline) {
+			t.Fatalf("after %v: IcmplbBalancerOverloaded not firing for inflight_full (alerts: %v)", e2eWait, as)
+		}
+	}
+	// Only now: IcmplbExporterDown fires before Prometheus's first scrape.
+	as, err := l.api.alerts()
+	if err != nil {
+		t.Fatalf("alerts: %v", err)
+	}
+	for _, a := range as {
+		if a.State == "firing" && !allowed[a.Labels["alertname"]] {
+			t.Errorf("unexpected firing alert %v", a.Labels)
+		}
+	}
+
+	value := func(expr string) float64 {
+		t.Helper()
+		ss, err := l.api.query(expr)
+		if err != nil || len(ss) != 1 {
+			t.Fatalf("%s: %v (%v), want one series", expr, ss, err)
+		}
+		v, err := strconv.ParseFloat(fmt.Sprint(ss[0].Value[1]), 64)
+		if err != nil {
+			t.Fatalf("%s: value %v: %v", expr, ss[0].Value[1], err)
+		}
+		return v
+	}
+	dropped := value(`sum(icmplb_balancer_lost_requests_total{reason="inflight_full"})`)
+	h2Requests := value(fmt.Sprintf(`icmplb_backend_requests_total{backend=%q}`, goodBackend))
+	h2Lost := value(fmt.Sprintf(`icmplb_backend_lost_total{backend=%q}`, goodBackend))
+	inflight := value(`sum(icmplb_conntrack_entries{map="inflight"}) or vector(-1)`)
+	t.Logf("IcmplbBalancerOverloaded fired after %v of traffic; by then the balancer had dropped %.0f requests as inflight_full with %.0f requests in flight (-1: not counted by this kernel), h2 got %.0f and lost %.0f",
+		firingAt.Sub(l.traffic).Round(time.Millisecond), dropped, inflight, h2Requests, h2Lost)
+	if dropped == 0 || h2Requests == 0 {
+		t.Errorf("want requests both dropped by the balancer (%v) and forwarded to h2 (%v)", dropped, h2Requests)
+	}
+	if h2Lost != 0 {
+		t.Errorf("h2 lost %v requests: the balancer's drops counted as the backend's loss", h2Lost)
+	}
+
+	// The overview's panel shows the loss under its reason.
+	var expr string
+	for _, p := range loadDashboard(t, "icmplb-overview.json").Panels {
+		if p.Title == "Balancer-caused loss" {
+			expr = substitute(p.Targets[0].Expr, map[string]string{"vip": grafanaRegex([]string{vip}), "__rate_interval": e2eRateInterval})
+		}
+	}
+	if expr == "" {
+		t.Fatal("icmplb-overview.json has no panel \"Balancer-caused loss\"")
+	}
+	ss, err := l.api.query(expr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shown := false
+	for _, s := range ss {
+		v, _ := strconv.ParseFloat(fmt.Sprint(s.Value[1]), 64)
+		shown = shown || s.Metric["reason"] == "inflight_full" && v > 0
+	}
+	if !shown {
+		t.Errorf("panel Balancer-caused loss (%s) shows no inflight_full loss: %v", expr, ss)
 	}
 }

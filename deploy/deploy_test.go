@@ -235,6 +235,7 @@ func TestHelpParsed(t *testing.T) {
 	for flag, env := range map[string]string{
 		"iface": "ICMPLB_IFACE", "vip": "ICMPLB_VIP", "backend": "ICMPLB_BACKENDS",
 		"log.format": "ICMPLB_LOG_FORMAT", "web.listen-address": "ICMPLB_WEB_LISTEN_ADDRESS",
+		"web.config.file": "ICMPLB_WEB_CONFIG_FILE", "web.max-connections": "ICMPLB_WEB_MAX_CONNECTIONS",
 	} {
 		if got := c.flags[flag].env; got != env {
 			t.Errorf("--%s: variable %q, want %q", flag, got, env)
@@ -347,6 +348,9 @@ type podSpec struct {
 			Path string `yaml:"path"`
 			Type string `yaml:"type"`
 		} `yaml:"hostPath"`
+		Secret *struct {
+			SecretName string `yaml:"secretName"`
+		} `yaml:"secret"`
 	} `yaml:"volumes"`
 }
 
@@ -898,7 +902,8 @@ func TestAgentVariablesAndFlags(t *testing.T) {
 // values every deployment passes, and checks the others as kong would.
 func TestAgentConfigurationValid(t *testing.T) {
 	for _, a := range allAgents(t) {
-		var cfg balancer.Config
+		// The agent starts from the defaults its flags carry.
+		cfg := balancer.DefaultConfig()
 		var errs []error
 		for name, v := range a.env {
 			if !strings.HasPrefix(name, "ICMPLB_") {
@@ -963,7 +968,7 @@ func applyVar(c *balancer.Config, name, v string) error {
 		return addr(&c.SNAT)
 	case "ICMPLB_BACKENDS":
 		for s := range strings.SplitSeq(v, ",") {
-			a, err := netip.ParseAddr(s)
+			a, err := netip.ParseAddr(strings.TrimSpace(s))
 			if err != nil {
 				return err
 			}
@@ -1000,6 +1005,15 @@ func applyVar(c *balancer.Config, name, v string) error {
 	case "ICMPLB_WEB_LISTEN_ADDRESS":
 		_, _, err := net.SplitHostPort(v)
 		return err
+	case "ICMPLB_WEB_MAX_CONNECTIONS":
+		if n, err := strconv.Atoi(v); err != nil || n < 1 {
+			return errors.New("not a number of at least 1")
+		}
+	case "ICMPLB_WEB_CONFIG_FILE":
+		// Where the file comes from is checked by TestWebConfigMounted.
+		if !filepath.IsAbs(v) {
+			return errors.New("not an absolute path")
+		}
 	default:
 		return errors.New("the test has no check of this variable's value: add one to applyVar")
 	}

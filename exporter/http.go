@@ -2,13 +2,13 @@ package exporter
 
 import (
 	"fmt"
-	"html/template"
 	"net/http"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/exporter-toolkit/web"
 )
 
 // DefaultListenAddress is where the agent serves metrics unless told
@@ -51,22 +51,28 @@ func Handler(reg *prometheus.Registry, ready *atomic.Bool, version string) http.
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		landing.Execute(w, version)
-	})
+	mux.Handle("GET /{$}", landingPage(version))
 	return mux
 }
 
-var landing = template.Must(template.New("landing").Parse(`<!doctype html>
-<html><head><title>icmplb</title></head>
-<body>
-<h1>icmplb</h1>
-<p>XDP ICMP echo load balancer: per-backend latency and loss of the traffic it balances. Version {{.}}.</p>
-<ul>
-<li><a href="metrics">metrics</a></li>
-<li><a href="healthz">healthz</a></li>
-<li><a href="readyz">readyz</a></li>
-</ul>
-</body></html>
-`))
+// landingPage is the exporter-toolkit landing page every Prometheus exporter
+// shows.
+func landingPage(version string) http.Handler {
+	h, err := web.NewLandingPage(web.LandingConfig{
+		Name:        "icmplb",
+		Description: "XDP ICMP echo load balancer: per-backend latency and loss of the traffic it balances",
+		Version:     version,
+		RoutePrefix: "/",
+		Profiling:   "false",
+		Links: []web.LandingLinks{
+			{Address: "metrics", Text: "Metrics"},
+			{Address: "healthz", Text: "Health", Description: "the process serves"},
+			{Address: "readyz", Text: "Readiness", Description: "the XDP program is attached"},
+		},
+	})
+	if err != nil {
+		// Only its fixed templates can fail, on fixed input: a bug.
+		panic(fmt.Sprintf("landing page: %v", err))
+	}
+	return h
+}

@@ -59,7 +59,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	if code, _, _ := get(t, srv.URL+"/readyz", ""); code != 200 {
 		t.Errorf("/readyz after attach: %d", code)
 	}
-	if code, ct, body := get(t, srv.URL+"/", ""); code != 200 || !strings.HasPrefix(ct, "text/html") || !strings.Contains(string(body), `href="metrics"`) {
+	if code, ct, body := get(t, srv.URL+"/", ""); code != 200 || !strings.HasPrefix(ct, "text/html") || !strings.Contains(string(body), `href="/metrics"`) || !strings.Contains(string(body), `href="/readyz"`) {
 		t.Errorf("landing page %d %s %q", code, ct, body)
 	}
 	if code, _, _ := get(t, srv.URL+"/nope", ""); code != 404 {

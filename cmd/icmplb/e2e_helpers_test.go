@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/icmplb/icmplb/bpf"
 	"github.com/icmplb/icmplb/internal/agenttest"
+	"github.com/icmplb/icmplb/internal/pingout"
 	"github.com/icmplb/icmplb/internal/topology"
 )
 
@@ -29,10 +31,13 @@ var (
 	backend2 = topology.SeedH3.String()
 )
 
+// Deadlines only tell a slow step from a hung one: every wait polls and
+// returns as soon as its condition holds, so they are generous for a busy
+// machine (the agent's start alone took 4.5s here with both cores loaded).
 const (
-	attachTimeout = 5 * time.Second // from start to msg=attached
-	stopTimeout   = 5 * time.Second // from SIGTERM to exit
-	cmdTimeout    = 20 * time.Second
+	attachTimeout = 60 * time.Second // from start to msg=attached
+	stopTimeout   = 60 * time.Second // from SIGTERM to exit
+	cmdTimeout    = 60 * time.Second
 )
 
 func TestMain(m *testing.M) { agenttest.Main(m) }
@@ -44,7 +49,36 @@ type agent = agenttest.Proc
 // attached; env adds to a hermetic environment.
 func startAgent(t *testing.T, topo *topology.Topology, env []string, args ...string) *agent {
 	t.Helper()
-	return agenttest.StartAgent(t, topo, env, args...)
+	p := agenttest.Start(t, "icmplb", topo.Command(topology.SeedBalancer, agenttest.Binary(t), args...), agenttest.Env(env...))
+	// Runs before agenttest's own cleanup, whose Stop then finds the agent
+	// gone: that one kills after 5s, which a loaded machine exceeds (the
+	// detach waits for RCU grace periods).
+	t.Cleanup(func() { stopAgent(p) })
+	p.WaitLog(t, "msg=attached", attachTimeout)
+	return p
+}
+
+// stopAgent is agent.Stop with the generous stopTimeout: it sends SIGTERM
+// and waits for the exit, killing the agent only after stopTimeout. It
+// returns how long the exit took and the exit error; an agent that had
+// exited already returns its exit error again.
+func stopAgent(p *agent) (time.Duration, error) {
+	select {
+	case <-p.Done():
+		return 0, p.Err()
+	default:
+	}
+	start := time.Now()
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		<-p.Done()
+		return time.Since(start), p.Err()
+	}
+	select {
+	case <-p.Done():
+		return time.Since(start), p.Err()
+	case <-time.After(stopTimeout):
+		return time.Since(start), fmt.Errorf("still running %v after SIGTERM", stopTimeout)
+	}
 }
 
 // attachPassToLBPeer attaches an XDP_PASS program in native mode to the
@@ -198,6 +232,10 @@ type pingResult struct {
 	// from counts reply lines per source address ("64 bytes from X: ...").
 	from map[string]int
 	dups int
+	// parsed has every reply line with the round trip ping measured (run
+	// ping without -q to get them) and the summary's: the clients' side of
+	// the truth a measurement of the balancer is judged against.
+	parsed pingout.Result
 }
 
 func (p pingResult) String() string {
@@ -212,7 +250,7 @@ func ping(topo *topology.Topology, host string, args ...string) pingResult {
 	h := topo.Host(host)
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, "ping"}, args...)...)
 	out, err := cmd.CombinedOutput()
-	r := pingResult{args: args, out: string(out), err: err, from: map[string]int{}}
+	r := pingResult{args: args, out: string(out), err: err, from: map[string]int{}, parsed: pingout.Parse(string(out))}
 	if m := pingStats.FindStringSubmatch(r.out); m != nil {
 		r.sent, _ = strconv.Atoi(m[1])
 		r.received, _ = strconv.Atoi(m[2])

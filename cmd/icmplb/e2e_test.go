@@ -90,7 +90,7 @@ func testSameEchoID(t *testing.T, mode string) {
 	res := make([]pingResult, len(hosts))
 	var wg sync.WaitGroup
 	for i, host := range hosts {
-		wg.Go(func() { res[i] = ping(topo, host, "-e", "4242", "-c", "20", "-i", "0.02", "-W", "1", vip) })
+		wg.Go(func() { res[i] = ping(topo, host, "-e", "4242", "-c", "20", "-i", "0.02", "-W", "5", vip) })
 	}
 	wg.Wait()
 	d := before.since(t, topo)
@@ -119,7 +119,7 @@ func testSpread(t *testing.T, mode string) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			results[i] = ping(topo, h1, "-e", fmt.Sprint(1000+i), "-c", "2", "-i", "0.02", "-W", "1", vip)
+			results[i] = ping(topo, h1, "-e", fmt.Sprint(1000+i), "-c", "2", "-i", "0.02", "-W", "5", vip)
 		})
 	}
 	wg.Wait()
@@ -153,17 +153,17 @@ func testOtherTraffic(t *testing.T, mode string) {
 			return
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.SetDeadline(time.Now().Add(20 * time.Second))
 		io.CopyN(c, c, 1)
 	}()
 	var echoed []byte
 	err := topo.InNS(h1, func() error {
-		c, err := net.DialTimeout("tcp", ln.Addr().String(), 3*time.Second)
+		c, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.SetDeadline(time.Now().Add(10 * time.Second))
 		if _, err := c.Write([]byte{'x'}); err != nil {
 			return err
 		}
@@ -176,7 +176,7 @@ func testOtherTraffic(t *testing.T, mode string) {
 	}
 
 	before := snap(t, topo)
-	r := ping(topo, h1, "-c", "3", "-i", "0.05", "-W", "1", lbAddr)
+	r := ping(topo, h1, "-c", "3", "-i", "0.05", "-W", "5", lbAddr)
 	d := before.since(t, topo)
 	if err := r.check(3, lbAddr); err != nil {
 		t.Fatalf("ping lb's own address: %v\n%s\n%s", err, r, d)
@@ -191,14 +191,14 @@ func testOtherTraffic(t *testing.T, mode string) {
 func testSIGTERM(t *testing.T, mode string) {
 	topo, a := newLab(t, mode)
 	before := snap(t, topo)
-	if r := ping(topo, h1, "-c", "2", "-i", "0.05", "-W", "1", vip); r.check(2, vip) != nil {
+	if r := ping(topo, h1, "-c", "2", "-i", "0.05", "-W", "5", vip); r.check(2, vip) != nil {
 		t.Fatalf("balancing before SIGTERM: %v\n%s", r.check(2, vip), r)
 	}
 	if d := before.since(t, topo); d.backends() != 2 {
 		t.Fatalf("balancer not in the path before SIGTERM, so the test would prove nothing; %s", d)
 	}
 
-	took, err := a.Stop()
+	took, err := stopAgent(a)
 	if err != nil {
 		t.Fatalf("exit after SIGTERM: %v (after %v)", err, took)
 	}
@@ -211,7 +211,7 @@ func testSIGTERM(t *testing.T, mode string) {
 	}
 
 	before = snap(t, topo)
-	r := ping(topo, h1, "-c", "3", "-i", "0.05", "-W", "1", vip)
+	r := ping(topo, h1, "-c", "3", "-i", "0.05", "-W", "5", vip)
 	d := before.since(t, topo)
 	if err := r.check(3, vip); err != nil {
 		t.Fatalf("ping VIP after exit: %v\n%s\n%s", err, r, d)
@@ -255,7 +255,7 @@ func TestEnvConfig(t *testing.T) {
 func assertBalances(t *testing.T, topo *topology.Topology) {
 	t.Helper()
 	before := snap(t, topo)
-	r := ping(topo, h1, "-c", "5", "-i", "0.05", "-W", "1", vip)
+	r := ping(topo, h1, "-c", "5", "-i", "0.05", "-W", "5", vip)
 	d := before.since(t, topo)
 	if err := r.check(5, vip); err != nil {
 		t.Fatalf("%v\n%s\n%s", err, r, d)
@@ -380,7 +380,8 @@ func TestLeastPrivilege(t *testing.T) {
 		"--inh-caps="+caps, "--ambient-caps="+caps, "--bounding-set="+caps,
 		worldReadableBinary(t), "run", "--iface", "eth0", "--vip", vip, "--backend", backend1, "--backend", backend2)
 	a := agenttest.Start(t, "icmplb as nobody", cmd, agenttest.Env())
-	a.WaitLog(t, "msg=attached", agenttest.AttachTimeout)
+	t.Cleanup(func() { stopAgent(a) })
+	a.WaitLog(t, "msg=attached", attachTimeout)
 	assertBalances(t, topo)
 }
 
@@ -397,8 +398,8 @@ func TestInterfaceGone(t *testing.T) {
 	}
 	select {
 	case <-a.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("agent still running 5s after its interface was deleted")
+	case <-time.After(20 * time.Second):
+		t.Fatal("agent still running 20s after its interface was deleted")
 	}
 	if a.Err() == nil || !strings.Contains(a.Log(), "interface eth0 is gone") {
 		t.Errorf("exit %v; want a failure naming the interface", a.Err())

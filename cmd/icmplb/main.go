@@ -4,11 +4,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -42,25 +39,30 @@ type runCmd struct {
 	Backends      []netip.Addr  `name:"backend" env:"ICMPLB_BACKENDS" sep:"," help:"Backend IPv4 address (repeat the flag; comma-separated in the env var)."`
 	SNAT          netip.Addr    `name:"snat" env:"ICMPLB_SNAT" help:"Source address of requests sent to backends (default: the VIP)."`
 	XDPMode       string        `name:"xdp-mode" default:"auto" enum:"auto,native,generic" env:"ICMPLB_XDP_MODE" help:"XDP attach mode: auto (generic on veth, else native with generic fallback), native or generic."`
-	MaglevSize    int           `name:"maglev-size" default:"65537" env:"ICMPLB_MAGLEV_SIZE" help:"Slots of the Maglev table (a prime, at least 100x the backends for 1% balance)."`
-	ConntrackSize int           `name:"conntrack-size" default:"65536" env:"ICMPLB_CONNTRACK_SIZE" help:"Capacity of each conntrack LRU map (ping sessions)."`
-	NATIdle       time.Duration `name:"nat-idle" default:"60s" env:"ICMPLB_NAT_IDLE" help:"Silence after which a session's NAT id may be reused."`
-	LossTimeout   time.Duration `name:"loss-timeout" default:"1s" env:"ICMPLB_LOSS_TIMEOUT" help:"A request unanswered this long is lost (at most 30s)."`
-	InflightSize  int           `name:"inflight-size" default:"262144" env:"ICMPLB_INFLIGHT_SIZE" help:"Capacity of the map of requests awaiting replies."`
+	MaglevSize    int           `name:"maglev-size" default:"${maglev_size}" env:"ICMPLB_MAGLEV_SIZE" help:"Slots of the Maglev table: a prime, at least the backends and at most ${maglev_size_max}; 100x the backends keeps shares within 1%."`
+	ConntrackSize int           `name:"conntrack-size" default:"${conntrack_size}" env:"ICMPLB_CONNTRACK_SIZE" help:"Capacity of each conntrack LRU map (ping sessions), ${map_size_min}..${map_size_max}."`
+	NATIdle       time.Duration `name:"nat-idle" default:"${nat_idle}" env:"ICMPLB_NAT_IDLE" help:"Silence after which a session's NAT id may be reused, ${nat_idle_min}..${nat_idle_max} and at least twice --loss-timeout."`
+	LossTimeout   time.Duration `name:"loss-timeout" default:"${loss_timeout}" env:"ICMPLB_LOSS_TIMEOUT" help:"A request unanswered this long is lost, ${loss_timeout_min}..${loss_timeout_max}."`
+	InflightSize  int           `name:"inflight-size" default:"${inflight_size}" env:"ICMPLB_INFLIGHT_SIZE" help:"Capacity of the map of requests awaiting replies, ${map_size_min}..${map_size_max}."`
 	BPFFS         string        `name:"bpffs" env:"ICMPLB_BPFFS" help:"Mounted bpffs (e.g. /sys/fs/bpf) to pin the conntrack maps under, so sessions survive a restart; empty: no pinning."`
 
 	ListenAddress string `name:"web.listen-address" default:":10047" env:"ICMPLB_WEB_LISTEN_ADDRESS" help:"Address of the HTTP server: /metrics, /healthz, /readyz."`
+	WebConfig     string `name:"web.config.file" env:"ICMPLB_WEB_CONFIG_FILE" help:"Web configuration file (exporter-toolkit format): TLS, basic auth with bcrypt hashes, rate limit; empty: plain HTTP without auth."`
+	WebMaxConns   int    `name:"web.max-connections" default:"${web_max_connections}" env:"ICMPLB_WEB_MAX_CONNECTIONS" help:"Open HTTP connections at most; at the limit the longest-idle one is closed to serve a new client."`
 	TraceSample   int    `name:"trace.sample" default:"0" env:"ICMPLB_TRACE_SAMPLE" help:"Trace one exchange in N over OTLP (configured by the OTEL_* variables); 0 disables tracing."`
-	TraceBuffer   int    `name:"trace.buffer-size" default:"1048576" env:"ICMPLB_TRACE_BUFFER_SIZE" help:"Bytes of the kernel's trace ring buffer (a power of two); when full, events are dropped and counted."`
+	TraceBuffer   int    `name:"trace.buffer-size" default:"${trace_buffer}" env:"ICMPLB_TRACE_BUFFER_SIZE" help:"Bytes of the kernel's trace ring buffer, a power of two up to ${trace_buffer_max}; when full, events are dropped and counted."`
 }
 
+// config starts from the balancer's defaults, so that a setting without a
+// flag keeps its default; every flag's value is passed as given, and a
+// 0 from the command line is refused, not taken for the default.
 func (r *runCmd) config() balancer.Config {
-	return balancer.Config{
-		Iface: r.Iface, VIP: r.VIP, SNAT: r.SNAT, Backends: r.Backends, XDPMode: r.XDPMode,
-		MaglevSize: r.MaglevSize, ConntrackSize: r.ConntrackSize, NATIdle: r.NATIdle,
-		LossTimeout: r.LossTimeout, InflightSize: r.InflightSize,
-		TraceSample: r.TraceSample, TraceBufferSize: r.TraceBuffer, BPFFS: r.BPFFS,
-	}
+	c := balancer.DefaultConfig()
+	c.Iface, c.VIP, c.SNAT, c.Backends, c.XDPMode = r.Iface, r.VIP, r.SNAT, r.Backends, r.XDPMode
+	c.MaglevSize, c.ConntrackSize, c.NATIdle = r.MaglevSize, r.ConntrackSize, r.NATIdle
+	c.LossTimeout, c.InflightSize = r.LossTimeout, r.InflightSize
+	c.TraceSample, c.TraceBufferSize, c.BPFFS = r.TraceSample, r.TraceBuffer, r.BPFFS
+	return c
 }
 
 // Validate runs at parse time, so a bad flag stops startup with one line.
@@ -70,14 +72,9 @@ func (r *runCmd) Run(log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	// Listen before attaching so that a taken port stops startup cleanly;
-	// /healthz answers while the program is being attached.
-	ln, err := net.Listen("tcp", r.ListenAddress)
-	if err != nil {
-		return fmt.Errorf("listen on --web.listen-address %s: %w", r.ListenAddress, err)
-	}
 	var tracer *exporter.Tracer
 	var tp *sdktrace.TracerProvider
+	var err error
 	if r.TraceSample > 0 {
 		if tp, err = exporter.NewTracerProvider(ctx, r.Iface, buildVersion()); err != nil {
 			return err
@@ -89,9 +86,16 @@ func (r *runCmd) Run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: exporter.Handler(reg, &src.ready, buildVersion()), ReadHeaderTimeout: 10 * time.Second}
+	// Listen before attaching so that a bad web config or a taken port stops
+	// startup cleanly; /healthz answers while the program is being attached.
+	srv, err := exporter.NewServer(exporter.WebConfig{
+		ListenAddress: r.ListenAddress, ConfigFile: r.WebConfig, MaxConnections: r.WebMaxConns,
+	}, exporter.Handler(reg, &src.ready, buildVersion()), log)
+	if err != nil {
+		return err
+	}
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(); err != nil {
 			log.Error("HTTP server stopped", "err", err)
 			stop()
 		}
@@ -101,7 +105,7 @@ func (r *runCmd) Run(log *slog.Logger) error {
 		return err
 	}
 	src.set(b)
-	log.Info("serving metrics", "address", ln.Addr().String())
+	log.Info("serving metrics", "address", srv.Addr().String())
 	defer func() {
 		src.set(nil)
 		if err := b.Close(); err != nil {
@@ -174,10 +178,7 @@ func buildVersion() string {
 
 func main() {
 	var c cli
-	ctx := kong.Parse(&c,
-		kong.Name("icmplb"),
-		kong.Description("XDP ICMP echo load balancer and Prometheus exporter of per-backend latency and loss."),
-	)
+	ctx := kong.Parse(&c, cliOptions()...)
 	var h slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: c.LogLevel})
 	if c.LogFormat == "json" {
 		h = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: c.LogLevel})

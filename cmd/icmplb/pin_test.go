@@ -40,7 +40,7 @@ func TestPinnedSessionsSurviveRestart(t *testing.T) {
 			t.Fatalf("before restart: %s", r)
 		}
 	}
-	if _, err := first.Stop(); err != nil {
+	if _, err := stopAgent(first); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	pinned, _ := filepath.Glob(filepath.Join(fs, "icmplb", "eth0", "*"))
@@ -79,7 +79,7 @@ func TestPinnedMapsOfOtherSizeRefused(t *testing.T) {
 	topo := topology.NewT(t, topology.Seed())
 	fs := bpffs(t)
 	a := startAgent(t, topo, nil, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1, "--bpffs", fs)
-	if _, err := a.Stop(); err != nil {
+	if _, err := stopAgent(a); err != nil {
 		t.Fatal(err)
 	}
 	_, stderr, code := lbRun(t, topo, []string{agenttest.Binary(t)}, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1,

@@ -266,8 +266,10 @@ func TestWaitSpansTimeout(t *testing.T) {
 	if err == nil || len(spans) != 0 {
 		t.Fatalf("WaitSpans on an idle receiver: %d spans, err %v", len(spans), err)
 	}
-	if d := time.Since(start); d < 100*time.Millisecond || d > 2*time.Second {
-		t.Errorf("timed out after %v, want about 100ms", d)
+	// Only the lower end is exact; the upper one just tells a wait that
+	// ended from one that hung, however busy the machine.
+	if d := time.Since(start); d < 100*time.Millisecond || d > 20*time.Second {
+		t.Errorf("timed out after %v, want 100ms or a little more", d)
 	}
 }
 

@@ -22,9 +22,21 @@
 //
 // # Timing
 //
-// Each reply waits on its own timer, so requests overlap freely. Replies
-// leave within about 0.1ms after the delay has passed (Go's own timers alone
-// would be up to a millisecond late; see earlyWake).
+// Each reply waits on its own timer, so requests overlap freely. On an idle
+// machine replies leave within about 0.1ms after the delay has passed (Go's
+// own timers alone would be up to a millisecond late; see earlyWake); on a
+// busy one they leave as late as the scheduler lets them. A reply never
+// leaves before its delay.
+//
+// # Recording
+//
+// The delay is what was asked for, not what happened: a test that judges a
+// measurement of this backend must compare it with what the responder really
+// did in the same run. With Config.Record set, the responder keeps an
+// Exchange per request it read (Exchanges): when the kernel received the
+// request, when the reply was written and whether the scheme dropped it.
+// Exchange.Hold is then a lower bound of any round trip measured through
+// this backend for that request.
 package responder
 
 import (
@@ -33,10 +45,12 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
@@ -62,6 +76,10 @@ type Config struct {
 	// Seed makes the choice of dropped requests (and the jitter)
 	// reproducible.
 	Seed uint64
+	// Record keeps an Exchange per request for Exchanges. Memory grows
+	// with the requests (about 200 bytes each), so it is for tests and
+	// bounded runs.
+	Record bool
 }
 
 func (c Config) validate() error {
@@ -124,7 +142,7 @@ func (c Config) Dropped(n uint64) uint64 {
 // address of the network namespace it was opened in.
 type Responder struct {
 	cfg  Config
-	conn *icmp.PacketConn
+	conn *net.IPConn
 	pc   *ipv4.PacketConn
 
 	// Only Serve's goroutine touches these, so they need no lock.
@@ -136,10 +154,76 @@ type Responder struct {
 	requests, replied, dropped, failed atomic.Uint64
 	serving                            atomic.Bool
 
-	mu       sync.Mutex
-	closed   bool
-	timers   map[*time.Timer]struct{}
-	inflight sync.WaitGroup // scheduled replies not yet sent or cancelled
+	mu        sync.Mutex
+	closed    bool
+	timers    map[*time.Timer]struct{}
+	inflight  sync.WaitGroup // scheduled replies not yet sent or cancelled
+	exchanges []Exchange     // with Config.Record; guarded by mu
+}
+
+// Exchange is what the responder did with one echo request it read.
+type Exchange struct {
+	// N numbers the requests in the order read, as the loss scheme does.
+	N uint64
+	// Src is the request's source; ID and Seq its echo identifier and
+	// sequence number as they arrived (behind a NAT, the NAT's).
+	Src     netip.Addr
+	ID, Seq int
+	// Arrived is when the kernel received the request (SO_TIMESTAMPNS):
+	// the responder may read it later, and a measurement through this
+	// backend counts that wait too. Read is when Serve read it, from which
+	// the delay counts.
+	Arrived, Read time.Time
+	// Dropped is set when the loss scheme dropped the request.
+	Dropped bool
+	// Due is when the reply was scheduled to leave: Read plus the delay
+	// (with its jitter). Zero for a dropped request.
+	Due time.Time
+	// Sending is taken just before the reply was written to the socket,
+	// Sent once the write returned; both stay zero if the reply was
+	// cancelled by Close or is still waiting, and Sent stays zero if the
+	// write failed.
+	Sending, Sent time.Time
+}
+
+// Replied reports whether the reply was sent.
+func (e Exchange) Replied() bool { return !e.Sent.IsZero() }
+
+// Hold is how long the request was held on this host: from its arrival to
+// the moment its reply was handed to the kernel. No round trip measured
+// through this backend can be shorter: whatever measures it saw the request
+// before it arrived here and the reply after it was sent. Zero if no reply
+// was sent.
+func (e Exchange) Hold() time.Duration {
+	if !e.Replied() {
+		return 0
+	}
+	return e.Sending.Sub(e.Arrived)
+}
+
+// Delay is the delay the responder applied: from the read to the due time.
+func (e Exchange) Delay() time.Duration {
+	if e.Due.IsZero() {
+		return 0
+	}
+	return e.Due.Sub(e.Read)
+}
+
+// Late is how long after its due time the reply was handed to the kernel:
+// the scheduler's part of the hold.
+func (e Exchange) Late() time.Duration {
+	if !e.Replied() {
+		return 0
+	}
+	return e.Sending.Sub(e.Due)
+}
+
+// Exchanges returns a copy of the record of every request read so far (see
+// Config.Record), in the order read; nil without Config.Record.
+func (r *Responder) Exchanges() []Exchange {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Exchange(nil), r.exchanges...)
 }
 
 // Listen opens a raw ICMPv4 socket in the calling thread's current network
@@ -150,11 +234,12 @@ func Listen(cfg Config) (*Responder, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
 	if err != nil {
 		return nil, fmt.Errorf("responder: listen: %w", err)
 	}
-	pc := conn.IPv4PacketConn()
+	conn := c.(*net.IPConn)
+	pc := ipv4.NewPacketConn(conn)
 	// The raw socket would otherwise be woken for every ICMP message the
 	// host receives, including replies to its own pings.
 	var f ipv4.ICMPFilter
@@ -171,6 +256,12 @@ func Listen(cfg Config) (*Responder, error) {
 		conn.Close()
 		return nil, fmt.Errorf("responder: enable IP_PKTINFO: %w", err)
 	}
+	// The kernel's receive timestamps tell when a request really arrived,
+	// however long the responder took to read it.
+	if err := setsockoptInt(conn, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("responder: enable SO_TIMESTAMPNS: %w", err)
+	}
 	return &Responder{
 		cfg:    cfg,
 		conn:   conn,
@@ -178,6 +269,18 @@ func Listen(cfg Config) (*Responder, error) {
 		jitter: newJitterRand(cfg.Seed),
 		timers: make(map[*time.Timer]struct{}),
 	}, nil
+}
+
+func setsockoptInt(c *net.IPConn, level, opt, v int) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), level, opt, v) }); err != nil {
+		return err
+	}
+	return serr
 }
 
 // newJitterRand uses a PCG stream that no block of the loss scheme uses, so
@@ -194,21 +297,54 @@ func (r *Responder) Serve() error {
 		return errors.New("responder: Serve called twice")
 	}
 	buf := make([]byte, 1<<16)
+	oob := make([]byte, 256)
 	for {
-		n, cm, src, err := r.pc.ReadFrom(buf)
+		n, oobn, _, src, err := r.conn.ReadMsgIP(buf, oob)
+		read := time.Now()
 		if err != nil {
 			if r.isClosed() {
 				return nil
 			}
 			return fmt.Errorf("responder: read: %w", err)
 		}
-		r.handle(time.Now(), buf[:n], cm, src)
+		// A raw IPv4 socket delivers the IP header too.
+		if n < 20 || buf[0]>>4 != 4 || int(buf[0]&0x0f)*4 > n {
+			continue
+		}
+		arrived, dst := parseControl(oob[:oobn])
+		if arrived.IsZero() || arrived.After(read) {
+			arrived = read
+		}
+		r.handle(arrived, read, buf[int(buf[0]&0x0f)*4:n], dst, src)
 	}
 }
 
-// handle takes the arrival time from Serve, so the delay counts from the
+// parseControl finds the kernel's receive timestamp and the request's
+// destination address among a read's control messages; either is zero when
+// absent.
+func parseControl(oob []byte) (arrived time.Time, dst net.IP) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return arrived, nil
+	}
+	for _, m := range msgs {
+		switch {
+		case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS &&
+			len(m.Data) >= int(unsafe.Sizeof(unix.Timespec{})):
+			ts := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
+			arrived = time.Unix(ts.Unix())
+		case m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_PKTINFO &&
+			len(m.Data) >= unix.SizeofInet4Pktinfo:
+			pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&m.Data[0]))
+			dst = net.IPv4(pi.Addr[0], pi.Addr[1], pi.Addr[2], pi.Addr[3])
+		}
+	}
+	return arrived, dst
+}
+
+// handle takes the read time from Serve, so the delay counts from the
 // moment the request was read and not from when parsing finished.
-func (r *Responder) handle(arrived time.Time, b []byte, cm *ipv4.ControlMessage, src net.Addr) {
+func (r *Responder) handle(arrived, read time.Time, b []byte, dst net.IP, src *net.IPAddr) {
 	m, err := icmp.ParseMessage(ipv4.ICMPTypeEcho.Protocol(), b)
 	if err != nil || m.Type != ipv4.ICMPTypeEcho || m.Code != 0 {
 		return
@@ -221,15 +357,21 @@ func (r *Responder) handle(arrived time.Time, b []byte, cm *ipv4.ControlMessage,
 	// kernel does it. Like the kernel (icmp_echo_ignore_broadcasts),
 	// broadcast and multicast pings go unanswered and uncounted.
 	out := &ipv4.ControlMessage{}
-	if cm != nil && cm.Dst != nil {
-		if cm.Dst.IsMulticast() || cm.Dst.Equal(net.IPv4bcast) {
+	if dst != nil {
+		if dst.IsMulticast() || dst.Equal(net.IPv4bcast) {
 			return
 		}
-		out.Src = cm.Dst
+		out.Src = dst
 	}
 
 	i := r.requests.Add(1) - 1
+	ex := Exchange{N: i, ID: echo.ID, Seq: echo.Seq, Arrived: arrived, Read: read}
+	if a, ok := netip.AddrFromSlice(src.IP); ok {
+		ex.Src = a.Unmap()
+	}
 	if r.drop(i) {
+		ex.Dropped = true
+		r.record(ex)
 		r.dropped.Add(1)
 		return
 	}
@@ -238,10 +380,22 @@ func (r *Responder) handle(arrived time.Time, b []byte, cm *ipv4.ControlMessage,
 		Body: &icmp.Echo{ID: echo.ID, Seq: echo.Seq, Data: echo.Data},
 	}).Marshal(nil) // a fresh buffer: Serve reuses the one Data points into
 	if err != nil {
+		r.record(ex)
 		r.failed.Add(1)
 		return
 	}
-	r.schedule(arrived.Add(r.delay()), reply, out, src)
+	ex.Due = read.Add(r.delay())
+	r.schedule(ex, reply, out, src)
+}
+
+// record keeps ex of a request that gets no reply.
+func (r *Responder) record(ex Exchange) {
+	if !r.cfg.Record {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.exchanges = append(r.exchanges, ex)
 }
 
 func (r *Responder) drop(i uint64) bool {
@@ -266,9 +420,15 @@ func (r *Responder) delay() time.Duration {
 // kernel's high-resolution timers end within tens of microseconds.
 const earlyWake = 2 * time.Millisecond
 
-func (r *Responder) schedule(due time.Time, reply []byte, cm *ipv4.ControlMessage, dst net.Addr) {
+func (r *Responder) schedule(ex Exchange, reply []byte, cm *ipv4.ControlMessage, dst net.Addr) {
+	due := ex.Due
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	rec := -1
+	if r.cfg.Record {
+		r.exchanges = append(r.exchanges, ex)
+		rec = len(r.exchanges) - 1
+	}
 	if r.closed {
 		return
 	}
@@ -291,7 +451,16 @@ func (r *Responder) schedule(due time.Time, reply []byte, cm *ipv4.ControlMessag
 		if r.closed {
 			return
 		}
-		if _, err := r.pc.WriteTo(reply, cm, dst); err != nil {
+		sending := time.Now()
+		_, err := r.pc.WriteTo(reply, cm, dst)
+		sent := time.Now()
+		if rec >= 0 {
+			r.exchanges[rec].Sending = sending
+			if err == nil {
+				r.exchanges[rec].Sent = sent
+			}
+		}
+		if err != nil {
 			r.failed.Add(1)
 			return
 		}

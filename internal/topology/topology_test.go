@@ -22,7 +22,7 @@ func needRoot(t *testing.T) {
 
 func ping(t *testing.T, topo *Topology, from string, to netip.Addr) {
 	t.Helper()
-	if _, err := topo.Run(from, "ping", "-c1", "-W1", to.String()); err != nil {
+	if _, err := topo.Run(from, "ping", "-c1", "-W5", to.String()); err != nil {
 		t.Errorf("ping %s -> %s: %v", from, to, err)
 	}
 }

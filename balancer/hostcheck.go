@@ -1,0 +1,154 @@
+package balancer
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+)
+
+// hostAddrs is what the address checks need to know of the host.
+type hostAddrs struct {
+	iface   string
+	subnets []netip.Prefix      // IPv4 prefixes configured on the interface
+	local   map[netip.Addr]bool // IPv4 addresses of the host, any interface
+}
+
+// checkHost checks the configured addresses against the host's before
+// anything is loaded: what no network can make work is an error, what the
+// network may yet make work (a VIP brought here later) a warning.
+func checkHost(cfg Config, iface *net.Interface, log *slog.Logger) error {
+	subnets, err := ifacePrefixes(iface.Index)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", iface.Name, err)
+	}
+	all, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list the host's addresses: %w", err)
+	}
+	h := hostAddrs{iface: iface.Name, subnets: subnets, local: map[netip.Addr]bool{}}
+	for _, a := range all {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			h.local[ip.Unmap()] = true
+		}
+	}
+	warnings, err := checkAddrs(cfg, h)
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	return err
+}
+
+// checkAddrs refuses addresses that cannot be a single host: the network or
+// broadcast address of a subnet of the interface (a backend there gets every
+// request broadcast to the whole segment), or, for a backend, this host
+// itself. A VIP or SNAT address that is not this host's but lies in one of
+// the interface's subnets is only warned about: neighbours find it by ARP and
+// nobody here answers, but a standby balancer runs like that until a
+// failover (keepalived) moves the address to it. A VIP outside those subnets
+// is reached by routing (README), which the agent cannot see, so it says
+// nothing.
+func checkAddrs(cfg Config, h hostAddrs) (warnings []string, err error) {
+	cfg.setDefaults()
+	for _, b := range cfg.Backends {
+		if err := notSubnetSpecial("backend", setBackend, b, h); err != nil {
+			return nil, err
+		}
+		if h.local[b] {
+			return nil, fmt.Errorf("backend %s is an address of this host (%s, %s); a backend must be another host",
+				b, setBackend.flag, setBackend.env)
+		}
+	}
+	addrs := []struct {
+		what string
+		s    setting
+		a    netip.Addr
+		who  string // who must find it here
+	}{
+		{"VIP", setVIP, cfg.VIP, "clients' pings"},
+		{"SNAT address", setSNAT, cfg.SNAT, "backends' replies"},
+	}
+	for _, x := range addrs {
+		if x.what == "SNAT address" && x.a == cfg.VIP {
+			continue // checked as the VIP
+		}
+		if err := notSubnetSpecial(x.what, x.s, x.a, h); err != nil {
+			return nil, err
+		}
+		if h.local[x.a] {
+			continue
+		}
+		for _, p := range h.subnets {
+			if p.Bits() < 32 && p.Contains(x.a) {
+				warnings = append(warnings, fmt.Sprintf(
+					"%s %s is in %s's subnet %s but not an address of this host: its neighbours find it by ARP and nobody here answers, so %s do not reach the balancer; unless a failover brings it here, add it: ip addr add %s/32 dev %s",
+					x.what, x.a, h.iface, p.Masked(), x.who, x.a, h.iface))
+				break
+			}
+		}
+	}
+	return warnings, nil
+}
+
+// notSubnetSpecial refuses a that is the network or broadcast address of one
+// of the interface's subnets (/31 and /32 have neither).
+func notSubnetSpecial(what string, s setting, a netip.Addr, h hostAddrs) error {
+	for _, p := range h.subnets {
+		if !p.Addr().Is4() || p.Bits() > 30 || !p.Contains(a) {
+			continue
+		}
+		network := p.Masked().Addr()
+		kind := ""
+		switch a {
+		case network:
+			kind = "network"
+		case broadcastOf(p):
+			kind = "broadcast"
+		default:
+			continue
+		}
+		return fmt.Errorf("%s %s is the %s address of %s on %s (%s, %s), not a host's: packets to it reach every host of the subnet or none; give a host's address",
+			what, a, kind, p.Masked(), h.iface, s.flag, s.env)
+	}
+	return nil
+}
+
+// broadcastOf is the last address of an IPv4 prefix.
+func broadcastOf(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	for i := range 4 {
+		b[i] |= byte(host >> (24 - 8*i))
+	}
+	return netip.AddrFrom4(b)
+}
+
+// warnUnresolved names, after the startup wait, each backend whose next hop
+// did not answer ARP. It is a warning, not an error: backends that start
+// after the balancer (a reboot of the rack, a rollout) are normal, and the
+// agent takes each one in as soon as it answers. Addresses that can never
+// answer (no route out of the interface, a subnet's broadcast, this host)
+// are refused before: see checkAddrs and initBackends.
+func (b *Balancer) warnUnresolved() {
+	byIP := map[netip.Addr]netlink.Neigh{}
+	if neighs, err := netlink.NeighList(b.iface.Index, netlink.FAMILY_V4); err == nil {
+		for _, n := range neighs {
+			if a, ok := netip.AddrFromSlice(n.IP); ok {
+				byIP[a.Unmap()] = n
+			}
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, addr := range b.backendOrder {
+		st := b.states[addr]
+		if st == nil || st.up {
+			continue
+		}
+		n, found := byIP[st.nextHop]
+		b.log.Warn("backend did not answer ARP at startup; it takes no sessions until it does: check that it is up and that its address is right",
+			"backend", addr, "next_hop", st.nextHop, "state", neighState(n, found))
+	}
+}

@@ -1,0 +1,137 @@
+package balancer
+
+import (
+	"bytes"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/icmplb/icmplb/internal/testenv"
+	"github.com/icmplb/icmplb/internal/topology"
+)
+
+// seedHost is what the seed balancer knows of itself: eth0 holds
+// 10.0.0.10/24 and the VIP as a /32.
+func seedHost() hostAddrs {
+	return hostAddrs{
+		iface:   "eth0",
+		subnets: []netip.Prefix{netip.MustParsePrefix("10.0.0.10/24"), netip.MustParsePrefix("10.0.0.100/32"), netip.MustParsePrefix("10.0.1.0/31")},
+		local: map[netip.Addr]bool{
+			netip.MustParseAddr("10.0.0.10"): true, netip.MustParseAddr("10.0.0.100"): true,
+			netip.MustParseAddr("10.0.1.0"): true, netip.MustParseAddr("127.0.0.1"): true,
+		},
+	}
+}
+
+// TestHostCheckAddrs: one line per case; an error or a warning must name
+// the address, the setting and the remedy.
+func TestHostCheckAddrs(t *testing.T) {
+	a := netip.MustParseAddr
+	for _, tc := range []struct {
+		name    string
+		set     func(*Config)
+		err     []string
+		warning []string
+	}{
+		{"seed", func(c *Config) {}, nil, nil},
+		{"backend broadcast", func(c *Config) { c.Backends[1] = a("10.0.0.255") }, []string{"backend 10.0.0.255 is the broadcast address of 10.0.0.0/24 on eth0 (--backend, ICMPLB_BACKENDS)", "give a host's address"}, nil},
+		{"backend network", func(c *Config) { c.Backends[1] = a("10.0.0.0") }, []string{"backend 10.0.0.0 is the network address of 10.0.0.0/24"}, nil},
+		{"backend is this host", func(c *Config) { c.Backends[1] = a("10.0.0.10") }, []string{"backend 10.0.0.10 is an address of this host (--backend, ICMPLB_BACKENDS)"}, nil},
+		{"backend on a /31", func(c *Config) { c.Backends[1] = a("10.0.1.1") }, nil, nil},
+		{"backend off-link", func(c *Config) { c.Backends[1] = a("192.0.2.1") }, nil, nil},
+		{"VIP broadcast", func(c *Config) { c.VIP = a("10.0.0.255") }, []string{"VIP 10.0.0.255 is the broadcast address", "(--vip, ICMPLB_VIP)"}, nil},
+		{"SNAT network", func(c *Config) { c.SNAT = a("10.0.0.0") }, []string{"SNAT address 10.0.0.0 is the network address", "(--snat, ICMPLB_SNAT)"}, nil},
+		{"VIP on-link, not here", func(c *Config) { c.VIP = a("10.0.0.200") }, nil, []string{"VIP 10.0.0.200 is in eth0's subnet 10.0.0.0/24 but not an address of this host", "ip addr add 10.0.0.200/32 dev eth0"}},
+		{"SNAT on-link, not here", func(c *Config) { c.SNAT = a("10.0.0.201") }, nil, []string{"SNAT address 10.0.0.201", "backends' replies", "ip addr add 10.0.0.201/32 dev eth0"}},
+		{"VIP routed here", func(c *Config) { c.VIP = a("192.0.2.100") }, nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := seedConfig()
+			tc.set(&c)
+			warnings, err := checkAddrs(c, seedHost())
+			if (err != nil) != (tc.err != nil) {
+				t.Fatalf("error %v, want one with %q", err, tc.err)
+			}
+			for _, w := range tc.err {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			if len(warnings) != min(1, len(tc.warning)) {
+				t.Fatalf("warnings %q, want one with %q", warnings, tc.warning)
+			}
+			for _, w := range tc.warning {
+				if !strings.Contains(warnings[0], w) {
+					t.Errorf("warning %q does not contain %q", warnings[0], w)
+				}
+			}
+		})
+	}
+}
+
+// TestHostCheckInNamespace runs the check on the seed balancer's real
+// interface: the addresses come from the kernel.
+func TestHostCheckInNamespace(t *testing.T) {
+	testenv.Privileged(t)
+	topo := topology.NewT(t, topology.Seed())
+	check := func(set func(*Config)) (string, error) {
+		c := seedConfig()
+		set(&c)
+		var log bytes.Buffer
+		err := topo.InNS(topology.SeedBalancer, func() error {
+			iface, err := net.InterfaceByName("eth0")
+			if err != nil {
+				return err
+			}
+			return checkHost(c, iface, slog.New(slog.NewTextHandler(&log, nil)))
+		})
+		return log.String(), err
+	}
+	if log, err := check(func(*Config) {}); err != nil || log != "" {
+		t.Errorf("seed configuration: error %v, log %q", err, log)
+	}
+	if _, err := check(func(c *Config) { c.Backends[1] = netip.MustParseAddr("10.0.0.255") }); err == nil ||
+		!strings.Contains(err.Error(), "broadcast address of 10.0.0.0/24 on eth0") {
+		t.Errorf("broadcast backend: error %v", err)
+	}
+	if _, err := check(func(c *Config) { c.Backends[1] = topology.SeedLB }); err == nil ||
+		!strings.Contains(err.Error(), "address of this host") {
+		t.Errorf("the balancer as backend: error %v", err)
+	}
+	if log, err := check(func(c *Config) { c.VIP = netip.MustParseAddr("10.0.0.200") }); err != nil ||
+		!strings.Contains(log, "level=WARN") || !strings.Contains(log, "ip addr add 10.0.0.200/32 dev eth0") {
+		t.Errorf("VIP not on the balancer: error %v, log %q", err, log)
+	}
+}
+
+// TestHostUnresolvedBackendWarns starts the balancer with a backend nobody
+// answers ARP for: it starts (backends may come up later) and names that
+// backend in a warning.
+func TestHostUnresolvedBackendWarns(t *testing.T) {
+	testenv.Privileged(t)
+	topo := topology.NewT(t, topology.Seed())
+	c := seedConfig()
+	c.Backends[1] = netip.MustParseAddr("10.0.0.50")
+	var log bytes.Buffer
+	err := topo.InNS(topology.SeedBalancer, func() error {
+		b, err := New(c, slog.New(slog.NewTextHandler(&log, nil)))
+		if err != nil {
+			return err
+		}
+		return b.Close()
+	})
+	if err != nil {
+		t.Fatalf("New with one backend down: %v", err)
+	}
+	var warned string
+	for line := range strings.SplitSeq(log.String(), "\n") {
+		if strings.Contains(line, "did not answer ARP") {
+			warned += line + "\n"
+		}
+	}
+	if !strings.Contains(warned, "backend=10.0.0.50") || strings.Contains(warned, "backend=10.0.0.2 ") {
+		t.Errorf("want one warning naming 10.0.0.50 only; log:\n%s", log.String())
+	}
+}
