@@ -15,7 +15,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Debian packages: the BPF toolchain, the network tools the tests and the demo
 # drive, and Prometheus's promtool/server for the rule and end-to-end checks.
-DEBS := clang-16 llvm-16 libbpf-dev iproute2 iputils-ping procps util-linux mount ethtool tcpdump \
+DEBS := clang-16 llvm-16 iproute2 iputils-ping procps util-linux mount ethtool tcpdump \
         prometheus ca-certificates git
 
 .PHONY: all deps build generate check-generate test lint bench fuzz demo clean

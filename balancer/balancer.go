@@ -278,24 +278,18 @@ func (b *Balancer) initBackends() error {
 
 func (b *Balancer) writeBackend(addr netip.Addr) error {
 	st := b.states[addr]
-	v := bpf.IcmplbBackend{Addr: bpf.Addr(addr), Flags: backendActive}
+	v := bpf.IcmplbBackend{Addr: bpf.Addr(addr), Flags: bpf.IcmplbBackendFlagsBACKEND_F_ACTIVE}
 	// The last known MAC stays when the neighbour is lost: replies to
 	// requests already sent still come from it and must match.
 	copy(v.Mac[:], st.mac)
 	if st.up {
-		v.Flags |= backendNeigh
+		v.Flags |= bpf.IcmplbBackendFlagsBACKEND_F_NEIGH
 	}
 	if err := b.objs.Backends.Put(b.ifIdx[addr], v); err != nil {
 		return fmt.Errorf("write backend %s: %w", addr, err)
 	}
 	return nil
 }
-
-// Flags of struct backend (bpf/icmplb.h).
-const (
-	backendActive = 0x1
-	backendNeigh  = 0x2
-)
 
 // rebuildTable spreads sessions over the backends whose neighbour is
 // resolved. With none up, it keeps all of them in the table so that the data

@@ -87,7 +87,7 @@ type ConntrackSnapshot struct {
 }
 
 // Verdicts names each data-plane verdict reason (enum reason in
-// bpf/icmplb.h), indexed by its value.
+// bpf/abi.h), indexed by its value.
 var Verdicts = func() []VerdictCount {
 	v := make([]VerdictCount, bpf.IcmplbReasonREASON_MAX)
 	set := func(r bpf.IcmplbReason, verdict, reason string) {

@@ -17,10 +17,10 @@ import (
 // TraceKind tells a sampled request from its reply.
 type TraceKind int
 
-// Kinds of TraceEvent.
+// Kinds of TraceEvent, numbered as the data plane's enum trace_kind.
 const (
-	TraceRequest TraceKind = iota + 1
-	TraceReply
+	TraceRequest = TraceKind(bpf.IcmplbTraceKindTRACE_REQUEST)
+	TraceReply   = TraceKind(bpf.IcmplbTraceKindTRACE_REPLY)
 )
 
 // TraceEvent is one sampled exchange as the kernel saw it: a request when it

@@ -32,11 +32,11 @@ func TestXDPOwnerRemedy(t *testing.T) {
 	topo := topology.NewT(t, topology.Spec{Hosts: []topology.HostSpec{
 		{Name: topology.SeedBalancer, Addr: netip.MustParsePrefix("10.0.0.10/24")},
 	}})
-	spec, err := bpf.LoadIcmplb()
+	spec, err := bpf.LoadIcmplbTest()
 	if err != nil {
 		t.Fatal(err)
 	}
-	prog, err := ebpf.NewProgram(spec.Programs[bpf.IcmplbProgXdpPass])
+	prog, err := ebpf.NewProgram(spec.Programs[bpf.IcmplbTestProgXdpPass])
 	if err != nil {
 		t.Fatalf("load xdp_pass: %v", err)
 	}

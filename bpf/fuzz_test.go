@@ -66,7 +66,7 @@ func newFuzzHarnesses(tb testing.TB) *fuzzHarnesses {
 func (hs *fuzzHarnesses) play(t *testing.T, data []byte) map[IcmplbReason]int {
 	r := &fuzzRun{
 		t:        t,
-		flags:    [len(fuzzBackends)]uint16{backendReady, backendReady, backendReady},
+		flags:    [len(fuzzBackends)]IcmplbBackendFlags{backendReady, backendReady, backendReady},
 		sessions: map[fuzzSession]fuzzPin{},
 		natOwner: map[fuzzNAT]fuzzSession{},
 		seen:     map[IcmplbReason]int{},
@@ -157,7 +157,7 @@ func (fh *fuzzHarness) reset(t *testing.T, natNext uint16, natKey byte) {
 	for _, m := range []*ebpf.Map{fh.objs.CtFwd, fh.objs.CtRev, fh.objs.Inflight} {
 		clearMap(t, m)
 	}
-	fh.pointMaglevActive(t, [len(fuzzBackends)]uint16{backendReady, backendReady, backendReady})
+	fh.pointMaglevActive(t, [len(fuzzBackends)]IcmplbBackendFlags{backendReady, backendReady, backendReady})
 	for i, be := range fuzzBackends {
 		fh.setFlags(t, i, backendReady)
 		pool := IcmplbNatPool{Next: uint32(natNext)}
@@ -172,7 +172,7 @@ func (fh *fuzzHarness) reset(t *testing.T, natNext uint16, natKey byte) {
 
 // pointMaglevActive spreads the Maglev slots over the active backends, as
 // the agent does, so that a session whose backend left can move.
-func (fh *fuzzHarness) pointMaglevActive(t testing.TB, flags [len(fuzzBackends)]uint16) {
+func (fh *fuzzHarness) pointMaglevActive(t testing.TB, flags [len(fuzzBackends)]IcmplbBackendFlags) {
 	t.Helper()
 	var idxs []uint32
 	for i, be := range fuzzBackends {
@@ -185,7 +185,7 @@ func (fh *fuzzHarness) pointMaglevActive(t testing.TB, flags [len(fuzzBackends)]
 	}
 }
 
-func (fh *fuzzHarness) setFlags(t *testing.T, i int, flags uint16) {
+func (fh *fuzzHarness) setFlags(t *testing.T, i int, flags IcmplbBackendFlags) {
 	t.Helper()
 	be := fuzzBackends[i]
 	v := IcmplbBackend{Addr: Addr(be.addr), Mac: be.mac, Flags: flags}
@@ -281,7 +281,7 @@ type fuzzForward struct {
 type fuzzRun struct {
 	t        *testing.T
 	fh       *fuzzHarness
-	flags    [len(fuzzBackends)]uint16
+	flags    [len(fuzzBackends)]IcmplbBackendFlags
 	changed  [len(fuzzBackends)]int // step of each backend's last flag change
 	step     int
 	forwards []fuzzForward
@@ -340,7 +340,7 @@ func (r *fuzzRun) play(ops []byte) {
 			if !ok {
 				return
 			}
-			i, flags := int(a[0]&3)%len(fuzzBackends), uint16(a[0]>>2)&backendReady
+			i, flags := int(a[0]&3)%len(fuzzBackends), IcmplbBackendFlags(a[0]>>2)&backendReady
 			r.history = append(r.history, fmt.Sprintf("step %d: backend %v flags %#x", r.step, fuzzBackends[i].addr, flags))
 			if r.flags[i] != flags {
 				r.flags[i] = flags
@@ -930,7 +930,7 @@ func (in fuzzInput) opReply(op byte, sel, off int, xor byte) fuzzInput {
 	return append(in, fuzzOpReply|op, byte(sel), byte(off>>8), byte(off), xor)
 }
 
-func (in fuzzInput) backend(i int, flags uint16) fuzzInput {
+func (in fuzzInput) backend(i int, flags IcmplbBackendFlags) fuzzInput {
 	return append(in, fuzzOpBackend, byte(i)|byte(flags)<<2)
 }
 

@@ -24,31 +24,37 @@ func TestGeneratedUpToDate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var args []string
+	var runs [][]string
 	for _, line := range strings.Split(string(src), "\n") {
 		if rest, ok := strings.CutPrefix(line, "//go:generate go tool bpf2go "); ok {
-			args = strings.Fields(rest)
+			runs = append(runs, strings.Fields(rest))
 		}
 	}
-	if args == nil {
+	if runs == nil {
 		t.Fatal("no //go:generate go tool bpf2go line in gen.go")
 	}
-	out := t.TempDir()
-	cmd := exec.Command("go", append([]string{"tool", "bpf2go", "-go-package", "bpf", "-output-dir", out}, args...)...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("bpf2go: %v\n%s", err, b)
-	}
-	for _, name := range []string{"icmplb_bpfel.go", "icmplb_bpfel.o"} {
-		want, err := os.ReadFile(filepath.Join(out, name))
+	for _, args := range runs {
+		out := t.TempDir()
+		cmd := exec.Command("go", append([]string{"tool", "bpf2go", "-go-package", "bpf", "-output-dir", out}, args...)...)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("bpf2go %s: %v\n%s", strings.Join(args, " "), err, b)
+		}
+		generated, err := os.ReadDir(out)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := os.ReadFile(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("bpf/%s is stale: it differs from what bpf/icmplb.c compiles to; run `make generate` and commit the result", name)
+		for _, f := range generated {
+			want, err := os.ReadFile(filepath.Join(out, f.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(f.Name())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("bpf/%s is stale: it differs from what the C compiles to; run `make generate` and commit the result", f.Name())
+			}
 		}
 	}
 }

@@ -17,7 +17,7 @@ type IcmplbBackend struct {
 	_     structs.HostLayout
 	Addr  uint32
 	Mac   [6]uint8
-	Flags uint16
+	Flags IcmplbBackendFlags
 }
 
 type IcmplbBackendCounters struct {
@@ -30,6 +30,14 @@ type IcmplbBackendCounters struct {
 	Late         uint64
 	Unmatched    uint64
 }
+
+type IcmplbBackendFlags uint16
+
+const (
+	IcmplbBackendFlagsBACKEND_F_ACTIVE IcmplbBackendFlags = 1
+	IcmplbBackendFlagsBACKEND_F_NEIGH  IcmplbBackendFlags = 2
+	IcmplbBackendFlagsBACKEND_F_UP     IcmplbBackendFlags = 3
+)
 
 type IcmplbEpochCount struct {
 	_        structs.HostLayout
@@ -80,6 +88,7 @@ const (
 	IcmplbLayoutRTT_SCHEMA        IcmplbLayout = 3
 	IcmplbLayoutEPOCH_SHIFT       IcmplbLayout = 30
 	IcmplbLayoutEPOCHS            IcmplbLayout = 32
+	IcmplbLayoutICMP_MAX_LEN      IcmplbLayout = 9000
 )
 
 type IcmplbNatPool struct {
@@ -175,9 +184,7 @@ const (
 	IcmplbMapTraceDropped     = "trace_dropped"
 	IcmplbProgConntrackCount  = "conntrack_count"
 	IcmplbProgIcmplb          = "icmplb"
-	IcmplbProgRttBucketProbe  = "rtt_bucket_probe"
 	IcmplbProgSweep           = "sweep"
-	IcmplbProgXdpPass         = "xdp_pass"
 	IcmplbVarCfgLossTimeoutNs = "cfg_loss_timeout_ns"
 	IcmplbVarCfgMaglevSize    = "cfg_maglev_size"
 	IcmplbVarCfgNatIdleNs     = "cfg_nat_idle_ns"
@@ -233,9 +240,7 @@ type IcmplbSpecs struct {
 type IcmplbProgramSpecs struct {
 	ConntrackCount *ebpf.ProgramSpec `ebpf:"conntrack_count"`
 	Icmplb         *ebpf.ProgramSpec `ebpf:"icmplb"`
-	RttBucketProbe *ebpf.ProgramSpec `ebpf:"rtt_bucket_probe"`
 	Sweep          *ebpf.ProgramSpec `ebpf:"sweep"`
-	XdpPass        *ebpf.ProgramSpec `ebpf:"xdp_pass"`
 }
 
 // IcmplbMapSpecs contains maps before they are loaded into the kernel.
@@ -352,18 +357,14 @@ type IcmplbVariables struct {
 type IcmplbPrograms struct {
 	ConntrackCount *ebpf.Program `ebpf:"conntrack_count"`
 	Icmplb         *ebpf.Program `ebpf:"icmplb"`
-	RttBucketProbe *ebpf.Program `ebpf:"rtt_bucket_probe"`
 	Sweep          *ebpf.Program `ebpf:"sweep"`
-	XdpPass        *ebpf.Program `ebpf:"xdp_pass"`
 }
 
 func (p *IcmplbPrograms) Close() error {
 	return _IcmplbClose(
 		p.ConntrackCount,
 		p.Icmplb,
-		p.RttBucketProbe,
 		p.Sweep,
-		p.XdpPass,
 	)
 }
 

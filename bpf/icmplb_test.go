@@ -17,12 +17,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// enum xdp_action values: bpf2go exports neither the kernel's enum nor the
-// program's #defines, so the test carries its own copies.
+// Verdicts as BPF_PROG_RUN reports them: the kernel's enum xdp_action, which
+// bpf2go exports from the test object.
 const (
-	xdpDrop = 1
-	xdpPass = 2
-	xdpTX   = 3
+	xdpDrop = uint32(IcmplbTestXdpActionXDP_DROP)
+	xdpPass = uint32(IcmplbTestXdpActionXDP_PASS)
+	xdpTX   = uint32(IcmplbTestXdpActionXDP_TX)
 )
 
 type mac [6]byte
@@ -47,11 +47,11 @@ var (
 	backendC = backendInfo{idx: 7, addr: netip.MustParseAddr("10.0.0.13"), mac: mac{0x02, 0, 0, 0, 0, 0x0d}}
 )
 
-// BACKEND_F_* from icmplb.h.
+// Short names for the flags of struct backend.
 const (
-	backendActive = 0x1
-	backendNeigh  = 0x2
-	backendReady  = backendActive | backendNeigh
+	backendActive = IcmplbBackendFlagsBACKEND_F_ACTIVE
+	backendNeigh  = IcmplbBackendFlagsBACKEND_F_NEIGH
+	backendReady  = IcmplbBackendFlagsBACKEND_F_UP
 )
 
 type backendInfo struct {
@@ -358,10 +358,30 @@ func newHarness(t testing.TB, cfg Config) *harness {
 	return h
 }
 
+// loadTestObjects loads the test-only programs (testprogs.c) with the RTT
+// bounds NewSpec gives the product.
+func loadTestObjects(t testing.TB) *IcmplbTestObjects {
+	t.Helper()
+	requireRoot(t)
+	spec, err := LoadIcmplbTest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spec.Variables[IcmplbTestVarCfgRttBounds].Set(RTTBounds()); err != nil {
+		t.Fatalf("set %s: %v", IcmplbTestVarCfgRttBounds, err)
+	}
+	var objs IcmplbTestObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		t.Fatalf("load test programs: %v", err)
+	}
+	t.Cleanup(func() { objs.Close() })
+	return &objs
+}
+
 // setBackend writes what the agent writes for a backend: its slot, its
 // address index while it is active, and, for an index or address new to
 // the slot, a NAT pool with random keys and a random starting counter.
-func (h *harness) setBackend(t testing.TB, be backendInfo, flags uint16) {
+func (h *harness) setBackend(t testing.TB, be backendInfo, flags IcmplbBackendFlags) {
 	t.Helper()
 	v := IcmplbBackend{Addr: Addr(be.addr), Mac: be.mac, Flags: flags}
 	if err := h.objs.Backends.Put(be.idx, v); err != nil {

@@ -119,8 +119,8 @@ func statsDelta(before, after [IcmplbReasonREASON_MAX]uint64) map[string]uint64 
 	return d
 }
 
-// TestJumboFrames sends echo exchanges of up to ICMP_MAX_LEN (9000) bytes of
-// ICMP message through the program on a veth with a jumbo MTU, byte for byte
+// TestJumboFrames sends echo exchanges of up to ICMP_MAX_LEN bytes of ICMP
+// message through the program on a veth with a jumbo MTU, byte for byte
 // against frames built here, and single-byte changes deep in them.
 func TestJumboFrames(t *testing.T) {
 	h := readyHarness(t, testConfig(vip))
@@ -135,7 +135,8 @@ func TestJumboFrames(t *testing.T) {
 	}
 	// ICMP message lengths: the largest on a 9000-byte MTU, odd, and the
 	// program's limit.
-	for i, icmpLen := range []int{8980, 8999, 9000} {
+	limit := int(IcmplbLayoutICMP_MAX_LEN)
+	for i, icmpLen := range []int{8980, 8999, limit} {
 		t.Run(fmt.Sprintf("ICMP message of %d bytes", icmpLen), func(t *testing.T) {
 			req := echoRequest(client1, hop1MAC, uint16(0x900+i), 1)
 			req.payload = payload(icmpLen - 8)
@@ -169,7 +170,7 @@ func TestJumboFrames(t *testing.T) {
 	}
 	t.Run("ICMP message over the limit", func(t *testing.T) {
 		req := echoRequest(client1, hop1MAC, 0x9ff, 1)
-		req.payload = payload(9001 - 8)
+		req.payload = payload(limit + 1 - 8)
 		in := req.frame()
 		requireFrame(t, "passed request", in, w.exchange(t, in, xdpPass, IcmplbReasonREASON_MALFORMED))
 	})

@@ -77,8 +77,10 @@ func TestNATPermuteModel(t *testing.T) {
 				t.Fatalf("key %#08x: unpermute(permute(%#04x)) = %#04x", key, x, back)
 			}
 		}
-		// A counter would give 65535 neighbours; a random order about one.
-		if n := consecutiveRuns(ids); n > 8 {
+		// A counter gives 65535 neighbours. The permutation gives a few:
+		// over 20,000 random keys the mean was 3 and the most 17, so 64
+		// tells a counter-like order apart without failing on a rare key.
+		if n := consecutiveRuns(ids); n > 64 {
 			t.Errorf("key %#08x: %d of 65535 consecutive counter values give consecutive ids", key, n)
 		}
 		first := [16]uint16(ids[:16])

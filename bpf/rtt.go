@@ -9,11 +9,8 @@ import (
 // An RTT of v ns lies in the schema-3 native histogram bucket with upper
 // bound 2^(i/8) s exactly when v <= bound[i+RTTBucketOffset], since v is an
 // integer; computing the bounds with 256-bit floats makes the floors exact.
-func RTTBounds() [256]uint64 {
-	var out [256]uint64
-	if len(out) != RTTBuckets {
-		panic("RTTBounds: bucket count differs from bpf/icmplb.h")
-	}
+func RTTBounds() [RTTBuckets]uint64 {
+	var out [RTTBuckets]uint64
 	const prec = 256
 	// 2^(1/8) by Newton's method on x^8 = 2.
 	root := new(big.Float).SetPrec(prec).SetFloat64(1.0905077326652577)

@@ -41,24 +41,13 @@ func TestRTTBoundsMatchFloat(t *testing.T) {
 // TestRTTBucketInKernel runs the kernel's own bucket function on both sides
 // of every boundary and compares it with the float reference.
 func TestRTTBucketInKernel(t *testing.T) {
-	requireRoot(t)
-	spec, err := NewSpec(testConfig(vip))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var probe struct {
-		Prog *ebpf.Program `ebpf:"rtt_bucket_probe"`
-	}
-	if err := spec.LoadAndAssign(&probe, nil); err != nil {
-		t.Fatal(err)
-	}
-	defer probe.Prog.Close()
+	probe := loadTestObjects(t).RttBucketProbe
 
 	bucket := func(v uint64) int {
 		in := make([]byte, 64) // above the kernel's minimum test frame
 		binary.NativeEndian.PutUint64(in, v)
 		out := make([]byte, 64)
-		if _, err := probe.Prog.Run(&ebpf.RunOptions{Data: in, DataOut: out}); err != nil {
+		if _, err := probe.Run(&ebpf.RunOptions{Data: in, DataOut: out}); err != nil {
 			t.Fatalf("run probe: %v", err)
 		}
 		return int(binary.NativeEndian.Uint64(out))

@@ -38,7 +38,7 @@ type Config struct {
 	TraceBufferSize uint32
 }
 
-// Layout of the data plane's histograms and epoch rings (bpf/icmplb.h).
+// Layout of the data plane's histograms and epoch rings (enum layout, bpf/abi.h).
 const (
 	RTTBuckets      = int(IcmplbLayoutRTT_BUCKETS)
 	RTTBucketOffset = int(IcmplbLayoutRTT_BUCKET_OFFSET)

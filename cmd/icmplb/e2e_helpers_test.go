@@ -86,11 +86,11 @@ func stopAgent(p *agent) (time.Duration, error) {
 // runs an XDP program (DESIGN.md, known pitfalls).
 func attachPassToLBPeer(t *testing.T, topo *topology.Topology) {
 	t.Helper()
-	spec, err := bpf.LoadIcmplb()
+	spec, err := bpf.LoadIcmplbTest()
 	if err != nil {
 		t.Fatal(err)
 	}
-	prog, err := ebpf.NewProgram(spec.Programs[bpf.IcmplbProgXdpPass])
+	prog, err := ebpf.NewProgram(spec.Programs[bpf.IcmplbTestProgXdpPass])
 	if err != nil {
 		t.Fatalf("load xdp_pass: %v", err)
 	}

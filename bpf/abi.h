@@ -1,46 +1,11 @@
-/* Minimal protocol headers and the ABI shared with Go (bpf2go -type).
- * Own structs instead of <linux/icmp.h>, which drags in glibc socket headers
- * that do not build for the BPF target. */
+/* The ABI shared with Go: map keys and values, the trace event, and the
+ * enums whose values Go uses. bpf2go generates a Go declaration for each
+ * type named with -type in gen.go, so Go never restates a constant. */
 #pragma once
 
 #include <linux/types.h>
 
-#define ETH_ALEN 6
-#define ETH_P_IP 0x0800
-#define ETH_P_8021Q 0x8100
-#define ETH_P_8021AD 0x88a8
-#define IPPROTO_ICMP 1
-#define ICMP_ECHOREPLY 0
-#define ICMP_ECHO 8
-#define IP_MF 0x2000
-#define IP_OFFSET 0x1fff
-
-struct ethhdr {
-	__u8 h_dest[ETH_ALEN];
-	__u8 h_source[ETH_ALEN];
-	__be16 h_proto;
-} __attribute__((packed));
-
-struct iphdr {
-	__u8 ihl : 4, version : 4;
-	__u8 tos;
-	__be16 tot_len;
-	__be16 id;
-	__be16 frag_off;
-	__u8 ttl;
-	__u8 protocol;
-	__sum16 check;
-	__be32 saddr;
-	__be32 daddr;
-};
-
-struct icmp_echo {
-	__u8 type;
-	__u8 code;
-	__sum16 checksum;
-	__be16 id;
-	__be16 seq;
-};
+#include "proto.h"
 
 /* Why a packet got its verdict; index into the stats map. Go names each one. */
 enum reason {
@@ -69,15 +34,19 @@ enum reason {
 	REASON_MAX,
 };
 
-#define BACKEND_F_ACTIVE 0x1   /* slot holds a backend */
-#define BACKEND_F_NEIGH 0x2    /* mac is the resolved next hop */
-#define BACKEND_F_UP (BACKEND_F_ACTIVE | BACKEND_F_NEIGH)
+/* struct backend's flags. The fixed underlying type (a clang extension in C
+ * before C23) keeps the field two bytes wide and gives Go a typed field. */
+enum backend_flags : __u16 {
+	BACKEND_F_ACTIVE = 0x1, /* slot holds a backend */
+	BACKEND_F_NEIGH = 0x2,  /* mac is the resolved next hop */
+	BACKEND_F_UP = BACKEND_F_ACTIVE | BACKEND_F_NEIGH,
+};
 
 /* backends[idx]: what the data plane needs to send to one backend. */
 struct backend {
 	__be32 addr;
 	__u8 mac[ETH_ALEN];
-	__u16 flags;
+	enum backend_flags flags;
 };
 
 /* ct_fwd key: one client's ping session to the VIP. */
@@ -132,10 +101,7 @@ struct backend_counters {
 	__u64 unmatched;    /* replies without an in-flight request */
 };
 
-/* The frame sizes the ICMP checksum is verified for (jumbo frames). */
-#define ICMP_MAX_LEN 9000
-
-/* Sizes shared with Go (bpf2go -type layout).
+/* Sizes shared with Go.
  *
  * RTT histogram: bucket k counts RTTs in (bound[k-1], bound[k]] ns where
  * bound[k] = floor(1e9 * 2^((k - RTT_BUCKET_OFFSET) / 8)), so bucket k is
@@ -144,13 +110,17 @@ struct backend_counters {
  *
  * Requests are counted in epochs of 2^EPOCH_SHIFT ns (about 1.07 s) so that
  * userspace can count the lost ones once an epoch's loss timeout has passed,
- * with a ring of EPOCHS slots per backend instead of a scan of all requests. */
+ * with a ring of EPOCHS slots per backend instead of a scan of all requests.
+ *
+ * The ICMP checksum is verified for messages of up to ICMP_MAX_LEN bytes
+ * (jumbo frames); longer ones are malformed to the program. */
 enum layout {
 	RTT_BUCKETS = 256,
 	RTT_BUCKET_OFFSET = 160,
 	RTT_SCHEMA = 3,
 	EPOCH_SHIFT = 30,
 	EPOCHS = 32,
+	ICMP_MAX_LEN = 9000,
 };
 
 /* epochs[idx * EPOCHS + epoch % EPOCHS], per CPU. */

@@ -1,0 +1,148 @@
+/* The product's load-time settings and maps. Each setting and each map size
+ * of 1 is a placeholder: bpf/spec.go sets it from the agent's configuration
+ * on the CollectionSpec before loading, so that no default lives in C. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "abi.h"
+
+volatile const __be32 cfg_vip;
+volatile const __be32 cfg_snat;
+/* Slots of the Maglev table. */
+volatile const __u32 cfg_maglev_size;
+/* A NAT id whose session was idle this long may be given to a new session. */
+volatile const __u64 cfg_nat_idle_ns;
+/* A reply later than this does not count as an answer: its request is lost. */
+volatile const __u64 cfg_loss_timeout_ns;
+/* One exchange in cfg_trace_sample is sent to userspace as a trace; 0: none. */
+volatile const __u32 cfg_trace_sample;
+
+/* maglev: slot (hash % cfg_maglev_size) -> backend index. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} maglev SEC(".maps");
+
+/* backends: backend index -> address, next-hop MAC, flags. A retired
+ * backend's slot keeps its address (flags 0) so that pinned sessions and
+ * requests never land on another backend's counters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(max_entries, 1);
+} backends SEC(".maps");
+
+/* backend_addrs: backend address -> backend index, for replies that match no
+ * request: was it the backend (unmatched) or someone spoofing it? */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} backend_addrs SEC(".maps");
+
+/* src_deny: source addresses no client can have that depend on the host (the
+ * network and broadcast addresses of the interface's subnets) -> 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, __u8);
+	__uint(max_entries, 256);
+} src_deny SEC(".maps");
+
+/* ct_fwd: (client, echo id) -> (backend, NAT id, client's MAC). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct fwd_key);
+	__type(value, struct fwd_val);
+	__uint(max_entries, 1);
+} ct_fwd SEC(".maps");
+
+/* ct_rev: (backend, NAT id) -> the session holding it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct rev_key);
+	__type(value, struct rev_val);
+	__uint(max_entries, 1);
+} ct_rev SEC(".maps");
+
+/* nat_pools: backend index -> key and counter of its NAT id permutation. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct nat_pool);
+	__uint(max_entries, 1);
+} nat_pools SEC(".maps");
+
+/* stats: enum reason -> packets, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, enum reason);
+	__type(value, __u64);
+	__uint(max_entries, REASON_MAX);
+} stats SEC(".maps");
+
+/* backend_stats: backend index -> counters, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct backend_counters);
+	__uint(max_entries, 1);
+} backend_stats SEC(".maps");
+
+/* inflight: (backend, NAT id, sequence) -> the request awaiting its reply.
+ * A plain hash, not an LRU: evicting a request would turn the balancer's
+ * shortage into a backend's loss and free its key for another client while
+ * its reply is on the way. When full, new requests are refused and counted;
+ * the sweeper frees entries older than twice the loss timeout. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct inflight_key);
+	__type(value, struct inflight_val);
+	__uint(max_entries, 1);
+} inflight SEC(".maps");
+
+/* rtt_hist: backend index * RTT_BUCKETS + bucket -> replies, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} rtt_hist SEC(".maps");
+
+/* epochs: backend index * EPOCHS + epoch % EPOCHS -> requests sent and
+ * answered in that epoch, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct epoch_count);
+	__uint(max_entries, 1);
+} epochs SEC(".maps");
+
+/* events: sampled exchanges (struct trace_event) for the trace pipeline. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1);
+} events SEC(".maps");
+
+/* trace_dropped: [0] -> trace events lost to a full ring buffer, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} trace_dropped SEC(".maps");
+
+/* conntrack_entries: [0] -> ct_fwd entries, [1] -> ct_rev entries, [2] ->
+ * inflight entries, filled by conntrack_count. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __s64);
+	__uint(max_entries, 3);
+} conntrack_entries SEC(".maps");

@@ -1,0 +1,136 @@
+/* Measurement: requests remembered until their replies, RTTs into the
+ * histogram, requests and answers counted per epoch, and sampled exchanges
+ * sent to the trace pipeline. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "abi.h"
+#include "csum.h"
+#include "maps.h"
+#include "proto.h"
+#include "rtt.h"
+
+static __always_inline struct epoch_count *epoch_slot(__u32 idx, __u64 epoch)
+{
+	__u32 key = idx * EPOCHS + (__u32)(epoch % EPOCHS);
+
+	return bpf_map_lookup_elem(&epochs, &key);
+}
+
+static __always_inline void trace(enum trace_kind kind, __u64 sent_ns, __u64 rtt_ns, __be32 client,
+				  __be32 backend, __be16 echo_id, __be16 seq, __u32 idx, __u32 late)
+{
+	struct trace_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&trace_dropped, &zero);
+
+		if (n)
+			*n += 1;
+		return;
+	}
+	e->sent_ns = sent_ns;
+	e->rtt_ns = rtt_ns;
+	e->client = client;
+	e->backend = backend;
+	e->echo_id = echo_id;
+	e->seq = seq;
+	e->backend_idx = idx;
+	e->kind = kind;
+	e->late = late;
+	bpf_ringbuf_submit(e, 0);
+}
+
+enum track {
+	TRACK_NEW,  /* remembered: its reply will be measured */
+	TRACK_DUP,  /* the same session resent a request still awaited */
+	TRACK_COLLISION,
+	TRACK_FULL,
+};
+
+/* Remembers a forwarded request (already rewritten) until its reply, and
+ * counts it in its epoch. Never overwrites another session's request: its
+ * reply would then go to the wrong client. */
+static __always_inline enum track track_request(struct backend *be, __u32 idx, struct fwd_key *fk,
+						const __u8 *client_mac, struct icmp_echo *icmp, __u64 now)
+{
+	struct inflight_key ik = { .backend = be->addr, .nat_id = icmp->id, .seq = icmp->seq };
+	struct inflight_val iv = {
+		.sent_ns = now,
+		.backend_idx = idx,
+		.client = fk->client,
+		.echo_id = fk->echo_id,
+		.reply_csum = reply_csum_of(icmp->checksum),
+	};
+	struct epoch_count *ep;
+	long err;
+
+	__builtin_memcpy(iv.client_mac, client_mac, ETH_ALEN);
+	iv.sampled = cfg_trace_sample && bpf_get_prandom_u32() % cfg_trace_sample == 0;
+	err = bpf_map_update_elem(&inflight, &ik, &iv, BPF_NOEXIST);
+	if (err == -17 /* EEXIST */) {
+		struct inflight_val *old = bpf_map_lookup_elem(&inflight, &ik);
+
+		/* A request older than the sweeper's horizon is already lost: its
+		 * key may be taken over, by its own session too (the sequence
+		 * wrapped), which makes a new, counted request. */
+		if (old && old->sent_ns + 2 * cfg_loss_timeout_ns >= now) {
+			if (old->client == fk->client && old->echo_id == fk->echo_id)
+				return TRACK_DUP;
+			return TRACK_COLLISION;
+		}
+		err = bpf_map_update_elem(&inflight, &ik, &iv, BPF_ANY);
+	}
+	if (err)
+		return TRACK_FULL;
+
+	ep = epoch_slot(idx, now >> EPOCH_SHIFT);
+	if (ep) {
+		if (ep->epoch != now >> EPOCH_SHIFT) {
+			ep->epoch = now >> EPOCH_SHIFT;
+			ep->sent = 0;
+			ep->answered = 0;
+		}
+		ep->sent++;
+	}
+	if (iv.sampled)
+		trace(TRACE_REQUEST, now, 0, fk->client, be->addr, fk->echo_id, icmp->seq, idx, 0);
+	return TRACK_NEW;
+}
+
+/* Counts a matched reply: RTT into the histogram and answer into the
+ * request's epoch, or late when past the loss timeout. */
+static __always_inline void reply_measured(struct backend_counters *bs, struct inflight_val *iv, __be32 backend,
+					   __be16 seq, __u64 now)
+{
+	__u32 idx = iv->backend_idx;
+	__u64 sent = iv->sent_ns;
+	__u64 rtt = now - sent;
+	__u32 late = rtt > cfg_loss_timeout_ns;
+
+	if (late) {
+		bs->late++;
+	} else {
+		__u32 key = idx * RTT_BUCKETS + rtt_bucket(rtt);
+		__u64 *n = bpf_map_lookup_elem(&rtt_hist, &key);
+		struct epoch_count *ep = epoch_slot(idx, sent >> EPOCH_SHIFT);
+
+		if (n)
+			*n += 1;
+		bs->rtt_sum_ns += rtt;
+		if (ep) {
+			if (ep->epoch < sent >> EPOCH_SHIFT) {
+				ep->epoch = sent >> EPOCH_SHIFT;
+				ep->sent = 0;
+				ep->answered = 0;
+			}
+			if (ep->epoch == sent >> EPOCH_SHIFT)
+				ep->answered++;
+		}
+	}
+	if (iv->sampled)
+		trace(TRACE_REPLY, sent, rtt, iv->client, backend, iv->echo_id, seq, idx, late);
+}

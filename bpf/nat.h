@@ -1,0 +1,78 @@
+/* Full NAT: allocation of NAT ids per backend and the rewrite of a frame's
+ * MACs, addresses and echo identifier. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "abi.h"
+#include "csum.h"
+#include "maps.h"
+#include "proto.h"
+
+#define NAT_ID_TRIES 8
+
+static __always_inline void rewrite(struct ethhdr *eth, struct iphdr *ip, struct icmp_echo *icmp,
+				    const __u8 *dst_mac, __be32 saddr, __be32 daddr, __be16 echo_id)
+{
+	__u32 sum;
+
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, dst_mac, ETH_ALEN);
+
+	sum = (__u16)~ip->check;
+	sum = csum_add32(sum, ip->saddr, saddr);
+	sum = csum_add32(sum, ip->daddr, daddr);
+	ip->check = ~csum_fold(sum);
+	ip->saddr = saddr;
+	ip->daddr = daddr;
+
+	/* ICMPv4 has no pseudo-header: only the identifier touches its checksum. */
+	sum = (__u16)~icmp->checksum;
+	sum = csum_add16(sum, icmp->id, echo_id);
+	icmp->checksum = ~csum_fold(sum);
+	icmp->id = echo_id;
+}
+
+/* A 4-round Feistel network on the two bytes of x: a permutation of the 16-bit
+ * ids, so a counter walks all of them before one repeats, in an order that
+ * depends on the pool's secret keys. */
+static __always_inline __u16 nat_permute(const struct nat_pool *p, __u16 x)
+{
+	__u8 l = x >> 8, r = x & 0xff;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u8 f = (__u8)((((__u32)r + p->key[i]) * 0x9e3779b1U) >> 24);
+		__u8 t = l ^ f;
+
+		l = r;
+		r = t;
+	}
+	return ((__u16)l << 8) | r;
+}
+
+/* Gives the session a NAT id no live session holds at this backend, or 0. */
+static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_val *rv, __u64 now)
+{
+	struct nat_pool *pool = bpf_map_lookup_elem(&nat_pools, &idx);
+
+	if (!pool)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < NAT_ID_TRIES; i++) {
+		__u16 cand = nat_permute(pool, (__u16)__sync_fetch_and_add(&pool->next, 1));
+		struct rev_val *old;
+
+		rk->nat_id = bpf_htons(cand);
+		old = bpf_map_lookup_elem(&ct_rev, rk);
+		/* Another CPU may have stamped the entry after our `now`: compare
+		 * by addition, since now - last_seen would wrap around. */
+		if (old && old->last_seen_ns + cfg_nat_idle_ns > now)
+			continue;
+		if (bpf_map_update_elem(&ct_rev, rk, rv, BPF_ANY) == 0)
+			return 1;
+	}
+	return 0;
+}
