@@ -25,11 +25,12 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/icmplb/icmplb/bpf"
+	"github.com/icmplb/icmplb/config"
 )
 
 // Balancer is a loaded and attached data plane.
 type Balancer struct {
-	cfg   Config
+	cfg   config.Config
 	log   *slog.Logger
 	iface *net.Interface
 	objs  dataPlane
@@ -81,9 +82,13 @@ type backendState struct {
 }
 
 // New checks cfg, the interface and the kernel, loads the data plane, resolves
+// config.MaxLossTimeout must fit the data plane's ring of epochs: a
+// negative difference does not compile.
+const _ = uint64(bpf.MaxLossTimeout - config.MaxLossTimeout)
+
 // the backends' neighbours and attaches to the interface. Close undoes it.
-func New(cfg Config, log *slog.Logger) (*Balancer, error) {
-	cfg.setDefaults()
+func New(cfg config.Config, log *slog.Logger) (*Balancer, error) {
+	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -146,7 +151,7 @@ func (b *Balancer) load() error {
 	spec, err := bpf.NewSpec(bpf.Config{
 		VIP: b.cfg.VIP, SNAT: b.cfg.SNAT,
 		MaglevSize:      uint32(b.cfg.MaglevSize),
-		MaxBackends:     MaxBackends,
+		MaxBackends:     config.MaxBackends,
 		ConntrackSize:   uint32(b.cfg.ConntrackSize),
 		NATIdle:         b.cfg.NATIdle,
 		LossTimeout:     b.cfg.LossTimeout,
@@ -225,7 +230,7 @@ func (b *Balancer) initBackends() error {
 	if err != nil {
 		return err
 	}
-	slots, renewed, err := assignSlots(old, sorted, MaxBackends)
+	slots, renewed, err := assignSlots(old, sorted, config.MaxBackends)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/icmplb/icmplb/config"
 )
 
 // hostAddrs is what the address checks need to know of the host.
@@ -19,7 +21,7 @@ type hostAddrs struct {
 // checkHost checks the configured addresses against the host's before
 // anything is loaded: what no network can make work is an error, what the
 // network may yet make work (a VIP brought here later) a warning.
-func checkHost(cfg Config, iface *net.Interface, log *slog.Logger) error {
+func checkHost(cfg config.Config, iface *net.Interface, log *slog.Logger) error {
 	subnets, err := ifacePrefixes(iface.Index)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", iface.Name, err)
@@ -50,25 +52,25 @@ func checkHost(cfg Config, iface *net.Interface, log *slog.Logger) error {
 // failover (keepalived) moves the address to it. A VIP outside those subnets
 // is reached by routing (README), which the agent cannot see, so it says
 // nothing.
-func checkAddrs(cfg Config, h hostAddrs) (warnings []string, err error) {
-	cfg.setDefaults()
+func checkAddrs(cfg config.Config, h hostAddrs) (warnings []string, err error) {
+	cfg = cfg.WithDefaults()
 	for _, b := range cfg.Backends {
-		if err := notSubnetSpecial("backend", setBackend, b, h); err != nil {
+		if err := notSubnetSpecial("backend", config.SetBackend, b, h); err != nil {
 			return nil, err
 		}
 		if h.local[b] {
 			return nil, fmt.Errorf("backend %s is an address of this host (%s, %s); a backend must be another host",
-				b, setBackend.flag, setBackend.env)
+				b, config.SetBackend.Flag, config.SetBackend.Env)
 		}
 	}
 	addrs := []struct {
 		what string
-		s    setting
+		s    config.Setting
 		a    netip.Addr
 		who  string // who must find it here
 	}{
-		{"VIP", setVIP, cfg.VIP, "clients' pings"},
-		{"SNAT address", setSNAT, cfg.SNAT, "backends' replies"},
+		{"VIP", config.SetVIP, cfg.VIP, "clients' pings"},
+		{"SNAT address", config.SetSNAT, cfg.SNAT, "backends' replies"},
 	}
 	for _, x := range addrs {
 		if x.what == "SNAT address" && x.a == cfg.VIP {
@@ -94,7 +96,7 @@ func checkAddrs(cfg Config, h hostAddrs) (warnings []string, err error) {
 
 // notSubnetSpecial refuses a that is the network or broadcast address of one
 // of the interface's subnets (/31 and /32 have neither).
-func notSubnetSpecial(what string, s setting, a netip.Addr, h hostAddrs) error {
+func notSubnetSpecial(what string, s config.Setting, a netip.Addr, h hostAddrs) error {
 	for _, p := range h.subnets {
 		if !p.Addr().Is4() || p.Bits() > 30 || !p.Contains(a) {
 			continue
@@ -110,7 +112,7 @@ func notSubnetSpecial(what string, s setting, a netip.Addr, h hostAddrs) error {
 			continue
 		}
 		return fmt.Errorf("%s %s is the %s address of %s on %s (%s, %s), not a host's: packets to it reach every host of the subnet or none; give a host's address",
-			what, a, kind, p.Masked(), h.iface, s.flag, s.env)
+			what, a, kind, p.Masked(), h.iface, s.Flag, s.Env)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/icmplb/icmplb/config"
 	"github.com/icmplb/icmplb/internal/testenv"
 	"github.com/icmplb/icmplb/internal/topology"
 )
@@ -31,21 +32,21 @@ func TestHostCheckAddrs(t *testing.T) {
 	a := netip.MustParseAddr
 	for _, tc := range []struct {
 		name    string
-		set     func(*Config)
+		set     func(*config.Config)
 		err     []string
 		warning []string
 	}{
-		{"seed", func(c *Config) {}, nil, nil},
-		{"backend broadcast", func(c *Config) { c.Backends[1] = a("10.0.0.255") }, []string{"backend 10.0.0.255 is the broadcast address of 10.0.0.0/24 on eth0 (--backend, ICMPLB_BACKENDS)", "give a host's address"}, nil},
-		{"backend network", func(c *Config) { c.Backends[1] = a("10.0.0.0") }, []string{"backend 10.0.0.0 is the network address of 10.0.0.0/24"}, nil},
-		{"backend is this host", func(c *Config) { c.Backends[1] = a("10.0.0.10") }, []string{"backend 10.0.0.10 is an address of this host (--backend, ICMPLB_BACKENDS)"}, nil},
-		{"backend on a /31", func(c *Config) { c.Backends[1] = a("10.0.1.1") }, nil, nil},
-		{"backend off-link", func(c *Config) { c.Backends[1] = a("192.0.2.1") }, nil, nil},
-		{"VIP broadcast", func(c *Config) { c.VIP = a("10.0.0.255") }, []string{"VIP 10.0.0.255 is the broadcast address", "(--vip, ICMPLB_VIP)"}, nil},
-		{"SNAT network", func(c *Config) { c.SNAT = a("10.0.0.0") }, []string{"SNAT address 10.0.0.0 is the network address", "(--snat, ICMPLB_SNAT)"}, nil},
-		{"VIP on-link, not here", func(c *Config) { c.VIP = a("10.0.0.200") }, nil, []string{"VIP 10.0.0.200 is in eth0's subnet 10.0.0.0/24 but not an address of this host", "ip addr add 10.0.0.200/32 dev eth0"}},
-		{"SNAT on-link, not here", func(c *Config) { c.SNAT = a("10.0.0.201") }, nil, []string{"SNAT address 10.0.0.201", "backends' replies", "ip addr add 10.0.0.201/32 dev eth0"}},
-		{"VIP routed here", func(c *Config) { c.VIP = a("192.0.2.100") }, nil, nil},
+		{"seed", func(c *config.Config) {}, nil, nil},
+		{"backend broadcast", func(c *config.Config) { c.Backends[1] = a("10.0.0.255") }, []string{"backend 10.0.0.255 is the broadcast address of 10.0.0.0/24 on eth0 (--backend, ICMPLB_BACKENDS)", "give a host's address"}, nil},
+		{"backend network", func(c *config.Config) { c.Backends[1] = a("10.0.0.0") }, []string{"backend 10.0.0.0 is the network address of 10.0.0.0/24"}, nil},
+		{"backend is this host", func(c *config.Config) { c.Backends[1] = a("10.0.0.10") }, []string{"backend 10.0.0.10 is an address of this host (--backend, ICMPLB_BACKENDS)"}, nil},
+		{"backend on a /31", func(c *config.Config) { c.Backends[1] = a("10.0.1.1") }, nil, nil},
+		{"backend off-link", func(c *config.Config) { c.Backends[1] = a("192.0.2.1") }, nil, nil},
+		{"VIP broadcast", func(c *config.Config) { c.VIP = a("10.0.0.255") }, []string{"VIP 10.0.0.255 is the broadcast address", "(--vip, ICMPLB_VIP)"}, nil},
+		{"SNAT network", func(c *config.Config) { c.SNAT = a("10.0.0.0") }, []string{"SNAT address 10.0.0.0 is the network address", "(--snat, ICMPLB_SNAT)"}, nil},
+		{"VIP on-link, not here", func(c *config.Config) { c.VIP = a("10.0.0.200") }, nil, []string{"VIP 10.0.0.200 is in eth0's subnet 10.0.0.0/24 but not an address of this host", "ip addr add 10.0.0.200/32 dev eth0"}},
+		{"SNAT on-link, not here", func(c *config.Config) { c.SNAT = a("10.0.0.201") }, nil, []string{"SNAT address 10.0.0.201", "backends' replies", "ip addr add 10.0.0.201/32 dev eth0"}},
+		{"VIP routed here", func(c *config.Config) { c.VIP = a("192.0.2.100") }, nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := seedConfig()
@@ -76,7 +77,7 @@ func TestHostCheckAddrs(t *testing.T) {
 func TestHostCheckInNamespace(t *testing.T) {
 	testenv.Privileged(t)
 	topo := topology.NewT(t, topology.Seed())
-	check := func(set func(*Config)) (string, error) {
+	check := func(set func(*config.Config)) (string, error) {
 		c := seedConfig()
 		set(&c)
 		var log bytes.Buffer
@@ -89,18 +90,18 @@ func TestHostCheckInNamespace(t *testing.T) {
 		})
 		return log.String(), err
 	}
-	if log, err := check(func(*Config) {}); err != nil || log != "" {
+	if log, err := check(func(*config.Config) {}); err != nil || log != "" {
 		t.Errorf("seed configuration: error %v, log %q", err, log)
 	}
-	if _, err := check(func(c *Config) { c.Backends[1] = netip.MustParseAddr("10.0.0.255") }); err == nil ||
+	if _, err := check(func(c *config.Config) { c.Backends[1] = netip.MustParseAddr("10.0.0.255") }); err == nil ||
 		!strings.Contains(err.Error(), "broadcast address of 10.0.0.0/24 on eth0") {
 		t.Errorf("broadcast backend: error %v", err)
 	}
-	if _, err := check(func(c *Config) { c.Backends[1] = topology.SeedLB }); err == nil ||
+	if _, err := check(func(c *config.Config) { c.Backends[1] = topology.SeedLB }); err == nil ||
 		!strings.Contains(err.Error(), "address of this host") {
 		t.Errorf("the balancer as backend: error %v", err)
 	}
-	if log, err := check(func(c *Config) { c.VIP = netip.MustParseAddr("10.0.0.200") }); err != nil ||
+	if log, err := check(func(c *config.Config) { c.VIP = netip.MustParseAddr("10.0.0.200") }); err != nil ||
 		!strings.Contains(log, "level=WARN") || !strings.Contains(log, "ip addr add 10.0.0.200/32 dev eth0") {
 		t.Errorf("VIP not on the balancer: error %v, log %q", err, log)
 	}
@@ -134,4 +135,13 @@ func TestHostUnresolvedBackendWarns(t *testing.T) {
 	if !strings.Contains(warned, "backend=10.0.0.50") || strings.Contains(warned, "backend=10.0.0.2 ") {
 		t.Errorf("want one warning naming 10.0.0.50 only; log:\n%s", log.String())
 	}
+}
+
+// seedConfig is the seed topology's configuration with every default.
+func seedConfig() config.Config {
+	c := config.Default()
+	c.Iface = "eth0"
+	c.VIP = netip.MustParseAddr("10.0.0.100")
+	c.Backends = []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")}
+	return c
 }

@@ -5,11 +5,9 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"slices"
-)
 
-// DefaultMaglevSize is the default number of Maglev slots: a prime well above
-// 100 × the largest expected pool, so shares stay within 1% of even.
-const DefaultMaglevSize = 65537
+	"github.com/icmplb/icmplb/config"
+)
 
 // Maglev is a consistent-hashing lookup table (Eisenbud et al., NSDI 2016):
 // slot i serves the sessions whose hash modulo len(Slots) is i.
@@ -29,7 +27,7 @@ func NewMaglev(backends []netip.Addr, size int) (*Maglev, error) {
 // that stays keep it, up to its share, so removing a backend moves only the
 // sessions it served and adding one takes only what its share needs.
 func UpdateMaglev(prev *Maglev, backends []netip.Addr, size int) (*Maglev, error) {
-	if !isPrime(size) {
+	if !config.IsPrime(size) {
 		return nil, fmt.Errorf("maglev table size %d is not a prime", size)
 	}
 	set := slices.Clone(backends)
@@ -112,16 +110,4 @@ func hashAddr(a netip.Addr, seed byte) uint64 {
 	x *= 0xff51afd7ed558ccd
 	x ^= x >> 33
 	return x
-}
-
-func isPrime(n int) bool {
-	if n < 2 {
-		return false
-	}
-	for d := 2; d*d <= n; d++ {
-		if n%d == 0 {
-			return false
-		}
-	}
-	return true
 }

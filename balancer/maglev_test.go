@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+
+	"github.com/icmplb/icmplb/config"
 )
 
 func pool(n int) []netip.Addr {
@@ -26,7 +28,7 @@ func shares(m *Maglev) map[netip.Addr]int {
 func TestMaglevShares(t *testing.T) {
 	for _, n := range []int{1, 2, 3, 7, 10, 64, 100} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			m, err := NewMaglev(pool(n), DefaultMaglevSize)
+			m, err := NewMaglev(pool(n), config.DefaultMaglevSize)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -34,7 +36,7 @@ func TestMaglevShares(t *testing.T) {
 			if len(c) != n {
 				t.Fatalf("%d backends own slots, want %d", len(c), n)
 			}
-			even := float64(DefaultMaglevSize) / float64(n)
+			even := float64(config.DefaultMaglevSize) / float64(n)
 			for b, k := range c {
 				if dev := (float64(k) - even) / even; dev > 0.01 || dev < -0.01 {
 					t.Errorf("backend %s owns %d slots, %.2f%% off the even share %.1f", b, k, dev*100, even)
@@ -48,13 +50,13 @@ func TestMaglevRemovalMovesOnlyRemovedBackend(t *testing.T) {
 	for _, n := range []int{2, 3, 10, 50} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
 			backends := pool(n)
-			before, err := NewMaglev(backends, DefaultMaglevSize)
+			before, err := NewMaglev(backends, config.DefaultMaglevSize)
 			if err != nil {
 				t.Fatal(err)
 			}
 			gone := backends[n/2]
 			rest := append(append([]netip.Addr{}, backends[:n/2]...), backends[n/2+1:]...)
-			after, err := UpdateMaglev(before, rest, DefaultMaglevSize)
+			after, err := UpdateMaglev(before, rest, config.DefaultMaglevSize)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -74,7 +76,7 @@ func TestMaglevRemovalMovesOnlyRemovedBackend(t *testing.T) {
 				t.Fatal("the removed backend owned no slot")
 			}
 			// The removed backend's slots are spread, not dumped on one survivor.
-			even := float64(DefaultMaglevSize) / float64(n-1)
+			even := float64(config.DefaultMaglevSize) / float64(n-1)
 			for b, k := range shares(after) {
 				if dev := (float64(k) - even) / even; dev > 0.01 || dev < -0.01 {
 					t.Errorf("after removal %s owns %d slots, %.2f%% off even", b, k, dev*100)
@@ -86,12 +88,12 @@ func TestMaglevRemovalMovesOnlyRemovedBackend(t *testing.T) {
 
 func TestMaglevAdditionMovesOnlyItsShare(t *testing.T) {
 	backends := pool(9)
-	before, err := NewMaglev(backends, DefaultMaglevSize)
+	before, err := NewMaglev(backends, config.DefaultMaglevSize)
 	if err != nil {
 		t.Fatal(err)
 	}
 	added := netip.MustParseAddr("192.168.7.7")
-	after, err := UpdateMaglev(before, append(backends, added), DefaultMaglevSize)
+	after, err := UpdateMaglev(before, append(backends, added), config.DefaultMaglevSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +136,7 @@ func TestMaglevOrderIndependent(t *testing.T) {
 func TestMaglevSpreadsNeighbouringSlots(t *testing.T) {
 	// Plain modulo striping would also pass the share test; Maglev must not
 	// hand runs of neighbouring slots to one backend.
-	m, err := NewMaglev(pool(2), DefaultMaglevSize)
+	m, err := NewMaglev(pool(2), config.DefaultMaglevSize)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,26 +6,27 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/icmplb/icmplb/config"
 	"github.com/icmplb/icmplb/internal/testenv"
 )
 
 // newDetached loads the data plane for n backends without an interface:
 // enough to read and write its maps.
-func newDetached(tb testing.TB, n int, opts ...func(*Config)) *Balancer {
+func newDetached(tb testing.TB, n int, opts ...func(*config.Config)) *Balancer {
 	tb.Helper()
 	testenv.Privileged(tb)
-	cfg := DefaultConfig()
+	cfg := config.Default()
 	cfg.Iface, cfg.VIP, cfg.MaglevSize = "none", netip.MustParseAddr("10.0.0.100"), 251
 	for i := range n {
 		cfg.Backends = append(cfg.Backends, netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
 	}
 	if n > 251 {
-		cfg.MaglevSize = DefaultMaglevSize
+		cfg.MaglevSize = config.DefaultMaglevSize
 	}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	cfg.setDefaults()
+	cfg = cfg.WithDefaults()
 	b := &Balancer{cfg: cfg, log: slog.New(slog.DiscardHandler), ifIdx: map[netip.Addr]uint32{}, states: map[netip.Addr]*backendState{}}
 	if err := b.load(); err != nil {
 		tb.Fatal(err)
@@ -74,7 +75,7 @@ func TestSnapshotReadsMaps(t *testing.T) {
 			t.Errorf("backend %d is %s up=%v", i, bs.Addr, bs.Up)
 		}
 	}
-	if !snap.Conntrack.Known || snap.Conntrack.Sessions != 0 || snap.Conntrack.Capacity != DefaultConntrackSize {
+	if !snap.Conntrack.Known || snap.Conntrack.Sessions != 0 || snap.Conntrack.Capacity != config.DefaultConntrackSize {
 		t.Errorf("conntrack %+v", snap.Conntrack)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/icmplb/icmplb/config"
 )
 
 // echoFrame is an Ethernet + IPv4 echo request from client to the VIP.
@@ -54,7 +56,7 @@ func fold(s uint32) uint16 {
 // it against the clock. exporter.BenchmarkTracer measures the span half.
 func BenchmarkReadTraces(b *testing.B) {
 	const batch = 50000 // 56-byte records: about 2.7 MiB of the 4 MiB ring
-	bal := newDetached(b, 1, func(c *Config) {
+	bal := newDetached(b, 1, func(c *config.Config) {
 		c.TraceSample = 1
 		c.TraceBufferSize = 4 << 20
 	})

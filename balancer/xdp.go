@@ -14,6 +14,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/icmplb/icmplb/config"
 )
 
 // Capability bits (linux/capability.h).
@@ -95,13 +97,13 @@ func checkKernel() error {
 func chooseMode(mode string, iface *net.Interface, log *slog.Logger) string {
 	veth := isVeth(iface)
 	switch {
-	case mode == ModeAuto && veth:
+	case mode == config.ModeAuto && veth:
 		log.Info("interface is a veth: using generic XDP, since native XDP_TX on a veth is dropped unless its peer has an XDP program",
 			"iface", iface.Name)
-		return ModeGeneric
-	case mode == ModeAuto:
-		return ModeNative
-	case mode == ModeNative && veth:
+		return config.ModeGeneric
+	case mode == config.ModeAuto:
+		return config.ModeNative
+	case mode == config.ModeNative && veth:
 		log.Warn("native XDP on a veth: replies and forwarded requests are dropped unless the peer veth has an XDP program attached (an XDP_PASS program is enough)",
 			"iface", iface.Name)
 	}
@@ -117,7 +119,7 @@ func (b *Balancer) attach() error {
 	opts := link.XDPOptions{Program: b.objs.Icmplb, Interface: b.iface.Index}
 	try := func(mode string) error {
 		opts.Flags = link.XDPDriverMode
-		if mode == ModeGeneric {
+		if mode == config.ModeGeneric {
 			opts.Flags = link.XDPGenericMode
 		}
 		l, err := link.AttachXDP(opts)
@@ -128,9 +130,9 @@ func (b *Balancer) attach() error {
 		return nil
 	}
 	err := try(b.mode)
-	if err != nil && b.cfg.XDPMode == ModeAuto && b.mode == ModeNative {
+	if err != nil && b.cfg.XDPMode == config.ModeAuto && b.mode == config.ModeNative {
 		b.log.Info("native XDP unavailable; falling back to generic", "iface", b.iface.Name, "err", err)
-		err = try(ModeGeneric)
+		err = try(config.ModeGeneric)
 	}
 	if err == nil {
 		return nil

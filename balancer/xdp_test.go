@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink/nl"
 
 	"github.com/icmplb/icmplb/bpf"
+	"github.com/icmplb/icmplb/config"
 	"github.com/icmplb/icmplb/internal/testenv"
 	"github.com/icmplb/icmplb/internal/topology"
 )
@@ -152,7 +153,7 @@ func TestXDPOwnerRemedy(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			c := DefaultConfig()
+			c := config.Default()
 			c.Iface, c.VIP, c.Backends = "eth0", netip.MustParseAddr("10.0.0.100"), []netip.Addr{netip.MustParseAddr("10.0.0.2")}
 			b, err := New(c, slog.New(slog.DiscardHandler))
 			if err == nil {

@@ -54,19 +54,8 @@ const MaxLossTimeout = time.Duration(Epochs-4) << EpochShift
 // NewSpec returns the data plane's CollectionSpec specialised for c, ready to
 // be loaded.
 func NewSpec(c Config) (*ebpf.CollectionSpec, error) {
-	if !c.VIP.Is4() || !c.SNAT.Is4() {
-		return nil, fmt.Errorf("VIP %s and SNAT %s must be IPv4 addresses", c.VIP, c.SNAT)
-	}
-	if c.MaglevSize == 0 || c.MaxBackends == 0 || c.ConntrackSize == 0 || c.InflightSize == 0 {
-		return nil, fmt.Errorf("map sizes must be positive (maglev %d, backends %d, conntrack %d, inflight %d)",
-			c.MaglevSize, c.MaxBackends, c.ConntrackSize, c.InflightSize)
-	}
-	if c.LossTimeout <= 0 || c.LossTimeout > MaxLossTimeout {
-		return nil, fmt.Errorf("loss timeout %s must be above 0 and at most %s", c.LossTimeout, MaxLossTimeout)
-	}
-	if c.TraceBufferSize < 4096 || c.TraceBufferSize&(c.TraceBufferSize-1) != 0 {
-		return nil, fmt.Errorf("trace buffer size %d must be a power of two of at least 4096", c.TraceBufferSize)
-	}
+	// c comes from the config package, which validated every setting
+	// (config.Config.Validate); the bounds are not checked twice.
 	spec, err := LoadIcmplb()
 	if err != nil {
 		return nil, err

@@ -7,10 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
 	"net"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -21,14 +19,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/icmplb/icmplb/balancer"
-	"github.com/icmplb/icmplb/exporter"
+	"github.com/icmplb/icmplb/config"
 )
 
 var update = flag.Bool("update", false,
@@ -107,17 +102,6 @@ func set(items ...string) map[string]bool {
 	return m
 }
 
-var buildDir string
-
-func TestMain(m *testing.M) {
-	flag.Parse()
-	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
-	os.Exit(code)
-}
-
 // ---- The binary's flags and variables ------------------------------------------
 
 type cliFlag struct {
@@ -131,103 +115,22 @@ type cliModel struct {
 	required []string           // flags the usage line requires
 }
 
-var (
-	cliOnce sync.Once
-	cli     cliModel
-	cliErr  error
-)
-
-// icmplbCLI is what `icmplb run --help` of the real binary lists: $ICMPLB_BIN
-// (what `make test` built) or a binary built here. Package main cannot be
-// imported, so its kong model is read from the help it renders.
+// icmplbCLI is every flag and variable of the agent, from the config package
+// that kong parses them into.
 func icmplbCLI(t *testing.T) cliModel {
 	t.Helper()
-	cliOnce.Do(func() {
-		bin := os.Getenv("ICMPLB_BIN")
-		if bin == "" {
-			if buildDir, cliErr = os.MkdirTemp("", "icmplb-deploy-"); cliErr != nil {
-				return
-			}
-			bin = filepath.Join(buildDir, "icmplb")
-			cmd := exec.Command("go", "build", "-o", bin, "./cmd/icmplb")
-			cmd.Dir = repoRoot
-			if out, err := cmd.CombinedOutput(); err != nil {
-				cliErr = fmt.Errorf("go build ./cmd/icmplb: %v\n%s", err, out)
-				return
-			}
-		}
-		cmd := exec.Command(bin, "run", "--help")
-		cmd.Env = hermeticEnv()
-		out, err := cmd.Output()
-		if err != nil {
-			cliErr = fmt.Errorf("%s run --help: %v", bin, err)
-			return
-		}
-		cli, cliErr = parseHelp(string(out))
-	})
-	if cliErr != nil {
-		t.Fatal(cliErr)
-	}
-	return cli
-}
-
-// hermeticEnv drops ICMPLB_* settings of the developer's shell.
-func hermeticEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "ICMPLB_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-var (
-	helpFlagLine = regexp.MustCompile(`^\s+(?:-\w, )?--([a-z0-9][a-z0-9.-]*)`)
-	helpEnv      = regexp.MustCompile(`\(\$([A-Z][A-Z0-9_]*)\)`)
-	usageFlag    = regexp.MustCompile(`--([a-z0-9][a-z0-9.-]*)=`)
-)
-
-// parseHelp reads kong's help: every flag starts a line with "--name", and
-// its help text, wrapped over the following lines, ends with "($ENV)".
-func parseHelp(help string) (cliModel, error) {
 	m := cliModel{flags: map[string]cliFlag{}, envs: map[string]cliFlag{}}
-	var cur *cliFlag
-	var text strings.Builder
-	flush := func() {
-		if cur == nil {
-			return
+	for _, f := range config.Flags() {
+		cf := cliFlag{name: f.Name, env: f.Env}
+		m.flags[f.Name] = cf
+		if f.Env != "" {
+			m.envs[f.Env] = cf
 		}
-		envs := helpEnv.FindAllStringSubmatch(text.String(), -1)
-		if len(envs) == 1 {
-			cur.env = envs[0][1]
-			m.envs[cur.env] = *cur
-		}
-		m.flags[cur.name] = *cur
-		cur = nil
-		text.Reset()
-	}
-	for line := range strings.SplitSeq(help, "\n") {
-		if strings.HasPrefix(line, "Usage:") {
-			for _, f := range usageFlag.FindAllStringSubmatch(line, -1) {
-				m.required = append(m.required, f[1])
-			}
-			continue
-		}
-		if f := helpFlagLine.FindStringSubmatch(line); f != nil {
-			flush()
-			cur = &cliFlag{name: f[1]}
-		}
-		if cur != nil {
-			text.WriteString(line)
-			text.WriteByte('\n')
+		if f.Required {
+			m.required = append(m.required, f.Name)
 		}
 	}
-	flush()
-	if len(m.flags) < 5 || len(m.envs) < 5 || len(m.required) == 0 {
-		return m, fmt.Errorf("could not read the flags from `icmplb run --help`:\n%s", help)
-	}
-	return m, nil
+	return m
 }
 
 func TestHelpParsed(t *testing.T) {
@@ -757,7 +660,7 @@ func allAgents(t *testing.T) []agentConfig {
 // listenPort is the agent's metrics port in a configuration.
 func (a agentConfig) listenPort(t *testing.T) string {
 	t.Helper()
-	addr := exporter.DefaultListenAddress
+	addr := config.DefaultListenAddress
 	if v, ok := a.env["ICMPLB_WEB_LISTEN_ADDRESS"]; ok {
 		addr = v
 	}
@@ -902,19 +805,26 @@ func TestAgentVariablesAndFlags(t *testing.T) {
 // values every deployment passes, and checks the others as kong would.
 func TestAgentConfigurationValid(t *testing.T) {
 	for _, a := range allAgents(t) {
-		// The agent starts from the defaults its flags carry.
-		cfg := balancer.DefaultConfig()
+		// The agent's own parser and check, on the variables and flags
+		// the deployment passes.
 		var errs []error
+		env := map[string]string{}
 		for name, v := range a.env {
-			if !strings.HasPrefix(name, "ICMPLB_") {
-				continue
-			}
-			if err := applyVar(&cfg, name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+			if strings.HasPrefix(name, "ICMPLB_") {
+				env[name] = v
 			}
 		}
-		if err := cfg.Validate(); err != nil {
+		args := a.args
+		if len(args) > 0 && args[0] == "run" {
+			args = args[1:]
+		}
+		if _, _, err := config.Parse(args, env); err != nil {
 			errs = append(errs, err)
+		}
+		for _, name := range []string{"ICMPLB_BPFFS", "ICMPLB_WEB_CONFIG_FILE"} {
+			if v := a.env[name]; v != "" && !filepath.IsAbs(v) {
+				errs = append(errs, fmt.Errorf("%s=%q: not an absolute path", name, v))
+			}
 		}
 		if fs := a.env["ICMPLB_BPFFS"]; fs != "" {
 			if src, ok := a.mounts[fs]; !ok || src != "/sys/fs/bpf" {
@@ -939,85 +849,6 @@ func TestAgentConfigurationValid(t *testing.T) {
 			t.Errorf("%s: %v", a.where, err)
 		}
 	}
-}
-
-// applyVar sets what an ICMPLB_* variable configures, parsed as kong parses
-// it; variables not in balancer.Config are checked on their own.
-func applyVar(c *balancer.Config, name, v string) error {
-	addr := func(dst *netip.Addr) error {
-		a, err := netip.ParseAddr(v)
-		*dst = a
-		return err
-	}
-	num := func(dst *int) error {
-		n, err := strconv.Atoi(v)
-		*dst = n
-		return err
-	}
-	dur := func(dst *time.Duration) error {
-		d, err := time.ParseDuration(v)
-		*dst = d
-		return err
-	}
-	switch name {
-	case "ICMPLB_IFACE":
-		c.Iface = v
-	case "ICMPLB_VIP":
-		return addr(&c.VIP)
-	case "ICMPLB_SNAT":
-		return addr(&c.SNAT)
-	case "ICMPLB_BACKENDS":
-		for s := range strings.SplitSeq(v, ",") {
-			a, err := netip.ParseAddr(strings.TrimSpace(s))
-			if err != nil {
-				return err
-			}
-			c.Backends = append(c.Backends, a)
-		}
-	case "ICMPLB_XDP_MODE":
-		c.XDPMode = v
-	case "ICMPLB_MAGLEV_SIZE":
-		return num(&c.MaglevSize)
-	case "ICMPLB_CONNTRACK_SIZE":
-		return num(&c.ConntrackSize)
-	case "ICMPLB_INFLIGHT_SIZE":
-		return num(&c.InflightSize)
-	case "ICMPLB_TRACE_SAMPLE":
-		return num(&c.TraceSample)
-	case "ICMPLB_TRACE_BUFFER_SIZE":
-		return num(&c.TraceBufferSize)
-	case "ICMPLB_NAT_IDLE":
-		return dur(&c.NATIdle)
-	case "ICMPLB_LOSS_TIMEOUT":
-		return dur(&c.LossTimeout)
-	case "ICMPLB_BPFFS":
-		c.BPFFS = v
-		if !filepath.IsAbs(v) {
-			return errors.New("not an absolute path")
-		}
-	case "ICMPLB_LOG_LEVEL":
-		var l slog.Level
-		return l.UnmarshalText([]byte(v))
-	case "ICMPLB_LOG_FORMAT":
-		if v != "text" && v != "json" {
-			return errors.New("not text or json")
-		}
-	case "ICMPLB_WEB_LISTEN_ADDRESS":
-		_, _, err := net.SplitHostPort(v)
-		return err
-	case "ICMPLB_WEB_MAX_CONNECTIONS":
-		if n, err := strconv.Atoi(v); err != nil || n < 1 {
-			return errors.New("not a number of at least 1")
-		}
-	case "ICMPLB_WEB_CONFIG_FILE":
-		// Where the file comes from is checked by TestWebConfigMounted.
-		if !filepath.IsAbs(v) {
-			return errors.New("not an absolute path")
-		}
-	default:
-		return errors.New("the test has no check of this variable's value: add one to applyVar")
-	}
-	return nil
 }
 
 // ---- Tests: capabilities, probes, ports ----------------------------------------
@@ -1074,7 +905,7 @@ func TestProbesAndPorts(t *testing.T) {
 			}
 			n++
 			where := fmt.Sprintf("%s: %s %s container %s", d.file, d.obj.Kind, d.obj.Metadata.Name, c.Name)
-			want := exporter.DefaultListenAddress[strings.LastIndex(exporter.DefaultListenAddress, ":")+1:]
+			want := config.DefaultListenAddress[strings.LastIndex(config.DefaultListenAddress, ":")+1:]
 			ports := map[string]int{}
 			for _, p := range c.Ports {
 				ports[p.Name] = p.ContainerPort
@@ -1585,9 +1416,9 @@ func TestDockerfileFinalStage(t *testing.T) {
 	if uid, err := strconv.Atoi(user); err != nil || uid == 0 {
 		t.Errorf("%s: USER %q, want a numeric non-root uid (Kubernetes verifies runAsNonRoot only on numbers)", dockerfile, last["USER"])
 	}
-	port := exporter.DefaultListenAddress[strings.LastIndex(exporter.DefaultListenAddress, ":")+1:]
+	port := config.DefaultListenAddress[strings.LastIndex(config.DefaultListenAddress, ":")+1:]
 	if last["EXPOSE"] != port && last["EXPOSE"] != port+"/tcp" {
-		t.Errorf("%s: EXPOSE %q, want %s (exporter.DefaultListenAddress)", dockerfile, last["EXPOSE"], port)
+		t.Errorf("%s: EXPOSE %q, want %s (config.DefaultListenAddress)", dockerfile, last["EXPOSE"], port)
 	}
 	for cmd, want := range map[string][]string{"ENTRYPOINT": {"/icmplb"}, "CMD": {"run"}} {
 		var got []string

@@ -105,8 +105,8 @@ func TestComposeWebConfig(t *testing.T) {
 	}
 	a := composeAgent(t, c)
 	file := a.env["ICMPLB_WEB_CONFIG_FILE"]
-	if err := applyVar(nil, "ICMPLB_WEB_CONFIG_FILE", file); err != nil {
-		t.Fatalf("ICMPLB_WEB_CONFIG_FILE=%q: %v", file, err)
+	if !filepath.IsAbs(file) {
+		t.Fatalf("ICMPLB_WEB_CONFIG_FILE=%q: not an absolute path", file)
 	}
 	host, ok := c.Services["icmplb"].hostPath(file)
 	if !ok || !sameFile(t, host, webConfigExample) {
@@ -180,8 +180,8 @@ func TestKubernetesWebConfig(t *testing.T) {
 				file = e.Value
 			}
 		}
-		if err := applyVar(nil, "ICMPLB_WEB_CONFIG_FILE", file); err != nil {
-			t.Fatalf("ICMPLB_WEB_CONFIG_FILE=%q: %v", file, err)
+		if !filepath.IsAbs(file) {
+			t.Fatalf("ICMPLB_WEB_CONFIG_FILE=%q: not an absolute path", file)
 		}
 		if !bytes.Contains(data, []byte("--from-file="+filepath.Base(file))) {
 			t.Errorf("%s: the Secret is not created with --from-file=%s", daemonSetFile, filepath.Base(file))

@@ -11,11 +11,6 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 )
 
-// DefaultListenAddress is where the agent serves metrics unless told
-// otherwise. Port 10047 lies outside 9100–9999, the range of the Prometheus
-// default port allocations, which is fully allocated.
-const DefaultListenAddress = ":10047"
-
 // NewRegistry returns a registry with c and the Go and process collectors.
 func NewRegistry(c prometheus.Collector) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()

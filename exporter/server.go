@@ -17,12 +17,6 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 )
 
-// DefaultMaxConnections bounds the HTTP server's open connections unless told
-// otherwise: enough for several scrapers, probes and a browser, few enough
-// that the descriptors stay a small part of a 1024-descriptor limit, which
-// the agent's BPF objects and netlink sockets share.
-const DefaultMaxConnections = 64
-
 // The HTTP server's timeouts. Every one bounds how long a client can keep a
 // connection, and so a descriptor, without the server's consent: a request's
 // headers must arrive within readHeaderTimeout and the whole request within

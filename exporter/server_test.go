@@ -78,7 +78,7 @@ func closedByServer(c net.Conn, wait time.Duration) bool {
 }
 
 func TestServerTimeouts(t *testing.T) {
-	s := startServer(t, WebConfig{MaxConnections: DefaultMaxConnections}, http.NotFoundHandler())
+	s := startServer(t, WebConfig{MaxConnections: 64}, http.NotFoundHandler())
 	for name, got := range map[string][2]time.Duration{
 		"ReadHeaderTimeout": {s.http.ReadHeaderTimeout, 5 * time.Second},
 		"ReadTimeout":       {s.http.ReadTimeout, 10 * time.Second},

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/icmplb/icmplb/config"
 	"github.com/icmplb/icmplb/internal/agenttest"
 	"github.com/icmplb/icmplb/internal/testenv"
 	"github.com/icmplb/icmplb/internal/topology"
@@ -29,7 +30,7 @@ const (
 	floodNoFile   = 1024
 	floodDuration = 8 * time.Second
 	// floodMaxConns is the agent's default --web.max-connections.
-	floodMaxConns = 64
+	floodMaxConns = config.DefaultMaxConnections
 )
 
 // floodResult is what a flood run measured.

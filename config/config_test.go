@@ -1,17 +1,15 @@
-package balancer
+package config
 
 import (
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/icmplb/icmplb/bpf"
 )
 
 // seedConfig is the seed topology's configuration with every default.
 func seedConfig() Config {
-	c := DefaultConfig()
+	c := Default()
 	c.Iface = "eth0"
 	c.VIP = netip.MustParseAddr("10.0.0.100")
 	c.Backends = []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")}
@@ -21,9 +19,6 @@ func seedConfig() Config {
 func TestConfigDefaultsValid(t *testing.T) {
 	if err := seedConfig().Validate(); err != nil {
 		t.Fatalf("the defaults are refused: %v", err)
-	}
-	if MaxLossTimeout > bpf.MaxLossTimeout {
-		t.Errorf("MaxLossTimeout %s exceeds the data plane's %s", MaxLossTimeout, bpf.MaxLossTimeout)
 	}
 }
 
@@ -61,7 +56,7 @@ func TestConfigValidate(t *testing.T) {
 		{"trace buffer not power", func(c *Config) { c.TraceBufferSize = 3 << 12 }, []string{"--trace.buffer-size 12288"}},
 		{"trace buffer 2^29", func(c *Config) { c.TraceBufferSize = 1 << 29 }, []string{"..268435456"}},
 		{"xdp mode empty", func(c *Config) { c.XDPMode = "" }, []string{`--xdp-mode "" (ICMPLB_XDP_MODE)`}},
-		{"neigh interval 0", func(c *Config) { c.NeighInterval = 0 }, []string{"neighbour check interval"}},
+		{"neigh interval negative", func(c *Config) { c.NeighInterval = -time.Second }, []string{"neighbour check interval"}},
 		{"no iface", func(c *Config) { c.Iface = "" }, []string{"--iface (ICMPLB_IFACE)"}},
 		{"no backends", func(c *Config) { c.Backends = nil }, []string{"no backends", "--backend (ICMPLB_BACKENDS"}},
 		{"backend twice", func(c *Config) { c.Backends[1] = c.Backends[0] }, []string{"backend 10.0.0.2 is given twice (--backend, ICMPLB_BACKENDS)"}},

@@ -1,0 +1,369 @@
+// Package config is the one home of the agent's settings: each one's flag,
+// environment variable, default, help and validation. kong parses the
+// command line and the environment straight into Config; the balancer and
+// the exporter receive the validated value.
+package config
+
+import (
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/netip"
+	"os"
+	"reflect"
+	"time"
+)
+
+// XDP attach modes accepted by Config.XDPMode.
+const (
+	ModeAuto    = "auto"
+	ModeNative  = "native"
+	ModeGeneric = "generic"
+)
+
+// Config is every setting of `icmplb run`. Start from Default: a zero size
+// or duration is refused, not read as "default". The kong tags make each
+// field a flag and a variable; their defaults and bounds are this package's
+// constants (see KongVars), so `--help` cannot drift from Validate.
+type Config struct {
+	// Iface is the interface clients and backends are reached through.
+	Iface string `name:"iface" required:"" env:"ICMPLB_IFACE" help:"Interface clients and backends are reached through."`
+	// VIP is the virtual address clients ping.
+	VIP netip.Addr `name:"vip" required:"" env:"ICMPLB_VIP" help:"Virtual IPv4 address clients ping."`
+	// Backends are the hosts echo requests are spread over.
+	Backends []netip.Addr `name:"backend" env:"ICMPLB_BACKENDS" sep:"," help:"Backend IPv4 address (repeat the flag; comma-separated in the env var)."`
+	// SNAT is the source address of requests sent to backends; the zero
+	// value means the VIP (see WithDefaults).
+	SNAT netip.Addr `name:"snat" env:"ICMPLB_SNAT" help:"Source address of requests sent to backends (default: the VIP)."`
+	// XDPMode is ModeAuto, ModeNative or ModeGeneric.
+	XDPMode string `name:"xdp-mode" default:"${xdp_mode}" enum:"auto,native,generic" env:"ICMPLB_XDP_MODE" help:"XDP attach mode: auto (generic on veth, else native with generic fallback), native or generic."`
+	// MaglevSize is the number of Maglev slots, a prime.
+	MaglevSize int `name:"maglev-size" default:"${maglev_size}" env:"ICMPLB_MAGLEV_SIZE" help:"Slots of the Maglev table: a prime, at least the backends and at most ${maglev_size_max}; 100x the backends keeps shares within 1%."`
+	// ConntrackSize is the capacity of each conntrack LRU map.
+	ConntrackSize int `name:"conntrack-size" default:"${conntrack_size}" env:"ICMPLB_CONNTRACK_SIZE" help:"Capacity of each conntrack LRU map (ping sessions), ${map_size_min}..${map_size_max}."`
+	// NATIdle is how long a ping session may stay silent before its NAT id
+	// can be reused.
+	NATIdle time.Duration `name:"nat-idle" default:"${nat_idle}" env:"ICMPLB_NAT_IDLE" help:"Silence after which a session's NAT id may be reused, ${nat_idle_min}..${nat_idle_max} and at least twice --loss-timeout."`
+	// LossTimeout is how long a request waits for its reply before it
+	// counts as lost.
+	LossTimeout time.Duration `name:"loss-timeout" default:"${loss_timeout}" env:"ICMPLB_LOSS_TIMEOUT" help:"A request unanswered this long is lost, ${loss_timeout_min}..${loss_timeout_max}."`
+	// InflightSize bounds the requests awaiting replies.
+	InflightSize int `name:"inflight-size" default:"${inflight_size}" env:"ICMPLB_INFLIGHT_SIZE" help:"Capacity of the map of requests awaiting replies, ${map_size_min}..${map_size_max}."`
+	// BPFFS, when set, is a bpffs directory under which the conntrack maps
+	// are pinned, so that sessions survive a restart of the agent.
+	BPFFS string `name:"bpffs" env:"ICMPLB_BPFFS" help:"Mounted bpffs (e.g. /sys/fs/bpf) to pin the conntrack maps under, so sessions survive a restart; empty: no pinning."`
+
+	// ListenAddress is the HTTP server's TCP address.
+	ListenAddress string `name:"web.listen-address" default:"${web_listen_address}" env:"ICMPLB_WEB_LISTEN_ADDRESS" help:"Address of the HTTP server: /metrics, /healthz, /readyz."`
+	// WebConfigFile is an exporter-toolkit web configuration file.
+	WebConfigFile string `name:"web.config.file" env:"ICMPLB_WEB_CONFIG_FILE" help:"Web configuration file (exporter-toolkit format): TLS, basic auth with bcrypt hashes, rate limit; empty: plain HTTP without auth."`
+	// WebMaxConnections bounds the HTTP server's open connections.
+	WebMaxConnections int `name:"web.max-connections" default:"${web_max_connections}" env:"ICMPLB_WEB_MAX_CONNECTIONS" help:"Open HTTP connections at most; at the limit the longest-idle one is closed to serve a new client."`
+
+	// TraceSample sends one exchange in TraceSample to the trace pipeline;
+	// 0 disables tracing.
+	TraceSample int `name:"trace.sample" default:"0" env:"ICMPLB_TRACE_SAMPLE" help:"Trace one exchange in N over OTLP (configured by the OTEL_* variables); 0 disables tracing."`
+	// TraceBufferSize is the size of the kernel's trace ring buffer in bytes.
+	TraceBufferSize int `name:"trace.buffer-size" default:"${trace_buffer}" env:"ICMPLB_TRACE_BUFFER_SIZE" help:"Bytes of the kernel's trace ring buffer, a power of two up to ${trace_buffer_max}; when full, events are dropped and counted."`
+
+	// NeighInterval is how often backends' neighbour entries are checked;
+	// not a flag (tests shorten it); zero means DefaultNeighInterval.
+	NeighInterval time.Duration `kong:"-"`
+}
+
+// Log is how the agent logs: flags of every command.
+type Log struct {
+	Level  slog.Level `name:"log.level" default:"${log_level}" env:"ICMPLB_LOG_LEVEL" help:"Log level: debug, info, warn, error."`
+	Format string     `name:"log.format" default:"${log_format}" enum:"text,json" env:"ICMPLB_LOG_FORMAT" help:"Log format: text or json."`
+}
+
+// Defaults of Config and Log: the flags' defaults are these constants (see
+// KongVars), so each default has one home.
+const (
+	// DefaultMaglevSize is a prime well above 100 times a typical pool, so
+	// that shares stay within 1% of each other, and small enough to rebuild
+	// in milliseconds.
+	DefaultMaglevSize = 65537
+	// DefaultListenAddress: 10047 is outside the exporters' port range
+	// allocated on Prometheus's wiki (9100-9999, full).
+	DefaultListenAddress = ":10047"
+	// DefaultMaxConnections: enough for several scrapers, probes and a
+	// browser, few enough that the descriptors stay a small part of a
+	// 1024-descriptor limit, which the agent's BPF objects and netlink
+	// sockets share.
+	DefaultMaxConnections = 64
+	DefaultLogLevel       = slog.LevelInfo
+	DefaultLogFormat      = "text"
+	DefaultXDPMode        = ModeAuto
+	DefaultConntrackSize  = 65536
+	DefaultNATIdle        = 60 * time.Second
+	DefaultNeighInterval  = time.Second
+	DefaultLossTimeout    = time.Second
+	DefaultInflightSize   = 262144
+	DefaultTraceBuffer    = 1 << 20
+	// MaxBackends bounds the backend index space of the data plane.
+	MaxBackends = 1024
+)
+
+// Bounds of Config. Every int setting is bounded well inside uint32, the
+// type the data plane takes, so that no value wraps on the way there.
+const (
+	// MaxMaglevSize is the first prime above 100 × MaxBackends, the size at
+	// which even MaxBackends backends get shares within 1% of each other.
+	// Larger tables buy nothing and cost time: every backend going up or
+	// down rebuilds the table (measured with 1024 backends on a 2-core
+	// machine: 65537 slots 47 ms, 1048573 slots 1.4 s).
+	MaxMaglevSize = 131071
+
+	// MinMapSize is the least capacity of the conntrack and in-flight maps.
+	// LRU maps hand free entries to each CPU in batches of 128, so a map of
+	// a few hundred entries evicts live sessions long before it is full.
+	MinMapSize = 1024
+	// MaxMapSize bounds the conntrack and in-flight maps. Their entries are
+	// preallocated when the agent starts, ~90-100 bytes each (88 and 104
+	// bytes per entry of ct_fwd and ct_rev by the kernel's memlock count),
+	// so 2^24 entries are ~1.5 GiB per map. Measured on a 2-core machine
+	// with all three maps at 2^24: 4.4 GiB, attached after 14 s, stopped in
+	// under 2 s; at 2^25 the start took 35 s, and the issue's 10^8 (~10 GiB
+	// a map) took 77 s to stop. 2^24 sessions are also every NAT id of 256
+	// backends, beyond any real need.
+	MaxMapSize = 1 << 24
+
+	// MinLossTimeout is far above what a healthy reply can take: a LAN
+	// round trip is well under 1 ms, and the delays a loaded kernel adds to
+	// it (softirq work deferred to ksoftirqd waits for the scheduler, a
+	// tick is 4 ms at HZ=250) are a few ms. Below it healthy replies count
+	// as lost; at 1 ns every one did.
+	MinLossTimeout = 10 * time.Millisecond
+	// MaxLossTimeout is the round value within bpf.MaxLossTimeout, the
+	// longest the data plane's ring of epochs can wait before it counts a
+	// request as lost.
+	MaxLossTimeout = 30 * time.Second
+
+	// MinNATIdle keeps a session's NAT id between two pings of `ping -i 1`.
+	MinNATIdle = time.Second
+	// MaxNATIdle bounds how long a NAT id stays with a client that left:
+	// a backend has at most 65536 of them, and with hours of idle time
+	// departed sessions hold them until new sessions find none
+	// (nat_exhausted).
+	MaxNATIdle = time.Hour
+
+	// MaxTraceSample keeps "one in N" within the data plane's uint32.
+	MaxTraceSample = math.MaxInt32
+	// MinTraceBuffer is the kernel's least ring buffer: one page (the
+	// bound takes the larger of this and the machine's page size).
+	MinTraceBuffer = 4096
+	// MaxTraceBuffer is 5 million events of 48 bytes: at most 65536 traced
+	// requests await their reply in the pipeline (exporter.DefaultMaxPending),
+	// so a larger buffer would only lock more kernel memory.
+	MaxTraceBuffer = 1 << 28
+)
+
+// Default returns a Config with every setting at its default; the caller
+// adds the interface, the VIP and the backends.
+func Default() Config {
+	return Config{
+		XDPMode:           DefaultXDPMode,
+		ListenAddress:     DefaultListenAddress,
+		WebMaxConnections: DefaultMaxConnections,
+		MaglevSize:        DefaultMaglevSize,
+		ConntrackSize:     DefaultConntrackSize,
+		NATIdle:           DefaultNATIdle,
+		NeighInterval:     DefaultNeighInterval,
+		LossTimeout:       DefaultLossTimeout,
+		InflightSize:      DefaultInflightSize,
+		TraceBufferSize:   DefaultTraceBuffer,
+	}
+}
+
+// WithDefaults fills in what the zero value documents: no SNAT address
+// means the VIP. Sizes and durations have no such reading: a zero there is
+// a mistake, and Validate says so.
+func (c Config) WithDefaults() Config {
+	if !c.SNAT.IsValid() {
+		c.SNAT = c.VIP
+	}
+	// Not a flag: zero is what kong leaves it at.
+	if c.NeighInterval == 0 {
+		c.NeighInterval = DefaultNeighInterval
+	}
+	return c
+}
+
+// Setting names a setting as the user gives it: its flag and variable,
+// read from Config's tags so that they are written once.
+type Setting struct{ Flag, Env string }
+
+func settingOf(field string) Setting {
+	f, ok := reflect.TypeFor[Config]().FieldByName(field)
+	if !ok {
+		panic("config: no field " + field)
+	}
+	return Setting{Flag: "--" + f.Tag.Get("name"), Env: f.Tag.Get("env")}
+}
+
+// The settings other packages name in their errors.
+var (
+	SetIface   = settingOf("Iface")
+	SetVIP     = settingOf("VIP")
+	SetSNAT    = settingOf("SNAT")
+	SetBackend = settingOf("Backends")
+)
+
+var (
+	setXDPMode     = settingOf("XDPMode")
+	setMaglev      = settingOf("MaglevSize")
+	setConntrack   = settingOf("ConntrackSize")
+	setInflight    = settingOf("InflightSize")
+	setLossTimeout = settingOf("LossTimeout")
+	setNATIdle     = settingOf("NATIdle")
+	setTraceSample = settingOf("TraceSample")
+	setTraceBuffer = settingOf("TraceBufferSize")
+	setMaxConns    = settingOf("WebMaxConnections")
+	setListen      = settingOf("ListenAddress")
+)
+
+// errorf reports a bad value of s in one line: "--flag value (ENV): why".
+func (s Setting) errorf(value any, format string, args ...any) error {
+	return fmt.Errorf("%s %v (%s): %s", s.Flag, value, s.Env, fmt.Sprintf(format, args...))
+}
+
+func (s Setting) intIn(v, lo, hi int) error {
+	if v < lo || v > hi {
+		return s.errorf(v, "must be %d..%d", lo, hi)
+	}
+	return nil
+}
+
+func (s Setting) durationIn(v, lo, hi time.Duration) error {
+	if v < lo || v > hi {
+		return s.errorf(fmtDuration(v), "must be %s..%s", fmtDuration(lo), fmtDuration(hi))
+	}
+	return nil
+}
+
+// fmtDuration writes whole hours as "1h" and whole seconds as "60s", as a
+// user would type them, where Duration.String says "1h0m0s" and "1m0s".
+func fmtDuration(d time.Duration) string {
+	switch {
+	case d != 0 && d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d%time.Second == 0:
+		return fmt.Sprintf("%ds", d/time.Second)
+	}
+	return d.String()
+}
+
+// minTraceBuffer is MinTraceBuffer or the page size where pages are larger:
+// the kernel takes only whole pages for a ring buffer.
+func minTraceBuffer() int { return max(MinTraceBuffer, os.Getpagesize()) }
+
+// Validate reports the first problem of c in one line a user can act on,
+// naming the flag and the variable that set it. It checks only c itself;
+// the interface, its addresses and the kernel are checked by New.
+func (c Config) Validate() error {
+	c = c.WithDefaults()
+	if c.Iface == "" {
+		return fmt.Errorf("no interface: set %s (%s)", SetIface.Flag, SetIface.Env)
+	}
+	if err := unicastV4("VIP", SetVIP, c.VIP); err != nil {
+		return err
+	}
+	if err := unicastV4("SNAT address", SetSNAT, c.SNAT); err != nil {
+		return err
+	}
+	if len(c.Backends) == 0 {
+		return fmt.Errorf("no backends: give at least one %s (%s, comma-separated)", SetBackend.Flag, SetBackend.Env)
+	}
+	if len(c.Backends) > MaxBackends {
+		return fmt.Errorf("%d backends given (%s, %s): at most %d are supported", len(c.Backends), SetBackend.Flag, SetBackend.Env, MaxBackends)
+	}
+	seen := make(map[netip.Addr]bool, len(c.Backends))
+	for _, b := range c.Backends {
+		if err := unicastV4("backend", SetBackend, b); err != nil {
+			return err
+		}
+		if seen[b] {
+			return fmt.Errorf("backend %s is given twice (%s, %s)", b, SetBackend.Flag, SetBackend.Env)
+		}
+		seen[b] = true
+		if b == c.VIP {
+			return fmt.Errorf("backend %s is the VIP itself (%s, %s); a backend must be another host", b, SetBackend.Flag, SetBackend.Env)
+		}
+		if b == c.SNAT {
+			return fmt.Errorf("backend %s is the SNAT address (%s, %s); a backend must be another host", b, SetBackend.Flag, SetBackend.Env)
+		}
+	}
+	switch c.XDPMode {
+	case ModeAuto, ModeNative, ModeGeneric:
+	default:
+		return setXDPMode.errorf(fmt.Sprintf("%q", c.XDPMode), "must be %s, %s or %s", ModeAuto, ModeNative, ModeGeneric)
+	}
+	// A table smaller than the backends cannot hold each of them.
+	if lo := max(2, len(c.Backends)); c.MaglevSize < lo || c.MaglevSize > MaxMaglevSize || !IsPrime(c.MaglevSize) {
+		return setMaglev.errorf(c.MaglevSize, "must be a prime in %d..%d (%d is the default)", lo, MaxMaglevSize, DefaultMaglevSize)
+	}
+	if err := setConntrack.intIn(c.ConntrackSize, MinMapSize, MaxMapSize); err != nil {
+		return err
+	}
+	if err := setInflight.intIn(c.InflightSize, MinMapSize, MaxMapSize); err != nil {
+		return err
+	}
+	if err := setLossTimeout.durationIn(c.LossTimeout, MinLossTimeout, MaxLossTimeout); err != nil {
+		return err
+	}
+	if err := setNATIdle.durationIn(c.NATIdle, MinNATIdle, MaxNATIdle); err != nil {
+		return err
+	}
+	// Replies are awaited for twice the loss timeout (late replies still
+	// count): a NAT id handed to a new session before then makes its
+	// requests collide with the old session's (reason nat_collision).
+	if c.NATIdle < 2*c.LossTimeout {
+		return setNATIdle.errorf(fmtDuration(c.NATIdle), "must be at least twice %s %s, that is %s: replies are awaited that long, and a NAT id reused sooner collides with them",
+			setLossTimeout.Flag, fmtDuration(c.LossTimeout), fmtDuration(2*c.LossTimeout))
+	}
+	if c.NeighInterval <= 0 {
+		return fmt.Errorf("neighbour check interval %s must be positive", c.NeighInterval)
+	}
+	if err := setTraceSample.intIn(c.TraceSample, 0, MaxTraceSample); err != nil {
+		return fmt.Errorf("%w (0 disables tracing)", err)
+	}
+	if _, _, err := net.SplitHostPort(c.ListenAddress); err != nil {
+		return setListen.errorf(c.ListenAddress, "want host:port or :port (%v)", err)
+	}
+	if c.WebMaxConnections < 1 {
+		return setMaxConns.errorf(c.WebMaxConnections, "must be at least 1")
+	}
+	if lo := minTraceBuffer(); c.TraceBufferSize < lo || c.TraceBufferSize > MaxTraceBuffer || c.TraceBufferSize&(c.TraceBufferSize-1) != 0 {
+		return setTraceBuffer.errorf(c.TraceBufferSize, "must be a power of two in %d..%d", lo, MaxTraceBuffer)
+	}
+	return nil
+}
+
+func unicastV4(what string, s Setting, a netip.Addr) error {
+	switch {
+	case !a.IsValid():
+		return fmt.Errorf("no %s given: set %s (%s)", what, s.Flag, s.Env)
+	case !a.Is4():
+		return fmt.Errorf("%s %s is not an IPv4 address (%s, %s); icmplb balances ICMPv4 echo", what, a, s.Flag, s.Env)
+	// 0/8 is "this network", 240/4 reserved and 255.255.255.255 the
+	// limited broadcast: the data plane refuses them as sources too.
+	case a.IsUnspecified(), a.IsMulticast(), a.IsLoopback(), a.As4()[0] == 0, a.As4()[0] >= 240:
+		return fmt.Errorf("%s %s is not a unicast host address (%s, %s)", what, a, s.Flag, s.Env)
+	}
+	return nil
+}
+
+// IsPrime reports whether n is prime: Maglev's table size must be.
+func IsPrime(n int) bool {
+	if n < 2 {
+		return false
+	}
+	for d := 2; d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
