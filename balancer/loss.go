@@ -67,7 +67,7 @@ func (l *lossLedger) settle(slots []bpf.IcmplbEpochCount, ncpu int, now uint64, 
 		}
 		for e := l.next[i]; e <= last; e++ {
 			var sent, answered uint64
-			base := (i*bpf.Epochs + int(e%uint64(bpf.Epochs))) * ncpu
+			base := bpf.EpochKey(i, e) * ncpu
 			for cpu := 0; cpu < ncpu; cpu++ {
 				if s := slots[base+cpu]; s.Epoch == e {
 					sent += s.Sent

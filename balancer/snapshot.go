@@ -3,95 +3,21 @@ package balancer
 import (
 	"errors"
 	"fmt"
-	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/icmplb/icmplb/bpf"
+	"github.com/icmplb/icmplb/exporter/telemetry"
 )
-
-// Snapshot is the data plane's state at one moment, summed over CPUs.
-type Snapshot struct {
-	VIP      netip.Addr
-	Backends []BackendSnapshot
-	// Verdicts has one entry per verdict reason, in Verdicts order.
-	Verdicts  []VerdictCount
-	Conntrack ConntrackSnapshot
-	// TraceEventsDropped counts sampled exchanges the kernel could not hand
-	// to userspace because the ring buffer was full.
-	TraceEventsDropped uint64
-}
-
-// BackendSnapshot is what the data plane measured for one backend.
-type BackendSnapshot struct {
-	Addr netip.Addr
-	// Up is true while the backend's next hop is resolved and it takes new
-	// sessions.
-	Up           bool
-	Requests     uint64
-	RequestBytes uint64
-	Replies      uint64
-	ReplyBytes   uint64
-	// Lost counts requests with no reply within the loss timeout, settled
-	// once that timeout has passed.
-	Lost uint64
-	// Late counts replies that came after the loss timeout.
-	Late uint64
-	// Unmatched counts replies forwarded without a request to measure
-	// against (duplicates, or the in-flight entry was evicted).
-	Unmatched uint64
-	RTT       RTTHistogram
-}
-
-// RTTHistogram holds the replies' round-trip times. Buckets[k] counts RTTs
-// in (Bounds[k-1], Bounds[k]]: bucket k-bpf.RTTBucketOffset of a native
-// histogram of seconds with schema bpf.RTTSchema; Buckets[0] is the zero
-// bucket, RTTs of at most Bounds[0].
-type RTTHistogram struct {
-	Buckets [256]uint64
-	Sum     time.Duration
-}
-
-// Count is the number of RTTs in the histogram.
-func (h *RTTHistogram) Count() uint64 {
-	var n uint64
-	for _, c := range h.Buckets {
-		n += c
-	}
-	return n
-}
-
-// Bounds are the upper bounds of the RTT histogram's buckets.
-var Bounds = bpf.RTTBounds()
-
-// VerdictCount is how many packets got one verdict for one reason.
-type VerdictCount struct {
-	Verdict string // "tx", "pass" or "drop"
-	Reason  string
-	Packets uint64
-}
-
-// ConntrackSnapshot is the occupancy of the conntrack maps.
-type ConntrackSnapshot struct {
-	// Known is false when the kernel cannot count map elements (before 6.6).
-	Known bool
-	// Sessions counts ping sessions (client, echo id) tracked.
-	Sessions int64
-	// Capacity is the size of the session map.
-	Capacity int
-	// InFlight counts requests awaiting their reply.
-	InFlight int64
-	// InFlightCapacity is the size of the in-flight map.
-	InFlightCapacity int
-}
 
 // Verdicts names each data-plane verdict reason (enum reason in
 // bpf/abi.h), indexed by its value.
-var Verdicts = func() []VerdictCount {
-	v := make([]VerdictCount, bpf.IcmplbReasonREASON_MAX)
+var Verdicts = func() []telemetry.Verdict {
+	v := make([]telemetry.Verdict, bpf.IcmplbReasonREASON_MAX)
 	set := func(r bpf.IcmplbReason, verdict, reason string) {
-		v[r] = VerdictCount{Verdict: verdict, Reason: reason}
+		v[r] = telemetry.Verdict{Verdict: verdict, Reason: reason, BalancerLoss: slices.Contains(BalancerLimited, reason)}
 	}
 	set(bpf.IcmplbReasonREASON_REQUEST_FORWARDED, "tx", "request_forwarded")
 	set(bpf.IcmplbReasonREASON_REPLY_RETURNED, "tx", "reply_returned")
@@ -139,12 +65,12 @@ type scratch struct {
 
 // Snapshot reads the data plane's maps. It is safe for concurrent use; a
 // scrape reads a few batched syscalls' worth, independent of traffic.
-func (b *Balancer) Snapshot() (*Snapshot, error) {
+func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) {
 	b.snapMu.Lock()
 	defer b.snapMu.Unlock()
 	n := b.nslots
 	s := &b.scratch
-	snap := &Snapshot{VIP: b.cfg.VIP}
+	snap := &telemetry.Snapshot{VIP: b.cfg.VIP}
 
 	if err := readPerCPU(b.objs.BackendStats, n, &s.keys, &s.counters, b.ncpu); err != nil {
 		return nil, fmt.Errorf("read backend counters: %w", err)
@@ -153,11 +79,12 @@ func (b *Balancer) Snapshot() (*Snapshot, error) {
 		return nil, fmt.Errorf("read RTT histograms: %w", err)
 	}
 	b.mu.Lock()
-	snap.Backends = make([]BackendSnapshot, len(b.backendOrder))
+	snap.Backends = make([]telemetry.Backend, len(b.backendOrder))
 	for j, addr := range b.backendOrder {
 		i := int(b.ifIdx[addr])
 		bs := &snap.Backends[j]
 		bs.Addr, bs.Up = addr, b.states[addr].up
+		bs.RTT = telemetry.Histogram{Schema: bpf.RTTSchema, Offset: bpf.RTTBucketOffset, Buckets: make([]uint64, bpf.RTTBuckets)}
 		for cpu := 0; cpu < b.ncpu; cpu++ {
 			c := &s.counters[i*b.ncpu+cpu]
 			bs.Requests += c.Requests
@@ -168,10 +95,10 @@ func (b *Balancer) Snapshot() (*Snapshot, error) {
 			bs.Unmatched += c.Unmatched
 			bs.RTT.Sum += time.Duration(c.RttSumNs)
 		}
-		base := i * bpf.RTTBuckets * b.ncpu
 		for k := range bs.RTT.Buckets {
+			base := bpf.RTTKey(i, k) * b.ncpu
 			for cpu := 0; cpu < b.ncpu; cpu++ {
-				bs.RTT.Buckets[k] += s.hist[base+k*b.ncpu+cpu]
+				bs.RTT.Buckets[k] += s.hist[base+cpu]
 			}
 		}
 	}
@@ -185,7 +112,7 @@ func (b *Balancer) Snapshot() (*Snapshot, error) {
 	if err := readPerCPU(b.objs.Stats, len(Verdicts), &s.keys, &s.stats, b.ncpu); err != nil {
 		return nil, fmt.Errorf("read verdict counters: %w", err)
 	}
-	snap.Verdicts = make([]VerdictCount, len(Verdicts))
+	snap.Verdicts = make([]telemetry.Verdict, len(Verdicts))
 	for r, v := range Verdicts {
 		for cpu := 0; cpu < b.ncpu; cpu++ {
 			v.Packets += s.stats[r*b.ncpu+cpu]
@@ -200,7 +127,7 @@ func (b *Balancer) Snapshot() (*Snapshot, error) {
 		snap.TraceEventsDropped += s.stats[cpu]
 	}
 
-	snap.Conntrack = ConntrackSnapshot{Capacity: b.cfg.ConntrackSize, InFlightCapacity: b.cfg.InflightSize}
+	snap.Conntrack = telemetry.Conntrack{Capacity: b.cfg.ConntrackSize, InFlightCapacity: b.cfg.InflightSize}
 	if b.ctCount.Prog != nil {
 		if _, err := b.ctCount.Prog.Run(&ebpf.RunOptions{}); err != nil {
 			return nil, fmt.Errorf("count conntrack entries: %w", err)

@@ -3,9 +3,11 @@ package balancer
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"testing"
 
+	"github.com/icmplb/icmplb/bpf"
 	"github.com/icmplb/icmplb/config"
 	"github.com/icmplb/icmplb/internal/testenv"
 )
@@ -93,5 +95,25 @@ func BenchmarkSnapshot(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// The histogram layout the snapshot carries is the data plane's: its
+// bounds are the kernel's bucket bounds (bpf.RTTBounds, exact in ns).
+func TestSnapshotHistogramLayout(t *testing.T) {
+	b := newDetached(t, 1)
+	snap, err := b.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &snap.Backends[0].RTT
+	bounds := bpf.RTTBounds()
+	if len(h.Buckets) != len(bounds) {
+		t.Fatalf("%d buckets, the kernel has %d", len(h.Buckets), len(bounds))
+	}
+	for k, ns := range bounds {
+		if got := h.UpperBound(k) * 1e9; math.Abs(got-float64(ns)) > 1 {
+			t.Errorf("bucket %d: bound %.1f ns, kernel %d ns", k, got, ns)
+		}
 	}
 }

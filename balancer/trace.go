@@ -5,46 +5,25 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/icmplb/icmplb/bpf"
+	"github.com/icmplb/icmplb/exporter/telemetry"
 )
 
-// TraceKind tells a sampled request from its reply.
-type TraceKind int
-
-// Kinds of TraceEvent, numbered as the data plane's enum trace_kind.
-const (
-	TraceRequest = TraceKind(bpf.IcmplbTraceKindTRACE_REQUEST)
-	TraceReply   = TraceKind(bpf.IcmplbTraceKindTRACE_REPLY)
-)
-
-// TraceEvent is one sampled exchange as the kernel saw it: a request when it
-// was forwarded, and again with its reply.
-type TraceEvent struct {
-	Kind TraceKind
-	// Sent is when the request was forwarded, on the wall clock.
-	Sent time.Time
-	// RTT is the time from request to reply (TraceReply only).
-	RTT     time.Duration
-	VIP     netip.Addr
-	Client  netip.Addr
-	Backend netip.Addr
-	// EchoID is the client's echo identifier, Seq the sequence number.
-	EchoID uint16
-	Seq    uint16
-	// Late is set for a reply that came after the loss timeout.
-	Late bool
+// traceKinds maps the data plane's enum trace_kind to the exporter's kinds.
+var traceKinds = map[bpf.IcmplbTraceKind]telemetry.TraceKind{
+	bpf.IcmplbTraceKindTRACE_REQUEST: telemetry.TraceRequest,
+	bpf.IcmplbTraceKindTRACE_REPLY:   telemetry.TraceReply,
 }
 
 // ReadTraces hands every sampled exchange to handle until ctx is done. It
 // returns at once when tracing is off. handle runs on the reading goroutine:
 // while it is slow, the kernel drops events and counts them.
-func (b *Balancer) ReadTraces(ctx context.Context, handle func(TraceEvent)) error {
+func (b *Balancer) ReadTraces(ctx context.Context, handle func(telemetry.TraceEvent)) error {
 	if b.cfg.TraceSample == 0 {
 		return nil
 	}
@@ -75,9 +54,9 @@ func (b *Balancer) ReadTraces(ctx context.Context, handle func(TraceEvent)) erro
 
 // decodeTrace converts an event, with wallOffset = wall clock - monotonic
 // clock in ns.
-func (b *Balancer) decodeTrace(raw *bpf.IcmplbTraceEvent, wallOffset int64) TraceEvent {
-	return TraceEvent{
-		Kind:    TraceKind(raw.Kind),
+func (b *Balancer) decodeTrace(raw *bpf.IcmplbTraceEvent, wallOffset int64) telemetry.TraceEvent {
+	return telemetry.TraceEvent{
+		Kind:    traceKinds[bpf.IcmplbTraceKind(raw.Kind)],
 		Sent:    time.Unix(0, int64(raw.SentNs)+wallOffset),
 		RTT:     time.Duration(raw.RttNs),
 		VIP:     b.cfg.VIP,

@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/icmplb/icmplb/config"
+	"github.com/icmplb/icmplb/exporter/telemetry"
 )
 
 // echoFrame is an Ethernet + IPv4 echo request from client to the VIP.
@@ -84,7 +85,7 @@ func BenchmarkReadTraces(b *testing.B) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		bal.ReadTraces(ctx, func(TraceEvent) {
+		bal.ReadTraces(ctx, func(telemetry.TraceEvent) {
 			<-*gate.Load()
 			if delivered.Add(1)%batch == 0 {
 				drained <- struct{}{}

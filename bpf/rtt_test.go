@@ -83,7 +83,7 @@ func histogram(t *testing.T, h *harness, idx uint32) map[int]uint64 {
 	out := map[int]uint64{}
 	for k := 0; k < RTTBuckets; k++ {
 		var perCPU []uint64
-		if err := h.objs.RttHist.Lookup(idx*uint32(RTTBuckets)+uint32(k), &perCPU); err != nil {
+		if err := h.objs.RttHist.Lookup(uint32(RTTKey(int(idx), k)), &perCPU); err != nil {
 			t.Fatal(err)
 		}
 		for _, n := range perCPU {
@@ -99,7 +99,7 @@ func epochTotals(t *testing.T, h *harness, idx uint32) (sent, answered uint64) {
 	t.Helper()
 	for e := 0; e < Epochs; e++ {
 		var perCPU []IcmplbEpochCount
-		if err := h.objs.Epochs.Lookup(idx*uint32(Epochs)+uint32(e), &perCPU); err != nil {
+		if err := h.objs.Epochs.Lookup(uint32(EpochKey(int(idx), uint64(e))), &perCPU); err != nil {
 			t.Fatal(err)
 		}
 		for _, c := range perCPU {

@@ -47,6 +47,14 @@ const (
 	Epochs          = int(IcmplbLayoutEPOCHS)
 )
 
+// RTTKey is the key of backend slot idx's RTT bucket k in rtt_hist, as the
+// data plane computes it (reply_measured, bpf/measure.h).
+func RTTKey(idx, k int) int { return idx*RTTBuckets + k }
+
+// EpochKey is the key of backend slot idx's counters of epoch e in epochs,
+// as the data plane computes it (epoch_slot, bpf/measure.h).
+func EpochKey(idx int, e uint64) int { return idx*Epochs + int(e%uint64(Epochs)) }
+
 // MaxLossTimeout keeps a request's epoch slot alive until its loss is
 // counted: the ring of Epochs slots must outlast the timeout by a few epochs.
 const MaxLossTimeout = time.Duration(Epochs-4) << EpochShift

@@ -28,6 +28,7 @@ import (
 
 	"github.com/icmplb/icmplb/balancer"
 	"github.com/icmplb/icmplb/exporter"
+	"github.com/icmplb/icmplb/exporter/telemetry"
 )
 
 // targetLabels are added by Prometheus to every scraped series.
@@ -49,9 +50,9 @@ type metricInfo struct {
 // fakeSource is a data plane with one backend, every verdict reason and
 // known conntrack counts, so that every series the exporter can export is
 // gathered.
-type fakeSource struct{ snap *balancer.Snapshot }
+type fakeSource struct{ snap *telemetry.Snapshot }
 
-func (f fakeSource) Snapshot() (*balancer.Snapshot, error) { return f.snap, nil }
+func (f fakeSource) Snapshot() (*telemetry.Snapshot, error) { return f.snap, nil }
 
 // exportedMetrics gathers the exporter's real registry (the collector with a
 // tracer, the Go and process collectors and the HTTP handler's own metric) and
@@ -59,14 +60,14 @@ func (f fakeSource) Snapshot() (*balancer.Snapshot, error) { return f.snap, nil 
 // summaries as their _bucket/_sum/_count series.
 func exportedMetrics(t testing.TB) map[string]*metricInfo {
 	t.Helper()
-	snap := &balancer.Snapshot{
+	snap := &telemetry.Snapshot{
 		VIP: netip.MustParseAddr("10.0.0.100"),
-		Backends: []balancer.BackendSnapshot{{
+		Backends: []telemetry.Backend{{
 			Addr: netip.MustParseAddr("10.0.0.2"), Up: true,
 			Requests: 3, RequestBytes: 294, Replies: 2, ReplyBytes: 196, Lost: 1,
 		}},
 		Verdicts:  slices.Clone(balancer.Verdicts),
-		Conntrack: balancer.ConntrackSnapshot{Known: true, Sessions: 1, Capacity: 65536, InFlight: 1, InFlightCapacity: 262144},
+		Conntrack: telemetry.Conntrack{Known: true, Sessions: 1, Capacity: 65536, InFlight: 1, InFlightCapacity: 262144},
 	}
 	snap.Backends[0].RTT.Buckets[100] = 2
 	snap.Backends[0].RTT.Sum = 2 * time.Millisecond

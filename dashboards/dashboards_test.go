@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/icmplb/icmplb/balancer"
+	"github.com/icmplb/icmplb/exporter/telemetry"
 	"github.com/icmplb/icmplb/internal/testenv"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/rulefmt"
@@ -692,7 +693,7 @@ func TestVerdictReasons(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	documented := map[balancer.VerdictCount]bool{}
+	documented := map[telemetry.Verdict]bool{}
 	var limited []string
 	in := false
 	sc := bufio.NewScanner(f)
@@ -713,7 +714,7 @@ func TestVerdictReasons(t *testing.T) {
 				t.Errorf("%s: verdict reasons row %q: want 3 cells", readmeFile, line)
 				continue
 			}
-			v := balancer.VerdictCount{Verdict: backticks.Replace(cells[0]), Reason: backticks.Replace(cells[1])}
+			v := telemetry.Verdict{Verdict: backticks.Replace(cells[0]), Reason: backticks.Replace(cells[1])}
 			if documented[v] {
 				t.Errorf("%s: verdict %s reason %s documented twice", readmeFile, v.Verdict, v.Reason)
 			}

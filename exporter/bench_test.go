@@ -11,14 +11,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/icmplb/icmplb/balancer"
+	"github.com/icmplb/icmplb/exporter/telemetry"
 )
 
-func bigSnapshot(n int) *balancer.Snapshot {
-	snap := &balancer.Snapshot{VIP: testVIP, Verdicts: balancer.Verdicts}
+func bigSnapshot(n int) *telemetry.Snapshot {
+	snap := &telemetry.Snapshot{VIP: testVIP, Verdicts: testVerdicts}
 	for i := range n {
-		b := balancer.BackendSnapshot{Addr: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Up: true,
-			Requests: 1e6, Replies: 1e6, Lost: 10}
+		b := telemetry.Backend{Addr: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Up: true,
+			Requests: 1e6, Replies: 1e6, Lost: 10, RTT: newRTT()}
 		// A realistic spread: RTTs over two decades fill about 55 buckets.
 		for k := 120; k < 175; k++ {
 			b.RTT.Buckets[k] = uint64(1000 + k)

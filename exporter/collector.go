@@ -7,20 +7,18 @@ package exporter
 import (
 	"math"
 	"runtime"
-	"slices"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/icmplb/icmplb/balancer"
-	"github.com/icmplb/icmplb/bpf"
+	"github.com/icmplb/icmplb/exporter/telemetry"
 )
 
 // Source is where the collector reads the data plane: *balancer.Balancer.
 // A nil snapshot without error means there is no data plane yet.
 type Source interface {
-	Snapshot() (*balancer.Snapshot, error)
+	Snapshot() (*telemetry.Snapshot, error)
 }
 
 // Classic histogram buckets: every fourth bucket bound of the native schema
@@ -131,7 +129,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, v := range snap.Verdicts {
 		counter(c.packets, v.Packets, v.Verdict, v.Reason)
-		if slices.Contains(balancer.BalancerLimited, v.Reason) {
+		if v.BalancerLoss {
 			counter(c.balancerLost, v.Packets, vip, v.Reason)
 		}
 	}
@@ -150,15 +148,22 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// histogram builds the RTT histogram with native buckets (schema 3, one per
-// kernel bucket) and classic buckets summed exactly from them.
-func (c *Collector) histogram(b *balancer.BackendSnapshot, vip, backend string) prometheus.Metric {
-	h := &dto.Histogram{
-		Schema:        new(bpf.RTTSchema),
-		ZeroThreshold: new(zeroThreshold),
-		ZeroCount:     new(b.RTT.Buckets[0]),
+// histogram builds the RTT histogram with native buckets (one per kernel
+// bucket, in the schema the snapshot carries; at least 1, so that every
+// classic bound below is a native one) and classic buckets summed exactly
+// from them.
+func (c *Collector) histogram(b *telemetry.Backend, vip, backend string) prometheus.Metric {
+	rtt := &b.RTT
+	var zero uint64
+	if len(rtt.Buckets) > 0 {
+		zero = rtt.Buckets[0]
 	}
-	total := b.RTT.Buckets[0]
+	h := &dto.Histogram{
+		Schema:        new(rtt.Schema),
+		ZeroThreshold: new(rtt.ZeroThreshold()),
+		ZeroCount:     new(zero),
+	}
+	total := zero
 	// Native buckets as spans of consecutive indexes, counts delta-encoded.
 	var prevCount int64
 	lastIdx := math.MinInt32
@@ -168,7 +173,7 @@ func (c *Collector) histogram(b *balancer.BackendSnapshot, vip, backend string) 
 			continue
 		}
 		total += n
-		idx := k - bpf.RTTBucketOffset
+		idx := rtt.Index(k)
 		if idx != lastIdx+1 {
 			offset := int32(idx)
 			if lastIdx != math.MinInt32 {
@@ -197,8 +202,9 @@ func (c *Collector) histogram(b *balancer.BackendSnapshot, vip, backend string) 
 	var cum uint64
 	k := 0
 	for i := range classicBounds {
-		// Classic bound i is native bound 4(classicFirst+i): 2^((classicFirst+i)/2) s.
-		for ; k < len(b.RTT.Buckets) && k-bpf.RTTBucketOffset <= 4*(classicFirst+i); k++ {
+		// Classic bound i, 2^((classicFirst+i)/2) s, is the bound of native
+		// index (classicFirst+i)·2^schema/2.
+		for ; k < len(rtt.Buckets) && rtt.Index(k) <= (classicFirst+i)<<rtt.Schema>>1; k++ {
 			cum += b.RTT.Buckets[k]
 		}
 		counts[i] = cum
@@ -226,9 +232,6 @@ var classicBounds = func() []float64 {
 	}
 	return b
 }()
-
-// zeroThreshold is the upper bound of the kernel's bucket 0: 2^-20 s.
-var zeroThreshold = math.Ldexp(1, -bpf.RTTBucketOffset/8)
 
 // constHistogram is a histogram with both classic and native buckets, which
 // client_golang's const constructors do not build.

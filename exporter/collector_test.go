@@ -14,16 +14,16 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
-	"github.com/icmplb/icmplb/balancer"
+	"github.com/icmplb/icmplb/exporter/telemetry"
 	"github.com/icmplb/icmplb/internal/histquant"
 )
 
 type fakeSource struct {
-	snap *balancer.Snapshot
+	snap *telemetry.Snapshot
 	err  error
 }
 
-func (f *fakeSource) Snapshot() (*balancer.Snapshot, error) { return f.snap, f.err }
+func (f *fakeSource) Snapshot() (*telemetry.Snapshot, error) { return f.snap, f.err }
 
 var (
 	testVIP = netip.MustParseAddr("10.0.0.100")
@@ -31,29 +31,46 @@ var (
 	testBE2 = netip.MustParseAddr("10.0.0.3")
 )
 
-// bucketOf is the kernel bucket of an RTT (the float reference of the data
-// plane's mapping, see bpf/rtt_test.go).
-func bucketOf(d time.Duration) int {
-	for k, b := range balancer.Bounds {
-		if uint64(d) <= b {
+// newRTT is an empty histogram of the data plane's layout: schema 3 and a
+// zero bucket up to 2^-20 s (bpf/rtt.go); the collector reads the layout
+// from the histogram, so these tests need not import the data plane.
+func newRTT() telemetry.Histogram {
+	return telemetry.Histogram{Schema: 3, Offset: 160, Buckets: make([]uint64, 256)}
+}
+
+// bucketOf is the bucket of h an RTT falls in (the float reference of the
+// data plane's mapping, see bpf/rtt_test.go).
+func bucketOf(h *telemetry.Histogram, d time.Duration) int {
+	for k := range h.Buckets {
+		if d.Seconds() <= h.UpperBound(k) {
 			return k
 		}
 	}
-	return len(balancer.Bounds) - 1
+	return len(h.Buckets) - 1
 }
 
-func snapshotWith(rtts map[netip.Addr][]time.Duration) *balancer.Snapshot {
-	snap := &balancer.Snapshot{VIP: testVIP, Verdicts: balancer.Verdicts}
+// testVerdicts are verdicts as the balancer names them, with the reasons
+// of its own loss marked.
+var testVerdicts = []telemetry.Verdict{
+	{Verdict: "tx", Reason: "request_forwarded"},
+	{Verdict: "tx", Reason: "reply_returned"},
+	{Verdict: "pass", Reason: "not_ipv4"},
+	{Verdict: "pass", Reason: "nat_exhausted", BalancerLoss: true},
+	{Verdict: "drop", Reason: "inflight_full", BalancerLoss: true},
+}
+
+func snapshotWith(rtts map[netip.Addr][]time.Duration) *telemetry.Snapshot {
+	snap := &telemetry.Snapshot{VIP: testVIP, Verdicts: slices.Clone(testVerdicts)}
 	for _, addr := range []netip.Addr{testBE1, testBE2} {
-		b := balancer.BackendSnapshot{Addr: addr, Up: addr == testBE1, Requests: 10, Replies: 7, Lost: 3,
-			RequestBytes: 980, ReplyBytes: 686, Late: 1, Unmatched: 2}
+		b := telemetry.Backend{Addr: addr, Up: addr == testBE1, Requests: 10, Replies: 7, Lost: 3,
+			RequestBytes: 980, ReplyBytes: 686, Late: 1, Unmatched: 2, RTT: newRTT()}
 		for _, d := range rtts[addr] {
-			b.RTT.Buckets[bucketOf(d)]++
+			b.RTT.Buckets[bucketOf(&b.RTT, d)]++
 			b.RTT.Sum += d
 		}
 		snap.Backends = append(snap.Backends, b)
 	}
-	snap.Conntrack = balancer.ConntrackSnapshot{Known: true, Sessions: 5, Capacity: 100, InFlight: 2, InFlightCapacity: 400}
+	snap.Conntrack = telemetry.Conntrack{Known: true, Sessions: 5, Capacity: 100, InFlight: 2, InFlightCapacity: 400}
 	snap.TraceEventsDropped = 4
 	return snap
 }
@@ -135,8 +152,8 @@ func TestCollectorCounters(t *testing.T) {
 	if got := value(t, mfs, "icmplb_build_info", "goversion="+runtime.Version()+",version=v1.2.3"); got != 1 {
 		t.Errorf("build info = %v", got)
 	}
-	if n := len(mfs["icmplb_packets_total"].GetMetric()); n != len(balancer.Verdicts) {
-		t.Errorf("%d verdict series, want one per reason (%d)", n, len(balancer.Verdicts))
+	if n := len(mfs["icmplb_packets_total"].GetMetric()); n != len(testVerdicts) {
+		t.Errorf("%d verdict series, want one per reason (%d)", n, len(testVerdicts))
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/icmplb/icmplb/balancer"
+	"github.com/icmplb/icmplb/exporter/telemetry"
 )
 
 // Span attribute keys of icmplb's own (no semantic convention covers them).
@@ -43,7 +43,7 @@ type Tracer struct {
 	maxPending  int
 
 	mu      sync.Mutex
-	pending map[exchangeKey]balancer.TraceEvent
+	pending map[exchangeKey]telemetry.TraceEvent
 	dropped uint64 // requests not tracked: pending full
 	spans   [2]uint64
 }
@@ -56,15 +56,15 @@ func NewTracer(tp trace.TracerProvider, lossTimeout time.Duration) *Tracer {
 		lossTimeout: lossTimeout,
 		exemplars:   NewExemplars(),
 		maxPending:  DefaultMaxPending,
-		pending:     map[exchangeKey]balancer.TraceEvent{},
+		pending:     map[exchangeKey]telemetry.TraceEvent{},
 	}
 }
 
 // Handle takes one event from the kernel.
-func (t *Tracer) Handle(ev balancer.TraceEvent) {
+func (t *Tracer) Handle(ev telemetry.TraceEvent) {
 	key := exchangeKey{ev.Client, ev.Backend, ev.EchoID, ev.Seq}
 	t.mu.Lock()
-	if ev.Kind == balancer.TraceRequest {
+	if ev.Kind == telemetry.TraceRequest {
 		if len(t.pending) < t.maxPending {
 			t.pending[key] = ev
 		} else {
@@ -81,7 +81,7 @@ func (t *Tracer) Handle(ev balancer.TraceEvent) {
 // Expire ends, as lost, the sampled requests still unanswered at now minus
 // the loss timeout.
 func (t *Tracer) Expire(now time.Time) {
-	var lost []balancer.TraceEvent
+	var lost []telemetry.TraceEvent
 	t.mu.Lock()
 	for k, ev := range t.pending {
 		if now.Sub(ev.Sent) > t.lossTimeout {
@@ -109,7 +109,7 @@ func (t *Tracer) Run(ctx context.Context, tick time.Duration) {
 	}
 }
 
-func (t *Tracer) emit(ev balancer.TraceEvent, end time.Time, answered bool) {
+func (t *Tracer) emit(ev telemetry.TraceEvent, end time.Time, answered bool) {
 	attrs := []attribute.KeyValue{
 		AttrVIP.String(ev.VIP.String()),
 		semconv.NetworkPeerAddress(ev.Client.String()),
@@ -118,7 +118,7 @@ func (t *Tracer) emit(ev balancer.TraceEvent, end time.Time, answered bool) {
 		AttrEchoSeq.Int(int(ev.Seq)),
 		semconv.NetworkTransportKey.String("icmp"),
 	}
-	if ev.Kind == balancer.TraceReply {
+	if ev.Kind == telemetry.TraceReply {
 		attrs = append(attrs, AttrRTT.Float64(ev.RTT.Seconds()))
 	}
 	if !answered {
@@ -129,7 +129,7 @@ func (t *Tracer) emit(ev balancer.TraceEvent, end time.Time, answered bool) {
 	switch {
 	case answered:
 		span.SetStatus(codes.Ok, "")
-	case ev.Kind == balancer.TraceReply:
+	case ev.Kind == telemetry.TraceReply:
 		span.SetStatus(codes.Error, "reply after the loss timeout: counted as lost")
 	default:
 		span.SetStatus(codes.Error, "no reply within the loss timeout")

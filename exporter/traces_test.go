@@ -11,7 +11,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/icmplb/icmplb/balancer"
+	"github.com/icmplb/icmplb/exporter/telemetry"
 )
 
 var testClient = netip.MustParseAddr("10.0.0.1")
@@ -24,8 +24,8 @@ func newTestTracer(t *testing.T) (*Tracer, *tracetest.SpanRecorder) {
 	return NewTracer(tp, time.Second), rec
 }
 
-func exchange(kind balancer.TraceKind, sent time.Time, rtt time.Duration, seq uint16) balancer.TraceEvent {
-	return balancer.TraceEvent{Kind: kind, Sent: sent, RTT: rtt, VIP: testVIP, Client: testClient,
+func exchange(kind telemetry.TraceKind, sent time.Time, rtt time.Duration, seq uint16) telemetry.TraceEvent {
+	return telemetry.TraceEvent{Kind: kind, Sent: sent, RTT: rtt, VIP: testVIP, Client: testClient,
 		Backend: testBE1, EchoID: 4242, Seq: seq}
 }
 
@@ -40,8 +40,8 @@ func attrs(s sdktrace.ReadOnlySpan) map[attribute.Key]attribute.Value {
 func TestTracerAnsweredExchange(t *testing.T) {
 	tr, rec := newTestTracer(t)
 	sent := time.Date(2026, 11, 25, 12, 0, 0, 123456789, time.UTC)
-	tr.Handle(exchange(balancer.TraceRequest, sent, 0, 7))
-	tr.Handle(exchange(balancer.TraceReply, sent, 2500*time.Microsecond, 7))
+	tr.Handle(exchange(telemetry.TraceRequest, sent, 0, 7))
+	tr.Handle(exchange(telemetry.TraceReply, sent, 2500*time.Microsecond, 7))
 
 	spans := rec.Ended()
 	if len(spans) != 1 {
@@ -78,8 +78,8 @@ func TestTracerAnsweredExchange(t *testing.T) {
 func TestTracerLostRequest(t *testing.T) {
 	tr, rec := newTestTracer(t)
 	sent := time.Now().Add(-3 * time.Second)
-	tr.Handle(exchange(balancer.TraceRequest, sent, 0, 1))
-	tr.Handle(exchange(balancer.TraceRequest, time.Now(), 0, 2)) // still within the timeout
+	tr.Handle(exchange(telemetry.TraceRequest, sent, 0, 1))
+	tr.Handle(exchange(telemetry.TraceRequest, time.Now(), 0, 2)) // still within the timeout
 	tr.Expire(time.Now())
 
 	spans := rec.Ended()
@@ -103,7 +103,7 @@ func TestTracerLostRequest(t *testing.T) {
 
 func TestTracerLateReply(t *testing.T) {
 	tr, rec := newTestTracer(t)
-	ev := exchange(balancer.TraceReply, time.Now(), 2*time.Second, 3)
+	ev := exchange(telemetry.TraceReply, time.Now(), 2*time.Second, 3)
 	ev.Late = true
 	tr.Handle(ev)
 	if s := rec.Ended(); len(s) != 1 || s[0].Status().Code != codes.Error {
@@ -115,7 +115,7 @@ func TestTracerPendingBounded(t *testing.T) {
 	tr, _ := newTestTracer(t)
 	tr.maxPending = 10
 	for seq := range uint16(15) {
-		tr.Handle(exchange(balancer.TraceRequest, time.Now(), 0, seq))
+		tr.Handle(exchange(telemetry.TraceRequest, time.Now(), 0, seq))
 	}
 	if _, _, dropped := tr.Stats(); dropped != 5 {
 		t.Errorf("dropped %d requests past the bound, want 5", dropped)
@@ -134,8 +134,8 @@ func BenchmarkTracer(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		seq := uint16(i)
-		tr.Handle(exchange(balancer.TraceRequest, now, 0, seq))
-		tr.Handle(exchange(balancer.TraceReply, now, time.Millisecond, seq))
+		tr.Handle(exchange(telemetry.TraceRequest, now, 0, seq))
+		tr.Handle(exchange(telemetry.TraceReply, now, time.Millisecond, seq))
 		i++
 	}
 	b.ReportMetric(float64(2*b.N)/b.Elapsed().Seconds(), "events/s")

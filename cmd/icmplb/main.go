@@ -20,6 +20,7 @@ import (
 	"github.com/icmplb/icmplb/balancer"
 	"github.com/icmplb/icmplb/config"
 	"github.com/icmplb/icmplb/exporter"
+	"github.com/icmplb/icmplb/exporter/telemetry"
 )
 
 // version is set at link time (-X main.version=...).
@@ -130,7 +131,7 @@ func (a *attached) set(b *balancer.Balancer) {
 	a.ready.Store(b != nil)
 }
 
-func (a *attached) Snapshot() (*balancer.Snapshot, error) {
+func (a *attached) Snapshot() (*telemetry.Snapshot, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.b == nil {

@@ -1,0 +1,129 @@
+// Package telemetry holds what the exporter consumes of the data plane: a
+// snapshot of its counters and histograms, and sampled exchanges. It is the
+// contract between the balancer, which fills it from the kernel's maps, and
+// the exporter, which turns it into metrics and spans: it imports neither,
+// and states no constant of the data plane (the histogram carries its own
+// layout), so the exporter is built and tested without BPF.
+package telemetry
+
+import (
+	"math"
+	"net/netip"
+	"time"
+)
+
+// Snapshot is the data plane's state at one moment, summed over CPUs.
+type Snapshot struct {
+	VIP      netip.Addr
+	Backends []Backend
+	// Verdicts has one entry per verdict reason of the data plane.
+	Verdicts  []Verdict
+	Conntrack Conntrack
+	// TraceEventsDropped counts sampled exchanges the kernel could not hand
+	// to userspace because the ring buffer was full.
+	TraceEventsDropped uint64
+}
+
+// Backend is what the data plane measured for one backend.
+type Backend struct {
+	Addr netip.Addr
+	// Up is true while the backend's next hop is resolved and it takes new
+	// sessions.
+	Up           bool
+	Requests     uint64
+	RequestBytes uint64
+	Replies      uint64
+	ReplyBytes   uint64
+	// Lost counts requests with no reply within the loss timeout, settled
+	// once that timeout has passed.
+	Lost uint64
+	// Late counts replies that came after the loss timeout.
+	Late uint64
+	// Unmatched counts replies that answered no request the balancer
+	// remembers (duplicates, or later than it waits).
+	Unmatched uint64
+	RTT       Histogram
+}
+
+// Histogram holds round-trip times as a native (exponential) histogram of
+// seconds. Buckets[0] is the zero bucket, times of at most ZeroThreshold;
+// Buckets[k], k ≥ 1, is the native bucket of index k-Offset: times in
+// (2^((i-1)/2^Schema), 2^(i/2^Schema)] seconds with i = k-Offset.
+type Histogram struct {
+	Schema  int32
+	Offset  int
+	Buckets []uint64
+	Sum     time.Duration
+}
+
+// Count is the number of times in the histogram.
+func (h *Histogram) Count() uint64 {
+	var n uint64
+	for _, c := range h.Buckets {
+		n += c
+	}
+	return n
+}
+
+// Index is the native bucket index of Buckets[k].
+func (h *Histogram) Index(k int) int { return k - h.Offset }
+
+// UpperBound is the upper bound of Buckets[k] in seconds; for k = 0, the
+// zero threshold.
+func (h *Histogram) UpperBound(k int) float64 {
+	return math.Exp2(float64(h.Index(k)) / float64(int(1)<<h.Schema))
+}
+
+// ZeroThreshold is the upper bound of the zero bucket in seconds.
+func (h *Histogram) ZeroThreshold() float64 { return h.UpperBound(0) }
+
+// Verdict is how many packets got one verdict for one reason.
+type Verdict struct {
+	Verdict string // "tx", "pass" or "drop"
+	Reason  string
+	Packets uint64
+	// BalancerLoss marks the reasons for which the balancer itself, not a
+	// backend, failed a client's request.
+	BalancerLoss bool
+}
+
+// Conntrack is the occupancy of the conntrack maps.
+type Conntrack struct {
+	// Known is false when the kernel cannot count map elements (before 6.6).
+	Known bool
+	// Sessions counts ping sessions (client, echo id) tracked.
+	Sessions int64
+	// Capacity is the size of the session map.
+	Capacity int
+	// InFlight counts requests awaiting their reply.
+	InFlight int64
+	// InFlightCapacity is the size of the in-flight map.
+	InFlightCapacity int
+}
+
+// TraceKind tells a sampled request from its reply.
+type TraceKind int
+
+// Kinds of TraceEvent.
+const (
+	TraceRequest TraceKind = iota + 1
+	TraceReply
+)
+
+// TraceEvent is one sampled exchange as the kernel saw it: a request when it
+// was forwarded, and again with its reply.
+type TraceEvent struct {
+	Kind TraceKind
+	// Sent is when the request was forwarded, on the wall clock.
+	Sent time.Time
+	// RTT is the time from request to reply (TraceReply only).
+	RTT     time.Duration
+	VIP     netip.Addr
+	Client  netip.Addr
+	Backend netip.Addr
+	// EchoID is the client's echo identifier, Seq the sequence number.
+	EchoID uint16
+	Seq    uint16
+	// Late is set for a reply that came after the loss timeout.
+	Late bool
+}
