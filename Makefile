@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # icmplb — build, test and demo. Every target installs what it needs
 # (Debian packages, Go modules) itself; `test` and `demo` need root.
 
@@ -56,7 +57,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 demo: deps build
-	$(GO) run ./internal/demo -bin $(CURDIR)/$(BIN)
+	$(GO) run ./cmd/icmplb-demo -bin $(CURDIR)/$(BIN)
 
 clean:
 	rm -rf bin

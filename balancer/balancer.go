@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package balancer is icmplb's control plane: it checks the kernel and the
 // configuration, loads the XDP data plane, fills its Maglev table and backend
 // maps, keeps backends' next-hop MAC addresses resolved from the kernel's

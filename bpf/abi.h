@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+
 /* The ABI shared with Go: map keys and values, the trace event, and the
  * enums whose values Go uses. bpf2go generates a Go declaration for each
  * type named with -type in gen.go, so Go never restates a constant. */

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+
 /* Checksums: incremental updates (RFC 1624) for the NAT rewrite and full
  * verification of the IP header and of the ICMP message. */
 #pragma once

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+
 //go:build ignore
 
 // XDP ICMP echo load balancer: full NAT of echo requests to a VIP towards a

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+
 /* The product's load-time settings and maps. Each setting and each map size
  * of 1 is a placeholder: bpf/spec.go sets it from the agent's configuration
  * on the CollectionSpec before loading, so that no default lives in C. */

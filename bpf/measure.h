@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+
 /* Measurement: requests remembered until their replies, RTTs into the
  * histogram, requests and answers counted per epoch, and sampled exchanges
  * sent to the trace pipeline. */

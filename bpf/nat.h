@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+
 /* Full NAT: allocation of NAT ids per backend and the rewrite of a frame's
  * MACs, addresses and echo identifier. */
 #pragma once

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+
 /* Parsing: finds the ICMP message of a frame the program may act on. */
 #pragma once
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+
 /* Wire formats: the few protocol headers the program reads and writes, as
  * its own structs: the kernel's <linux/icmp.h> drags in glibc socket headers
  * that do not build for the BPF target, and include/ vendors only what the

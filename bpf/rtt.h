@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+
 /* The RTT histogram's bucket mapping, on its own so that the test object
  * (testprogs.c) runs the very code the product does. */
 #pragma once

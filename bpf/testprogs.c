@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+
 //go:build ignore
 
 // Programs for tests only, in an object of their own (IcmplbTest) that the

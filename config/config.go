@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package config is the one home of the agent's settings: each one's flag,
 // environment variable, default, help and validation. kong parses the
 // command line and the environment straight into Config; the balancer and

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 package config
 
 import (
@@ -8,7 +10,7 @@ import (
 )
 
 // flagTable is the page users read the settings in.
-const flagTable = "../README.md"
+const flagTable = "../docs/configuration.md"
 
 var tableCode = regexp.MustCompile("`([^`]*)`")
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 package dashboards
 
 // A static checker of PromQL: it parses an expression with Prometheus's own
@@ -27,6 +29,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/icmplb/icmplb/balancer"
+	"github.com/icmplb/icmplb/bpf"
 	"github.com/icmplb/icmplb/exporter"
 	"github.com/icmplb/icmplb/exporter/telemetry"
 )
@@ -65,6 +68,7 @@ func exportedMetrics(t testing.TB) map[string]*metricInfo {
 		Backends: []telemetry.Backend{{
 			Addr: netip.MustParseAddr("10.0.0.2"), Up: true,
 			Requests: 3, RequestBytes: 294, Replies: 2, ReplyBytes: 196, Lost: 1,
+			RTT: telemetry.Histogram{Schema: bpf.RTTSchema, Offset: bpf.RTTBucketOffset, Buckets: make([]uint64, bpf.RTTBuckets)},
 		}},
 		Verdicts:  slices.Clone(balancer.Verdicts),
 		Conntrack: telemetry.Conntrack{Known: true, Sessions: 1, Capacity: 65536, InFlight: 1, InFlightCapacity: 262144},

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 package dashboards
 
 import (
@@ -27,9 +29,12 @@ import (
 const (
 	rulesFile     = "icmplb-rules.yml"
 	rulesTestFile = "icmplb-rules.test.yml"
-	readmeFile    = "../README.md"
-	// runbookBase is where the runbooks live: the main README.
-	runbookBase = "https://github.com/icmplb/icmplb/blob/main/README.md#"
+	// The pages users read the thresholds, verdict reasons and runbooks in.
+	thresholdsFile = "../docs/dashboards-and-alerts.md"
+	verdictsFile   = "../docs/metrics.md"
+	runbooksFile   = "../docs/runbooks.md"
+	// runbookBase is where the alerts' runbook links point.
+	runbookBase = "https://github.com/icmplb/icmplb/blob/main/docs/runbooks.md#"
 	// dsVar is how every panel, target and variable names its data source.
 	dsVar = "${datasource}"
 )
@@ -273,7 +278,7 @@ func checkDashboard(c *checker, d *dashboard) error {
 			errs = append(errs, fmt.Errorf("%s: %w", q.where, err))
 		}
 		if e, err := c.parser.ParseExpr(substitute(q.expr, vals)); err == nil {
-			// Thresholds live in the rules file only (README.md,
+			// Thresholds live in the rules file only (docs/dashboards-and-alerts.md,
 			// "Thresholds"): a dashboard query holds no number but
 			// histogram_quantile's φ.
 			parser.Inspect(e, func(n parser.Node, path []parser.Node) error {
@@ -524,7 +529,7 @@ func checkVariables(t *testing.T, d *dashboard) {
 
 // ---- Thresholds and runbooks -------------------------------------------------
 
-// thresholdRow is one row of the table "Thresholds" in README.md.
+// thresholdRow is one row of the table "Thresholds" in docs/dashboards-and-alerts.md.
 type thresholdRow struct {
 	name, value string
 	rules       []string
@@ -535,7 +540,7 @@ var backticks = strings.NewReplacer("`", "")
 
 func readThresholds(t *testing.T) []thresholdRow {
 	t.Helper()
-	f, err := os.Open(readmeFile)
+	f, err := os.Open(thresholdsFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -557,7 +562,7 @@ func readThresholds(t *testing.T) []thresholdRow {
 		case in && strings.HasPrefix(cells[0], "---"):
 		case in:
 			if len(cells) < 4 {
-				t.Fatalf("%s: thresholds row %q has fewer than 4 cells", readmeFile, line)
+				t.Fatalf("%s: thresholds row %q has fewer than 4 cells", thresholdsFile, line)
 			}
 			row := thresholdRow{name: cells[0], value: cells[1], field: cells[3]}
 			for r := range strings.SplitSeq(cells[2], ",") {
@@ -567,7 +572,7 @@ func readThresholds(t *testing.T) []thresholdRow {
 		}
 	}
 	if len(rows) == 0 {
-		t.Fatalf("%s: no table with the header | Threshold | Default | Rule | Field | ...", readmeFile)
+		t.Fatalf("%s: no table with the header | Threshold | Default | Rule | Field | ...", thresholdsFile)
 	}
 	return rows
 }
@@ -602,7 +607,7 @@ func factsOf(t *testing.T, r rulefmt.Rule) ruleFacts {
 	return f
 }
 
-// TestThresholdTable keeps the one table of thresholds in README.md and the
+// TestThresholdTable keeps the one table of thresholds in docs/dashboards-and-alerts.md and the
 // rules file in step: every row is found in the rule and field it names, and
 // every threshold of the rules (alert numbers, for durations, windows,
 // offsets) has a row.
@@ -665,7 +670,7 @@ func TestThresholdTable(t *testing.T) {
 			f := factsOf(t, r)
 			need := func(field, value string) {
 				if !documented[key{ruleName(r), field, value}] {
-					t.Errorf("rule %s: %s %s is not in the thresholds table of %s", ruleName(r), field, value, readmeFile)
+					t.Errorf("rule %s: %s %s is not in the thresholds table of %s", ruleName(r), field, value, thresholdsFile)
 				}
 			}
 			for _, v := range f.numbers {
@@ -684,11 +689,11 @@ func TestThresholdTable(t *testing.T) {
 	}
 }
 
-// TestVerdictReasons keeps the table "Verdict reasons" of README.md in step
+// TestVerdictReasons keeps the table "Verdict reasons" of docs/metrics.md in step
 // with the data plane: one row per verdict reason (balancer.Verdicts), with
 // the reasons of the balancer's own loss (balancer.BalancerLimited) marked.
 func TestVerdictReasons(t *testing.T) {
-	f, err := os.Open(readmeFile)
+	f, err := os.Open(verdictsFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -711,33 +716,34 @@ func TestVerdictReasons(t *testing.T) {
 		case in && strings.HasPrefix(cells[0], "---"):
 		case in:
 			if len(cells) != 3 {
-				t.Errorf("%s: verdict reasons row %q: want 3 cells", readmeFile, line)
+				t.Errorf("%s: verdict reasons row %q: want 3 cells", verdictsFile, line)
 				continue
 			}
 			v := telemetry.Verdict{Verdict: backticks.Replace(cells[0]), Reason: backticks.Replace(cells[1])}
 			if documented[v] {
-				t.Errorf("%s: verdict %s reason %s documented twice", readmeFile, v.Verdict, v.Reason)
+				t.Errorf("%s: verdict %s reason %s documented twice", verdictsFile, v.Verdict, v.Reason)
 			}
-			documented[v] = true
 			if strings.Contains(cells[2], "*balancer loss*") {
+				v.BalancerLoss = true
 				limited = append(limited, v.Reason)
 			}
+			documented[v] = true
 		}
 	}
 	if len(documented) == 0 {
-		t.Fatalf("%s: no table with the header | verdict | reason | packets |", readmeFile)
+		t.Fatalf("%s: no table with the header | verdict | reason | packets |", verdictsFile)
 	}
 	for _, v := range balancer.Verdicts {
 		if !documented[v] {
-			t.Errorf("%s: verdict %s reason %s is not in the verdict reasons table", readmeFile, v.Verdict, v.Reason)
+			t.Errorf("%s: verdict %s reason %s is not in the verdict reasons table", verdictsFile, v.Verdict, v.Reason)
 		}
 		delete(documented, v)
 	}
 	for v := range documented {
-		t.Errorf("%s: verdict %s reason %s is documented but not a verdict of the data plane", readmeFile, v.Verdict, v.Reason)
+		t.Errorf("%s: verdict %s reason %s is documented but not a verdict of the data plane", verdictsFile, v.Verdict, v.Reason)
 	}
 	if !slices.Equal(slices.Sorted(slices.Values(limited)), slices.Sorted(slices.Values(balancer.BalancerLimited))) {
-		t.Errorf("%s: reasons marked *balancer loss* %v, want balancer.BalancerLimited %v", readmeFile, limited, balancer.BalancerLimited)
+		t.Errorf("%s: reasons marked *balancer loss* %v, want balancer.BalancerLimited %v", verdictsFile, limited, balancer.BalancerLimited)
 	}
 }
 
@@ -755,20 +761,15 @@ func githubAnchor(heading string) string {
 	return b.String()
 }
 
-// TestRunbooks checks every alert's labels and annotations and that README.md
+// TestRunbooks checks every alert's labels and annotations and that docs/runbooks.md
 // has its runbook under the heading its runbook_url points to.
 func TestRunbooks(t *testing.T) {
-	readme, err := os.ReadFile(readmeFile)
+	readme, err := os.ReadFile(runbooksFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range []string{"## Dashboards and alerts", "## Runbooks"} {
-		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(h) + `$`).Match(readme) {
-			t.Errorf("%s has no section %q", readmeFile, h)
-		}
-	}
 	headings := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^### (Runbook: .+)$`).FindAllStringSubmatch(string(readme), -1) {
+	for _, m := range regexp.MustCompile(`(?m)^## (Runbook: .+)$`).FindAllStringSubmatch(string(readme), -1) {
 		headings[githubAnchor(m[1])] = true
 	}
 	rgs := loadRules(t, rulesFile)
@@ -792,7 +793,7 @@ func TestRunbooks(t *testing.T) {
 			t.Errorf("%s: runbook_url %q, want %q", a.Alert, u, runbookBase+anchor)
 		}
 		if !headings[anchor] {
-			t.Errorf("%s: %s has no heading \"### Runbook: %s\"", a.Alert, readmeFile, a.Alert)
+			t.Errorf("%s: %s has no heading \"## Runbook: %s\"", a.Alert, runbooksFile, a.Alert)
 		}
 		delete(headings, anchor)
 	}
@@ -800,7 +801,7 @@ func TestRunbooks(t *testing.T) {
 		t.Errorf("alerts %v, want %v", got, want)
 	}
 	for h := range headings {
-		t.Errorf("%s: runbook #%s has no alert", readmeFile, h)
+		t.Errorf("%s: runbook #%s has no alert", runbooksFile, h)
 	}
 }
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 package dashboards
 
 // The end-to-end check of the dashboards and the rules: the real icmplb

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 package deploy
 
 import (
@@ -37,14 +39,14 @@ const (
 	composeFile    = "compose.yaml"
 	promConfig     = "prometheus/prometheus.yml"
 	tempoConfig    = "tempo/tempo.yaml"
-	readme         = "../README.md"
+	readme         = "../docs/containers-and-kubernetes.md"
 	k8sDir         = "kubernetes"
 	monitoringDir  = "kubernetes/monitoring"
 	ruleManifest   = "kubernetes/monitoring/prometheusrule.yaml"
 	rulesFile      = "../dashboards/icmplb-rules.yml"
 	dashboardsDir  = "../dashboards"
 	namespace      = "icmplb"
-	readmeHeading  = "## Running in a container and in Kubernetes"
+	readmeHeading  = "# Containers and Kubernetes"
 	dockerBuildCmd = "docker build -f deploy/Dockerfile"
 )
 

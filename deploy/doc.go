@@ -1,7 +1,9 @@
+// SPDX-License-Identifier: MIT
+
 // Package deploy holds no code: it is the home of icmplb's container image
 // (Dockerfile), its Docker Compose stack with Prometheus, Grafana and Tempo
 // (compose.yaml and the prometheus/, grafana/ and tempo/ configuration), and
-// its Kubernetes manifests (kubernetes/), documented in the repository's README.md.
+// its Kubernetes manifests (kubernetes/), documented in docs/containers-and-kubernetes.md.
 //
 // The tests of this package check those files against the code they deploy,
 // without root and without Docker or a cluster: every ICMPLB_* variable and

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 package deploy
 
 // The deployment kit's endpoint security: the example web config file, and

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package exporter turns what the balancer's data plane measured into
 // Prometheus metrics (read from the BPF maps at scrape time) and
 // OpenTelemetry spans (from the kernel's sampled exchanges). It works on the

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 package main
 
 // Attack tests (issue 7, defects 2-8): hosts of the seed topology, and an

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 package main
 
 // End-to-end tests: the real icmplb binary in the lb namespace of the seed

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Command icmplb attaches an XDP ICMP echo load balancer to an interface and
 // exports what it observes of the traffic it balances.
 package main

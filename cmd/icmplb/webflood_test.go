@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 package main
 
 // Issue 7, defect 1: clients that open connections to the metrics port and

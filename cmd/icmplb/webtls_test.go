@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 package main
 
 // Endpoint security (issue 7): the agent with --web.config.file, scraped by

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package telemetry holds what the exporter consumes of the data plane: a
 // snapshot of its counters and histograms, and sampled exchanges. It is the
 // contract between the balancer, which fills it from the kernel's maps, and

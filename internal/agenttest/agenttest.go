@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package agenttest runs the real icmplb binary, and other long-running
 // programs, as child processes of end-to-end tests: it finds or builds the
 // binary, gives it an environment the caller's settings cannot leak into,
@@ -14,9 +16,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"testing"
 	"time"
 
+	"github.com/icmplb/icmplb/internal/testenv"
 	"github.com/icmplb/icmplb/internal/topology"
 )
 
@@ -29,7 +31,7 @@ var (
 
 // Main runs a package's tests and removes the binary Binary built, if any:
 // call it from TestMain.
-func Main(m *testing.M) {
+func Main(m interface{ Run() int }) {
 	code := m.Run()
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
@@ -41,7 +43,7 @@ func Main(m *testing.M) {
 // built, with its ldflags) or one built once per test process, so that a
 // plain go test never runs a stale bin/icmplb. The build lands in a
 // world-readable directory, so that tests can run it as an unprivileged user.
-func Binary(tb testing.TB) string {
+func Binary(tb testenv.TB) string {
 	tb.Helper()
 	if p := os.Getenv("ICMPLB_BIN"); p != "" {
 		if _, err := os.Stat(p); err != nil {
@@ -123,7 +125,7 @@ func (p *Proc) ExpectFailure() { p.mayFail.Store(true) }
 
 // Start starts cmd with env and stops it when the test ends, showing its
 // output if the test failed.
-func Start(tb testing.TB, name string, cmd *exec.Cmd, env []string) *Proc {
+func Start(tb testenv.TB, name string, cmd *exec.Cmd, env []string) *Proc {
 	tb.Helper()
 	p := &Proc{Name: name, Cmd: cmd, done: make(chan struct{})}
 	cmd.Env = env
@@ -182,7 +184,7 @@ func (p *Proc) Stop() (time.Duration, error) {
 
 // WaitLog waits until the process logged text, failing the test if it exits
 // or the timeout passes first.
-func (p *Proc) WaitLog(tb testing.TB, text string, timeout time.Duration) {
+func (p *Proc) WaitLog(tb testenv.TB, text string, timeout time.Duration) {
 	tb.Helper()
 	deadline := time.After(timeout)
 	for !strings.Contains(p.Log(), text) {
@@ -201,7 +203,7 @@ const AttachTimeout = 5 * time.Second
 
 // StartAgent runs icmplb with args in the topology's balancer namespace, in
 // Env(env...), and waits until it has attached.
-func StartAgent(tb testing.TB, topo *topology.Topology, env []string, args ...string) *Proc {
+func StartAgent(tb testenv.TB, topo *topology.Topology, env []string, args ...string) *Proc {
 	tb.Helper()
 	p := Start(tb, "icmplb", topo.Command(topology.SeedBalancer, Binary(tb), args...), Env(env...))
 	p.WaitLog(tb, "msg=attached", AttachTimeout)

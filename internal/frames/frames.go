@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package frames builds, sends and captures raw Ethernet frames carrying
 // ICMPv4 echo messages, for end-to-end tests that must put on the wire what
 // no socket of the kernel would send: forged sources, foreign MAC addresses,

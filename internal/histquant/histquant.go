@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package histquant reads Prometheus native histograms in tests: it decodes
 // their sparse buckets, interpolates quantiles from them as Prometheus's
 // histogram_quantile does, and judges a quantile against bounds of the

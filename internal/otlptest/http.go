@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 package otlptest
 
 import (
@@ -7,10 +9,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"testing"
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/icmplb/icmplb/internal/testenv"
 )
 
 const (
@@ -23,7 +26,7 @@ const (
 
 // NewHTTP starts an OTLP/HTTP receiver (POST /v1/traces, protobuf, plain or
 // gzip) on 127.0.0.1 and stops it when the test ends.
-func NewHTTP(t testing.TB) *Receiver {
+func NewHTTP(t testenv.TB) *Receiver {
 	t.Helper()
 	r := newReceiver()
 	mux := http.NewServeMux()

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package otlptest is an OTLP trace receiver for tests: a real gRPC or HTTP
 // server on the loopback interface that accepts what an OpenTelemetry
 // exporter sends and keeps the spans for the test to inspect, so tests cover
@@ -17,7 +19,6 @@ import (
 	"net"
 	"slices"
 	"sync"
-	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel/codes"
@@ -29,6 +30,8 @@ import (
 	// Registers the gzip codec, so exporters configured with gzip
 	// compression are understood.
 	_ "google.golang.org/grpc/encoding/gzip"
+
+	"github.com/icmplb/icmplb/internal/testenv"
 )
 
 // Span is one received span, flattened together with its resource and scope
@@ -75,7 +78,7 @@ func newReceiver() *Receiver {
 
 // NewGRPC starts an OTLP/gRPC receiver on 127.0.0.1 and stops it when the
 // test ends. It serves plaintext, so exporters need their insecure option.
-func NewGRPC(t testing.TB) *Receiver {
+func NewGRPC(t testenv.TB) *Receiver {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

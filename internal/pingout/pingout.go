@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package pingout parses the output of iputils ping for tests: the summary
 // and every reply line, with each reply's round trip as ping measured it.
 //

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package responder answers ICMP echo requests itself, with a chosen delay
 // and loss, so end-to-end tests and demos have backends whose latency and
 // loss are known in advance.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package testenv decides whether privileged tests (BPF, network namespaces)
 // can run: they skip with a reason when not root, except where the
 // environment demands them (CI sets ICMPLB_REQUIRE_PRIVILEGED through
@@ -7,12 +9,26 @@ package testenv
 import (
 	"os"
 	"os/exec"
-	"testing"
 )
+
+// TB is what the test kit needs of a test: *testing.T and *testing.B have
+// it. The kit takes this interface, not TB, so that its packages
+// (which the demo also uses) do not link the testing package.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Errorf(format string, args ...any)
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Failed() bool
+	Logf(format string, args ...any)
+	Skip(args ...any)
+	Skipf(format string, args ...any)
+}
 
 // Privileged skips or fails tb unless the process is root and has what
 // privileged tests use (the ip command).
-func Privileged(tb testing.TB) {
+func Privileged(tb TB) {
 	tb.Helper()
 	reason := ""
 	if os.Geteuid() != 0 {
@@ -32,7 +48,7 @@ func Privileged(tb testing.TB) {
 // Tool returns the path of a command a test needs, skipping the test without
 // it, or failing it where the environment demands privileged tests (CI):
 // there the command must have been installed. pkg names its Debian package.
-func Tool(tb testing.TB, name, pkg string) string {
+func Tool(tb TB, name, pkg string) string {
 	tb.Helper()
 	p, err := exec.LookPath(name)
 	if err == nil {

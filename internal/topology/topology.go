@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package topology builds throw-away L2 networks of hosts in network
 // namespaces for end-to-end tests and demos.
 //
@@ -30,7 +32,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/icmplb/icmplb/internal/testenv"
@@ -132,14 +133,14 @@ func NewNamed(prefix string, spec Spec) (*Topology, error) {
 
 // NewT builds spec for a test, skipping it when the machine cannot host
 // namespaces and removing the topology when the test ends.
-func NewT(tb testing.TB, spec Spec) *Topology {
+func NewT(tb testenv.TB, spec Spec) *Topology {
 	tb.Helper()
 	testenv.Privileged(tb)
 	t, err := New(spec)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Logf("topology %s: enter a host with ip netns exec %s-HOST, remove leftovers with seedtopo down %[1]s", t.Prefix, t.Prefix)
+	tb.Logf("topology %s: enter a host with ip netns exec %s-HOST, remove leftovers with go run ./cmd/icmplb-seedtopo down %[1]s", t.Prefix, t.Prefix)
 	tb.Cleanup(func() {
 		if err := t.Close(); err != nil {
 			tb.Errorf("topology close: %v", err)

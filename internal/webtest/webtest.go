@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Package webtest writes what tests of the agent's secured HTTP server need:
 // a self-signed certificate and an exporter-toolkit web configuration file
 // with TLS and bcrypt-hashed basic auth users.
@@ -20,10 +22,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"testing"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/icmplb/icmplb/internal/testenv"
 )
 
 // Cert is a self-signed certificate and its key, as files and as the pool a
@@ -36,7 +39,7 @@ type Cert struct {
 // SelfSigned writes a self-signed certificate for hosts (IP addresses or DNS
 // names) and its key into dir. It is its own CA, so that a client given
 // CertFile as its CA file verifies the server's name as in production.
-func SelfSigned(tb testing.TB, dir string, hosts ...string) Cert {
+func SelfSigned(tb testenv.TB, dir string, hosts ...string) Cert {
 	tb.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -82,7 +85,7 @@ func SelfSigned(tb testing.TB, dir string, hosts ...string) Cert {
 	return c
 }
 
-func writePEM(tb testing.TB, file, typ string, der []byte) {
+func writePEM(tb testenv.TB, file, typ string, der []byte) {
 	tb.Helper()
 	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		tb.Fatal(err)
@@ -93,7 +96,7 @@ func writePEM(tb testing.TB, file, typ string, der []byte) {
 // TLS with cert (none when cert is nil), basic auth users with the bcrypt
 // hashes of their passwords (none when users is empty), and extra YAML
 // appended as it is (e.g. a rate_limit section).
-func WriteConfig(tb testing.TB, dir string, cert *Cert, users map[string]string, extra string) string {
+func WriteConfig(tb testenv.TB, dir string, cert *Cert, users map[string]string, extra string) string {
 	tb.Helper()
 	var b strings.Builder
 	if cert != nil {

@@ -1,7 +1,10 @@
-// Command responder answers pings in the network namespace it runs in with a
-// chosen delay and loss, standing in for a backend in demos:
+// SPDX-License-Identifier: MIT
+
+// Command icmplb-responder answers pings in the network namespace it runs in
+// with a chosen delay and loss, standing in for a backend in demos (a
+// developer's tool, not part of the product):
 //
-//	ip netns exec PREFIX-h2 responder --delay 20ms --loss 0.3 --seed 1 --disable-kernel-echo
+//	ip netns exec PREFIX-h2 icmplb-responder --delay 20ms --loss 0.3 --seed 1 --disable-kernel-echo
 //
 // Without --disable-kernel-echo the namespace must already have
 // net.ipv4.icmp_echo_ignore_all=1, or every ping is answered twice. The loss

@@ -1,8 +1,11 @@
-// Command seedtopo brings the seed test network up or down by hand, for
-// demos and for poking at a failing end-to-end test:
+// SPDX-License-Identifier: MIT
+
+// Command icmplb-seedtopo brings the seed test network up or down by hand,
+// for demos and for poking at a failing end-to-end test (developers run it
+// with go run; it is not part of the product):
 //
-//	seedtopo up PREFIX    build the seed topology in namespaces PREFIX-*, print it, leave it up
-//	seedtopo down PREFIX  remove namespaces PREFIX-* (no error if there are none)
+//	go run ./cmd/icmplb-seedtopo up PREFIX    build the seed topology in namespaces PREFIX-*, print it, leave it up
+//	go run ./cmd/icmplb-seedtopo down PREFIX  remove namespaces PREFIX-* (no error if there are none)
 //
 // Enter a host with: ip netns exec PREFIX-h1 bash
 package main
@@ -18,14 +21,14 @@ import (
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "seedtopo:", err)
+		fmt.Fprintln(os.Stderr, "icmplb-seedtopo:", err)
 		os.Exit(1)
 	}
 }
 
 func run(args []string) error {
 	if len(args) != 2 || (args[0] != "up" && args[0] != "down") {
-		return fmt.Errorf("usage: seedtopo up|down PREFIX")
+		return fmt.Errorf("usage: icmplb-seedtopo up|down PREFIX")
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root: creates network namespaces")

@@ -1,4 +1,6 @@
-// Command demo builds the seed topology in network namespaces, runs the
+// SPDX-License-Identifier: MIT
+
+// Command icmplb-demo builds the seed topology in network namespaces, runs the
 // icmplb agent on the balancer host, pings the VIP from two clients and
 // shows what the agent measured. `make demo` runs it; it needs root.
 package main
