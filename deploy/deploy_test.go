@@ -23,7 +23,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"go.yaml.in/yaml/v3"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"mvdan.cc/sh/v3/expand"
+	"mvdan.cc/sh/v3/syntax"
+	k8syaml "sigs.k8s.io/yaml"
 
 	"github.com/icmplb/icmplb/config"
 )
@@ -203,116 +210,99 @@ func readYAML(t *testing.T, file string, v any) {
 	}
 }
 
-// k8sDoc is one Kubernetes object of a manifest.
+// k8sDoc is one Kubernetes object of a manifest, decoded strictly into the
+// API's own types (k8s.io/api): an unknown or misspelt field is an error.
 type k8sDoc struct {
 	file string
 	node *yaml.Node
 	obj  k8sObject
 }
 
+// k8sObject is what the tests read of any object; the typed object itself
+// was decoded strictly.
 type k8sObject struct {
-	APIVersion string `yaml:"apiVersion"`
-	Kind       string `yaml:"kind"`
-	Metadata   struct {
-		Name      string            `yaml:"name"`
-		Namespace string            `yaml:"namespace"`
-		Labels    map[string]string `yaml:"labels"`
-	} `yaml:"metadata"`
-	Data map[string]string `yaml:"data"`
-	Spec struct {
-		Template struct {
-			Metadata struct {
-				Labels map[string]string `yaml:"labels"`
-			} `yaml:"metadata"`
-			Spec podSpec `yaml:"spec"`
-		} `yaml:"template"`
-		// PodMonitor
-		Selector struct {
-			MatchLabels map[string]string `yaml:"matchLabels"`
-		} `yaml:"selector"`
-		NamespaceSelector struct {
-			Any        bool     `yaml:"any"`
-			MatchNames []string `yaml:"matchNames"`
-		} `yaml:"namespaceSelector"`
-		PodMetricsEndpoints []struct {
-			Port string `yaml:"port"`
-			Path string `yaml:"path"`
-		} `yaml:"podMetricsEndpoints"`
-		JobLabel string `yaml:"jobLabel"`
-	} `yaml:"spec"`
+	metav1.TypeMeta
+	metav1.ObjectMeta
+	Data       map[string]string       // ConfigMap
+	Template   *corev1.PodTemplateSpec // DaemonSet, Deployment
+	PodMonitor *podMonitorSpec
 }
 
-type podSpec struct {
-	HostNetwork    bool        `yaml:"hostNetwork"`
-	DNSPolicy      string      `yaml:"dnsPolicy"`
-	Containers     []container `yaml:"containers"`
-	InitContainers []container `yaml:"initContainers"`
-	Volumes        []struct {
-		Name     string `yaml:"name"`
-		HostPath *struct {
-			Path string `yaml:"path"`
-			Type string `yaml:"type"`
-		} `yaml:"hostPath"`
-		Secret *struct {
-			SecretName string `yaml:"secretName"`
-		} `yaml:"secret"`
-	} `yaml:"volumes"`
+// podMonitorSpec is the part of the Prometheus Operator's PodMonitor the
+// manifests use: the operator's Go module (and its dependency on the whole
+// Kubernetes client) is not worth three fields; strict decoding still
+// refuses any field not listed here.
+type podMonitorSpec struct {
+	Selector          metav1.LabelSelector `json:"selector"`
+	NamespaceSelector struct {
+		Any        bool     `json:"any"`
+		MatchNames []string `json:"matchNames"`
+	} `json:"namespaceSelector"`
+	PodMetricsEndpoints []struct {
+		Port     string `json:"port"`
+		Path     string `json:"path"`
+		Interval string `json:"interval"`
+	} `json:"podMetricsEndpoints"`
+	JobLabel string `json:"jobLabel"`
 }
 
-type container struct {
-	Name    string   `yaml:"name"`
-	Image   string   `yaml:"image"`
-	Command []string `yaml:"command"`
-	Args    []string `yaml:"args"`
-	Env     []struct {
-		Name      string `yaml:"name"`
-		Value     string `yaml:"value"`
-		ValueFrom *struct {
-			FieldRef *struct {
-				FieldPath string `yaml:"fieldPath"`
-			} `yaml:"fieldRef"`
-		} `yaml:"valueFrom"`
-	} `yaml:"env"`
-	EnvFrom []struct {
-		Prefix       string `yaml:"prefix"`
-		ConfigMapRef *struct {
-			Name string `yaml:"name"`
-		} `yaml:"configMapRef"`
-		SecretRef *struct {
-			Name string `yaml:"name"`
-		} `yaml:"secretRef"`
-	} `yaml:"envFrom"`
-	Ports           []containerPort `yaml:"ports"`
-	LivenessProbe   *probe          `yaml:"livenessProbe"`
-	ReadinessProbe  *probe          `yaml:"readinessProbe"`
-	StartupProbe    *probe          `yaml:"startupProbe"`
-	SecurityContext *struct {
-		RunAsUser                *int  `yaml:"runAsUser"`
-		RunAsNonRoot             *bool `yaml:"runAsNonRoot"`
-		Privileged               *bool `yaml:"privileged"`
-		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
-		Capabilities             *struct {
-			Add  []string `yaml:"add"`
-			Drop []string `yaml:"drop"`
-		} `yaml:"capabilities"`
-	} `yaml:"securityContext"`
-	VolumeMounts []struct {
-		Name      string `yaml:"name"`
-		MountPath string `yaml:"mountPath"`
-		ReadOnly  bool   `yaml:"readOnly"`
-	} `yaml:"volumeMounts"`
+// decodeK8s decodes one object strictly into the type of its kind.
+func decodeK8s(n *yaml.Node) (k8sObject, error) {
+	raw, err := yaml.Marshal(n)
+	if err != nil {
+		return k8sObject{}, err
+	}
+	var tm metav1.TypeMeta
+	if err := k8syaml.Unmarshal(raw, &tm); err != nil {
+		return k8sObject{}, err
+	}
+	strict := func(v any) error { return k8syaml.UnmarshalStrict(raw, v) }
+	o := k8sObject{TypeMeta: tm}
+	switch tm.Kind {
+	case "Namespace":
+		var v corev1.Namespace
+		err, o.ObjectMeta = strict(&v), v.ObjectMeta
+	case "ServiceAccount":
+		var v corev1.ServiceAccount
+		err, o.ObjectMeta = strict(&v), v.ObjectMeta
+	case "ConfigMap":
+		var v corev1.ConfigMap
+		err, o.ObjectMeta, o.Data = strict(&v), v.ObjectMeta, v.Data
+	case "DaemonSet":
+		var v appsv1.DaemonSet
+		err, o.ObjectMeta, o.Template = strict(&v), v.ObjectMeta, &v.Spec.Template
+	case "Deployment":
+		var v appsv1.Deployment
+		err, o.ObjectMeta, o.Template = strict(&v), v.ObjectMeta, &v.Spec.Template
+	case "PodMonitor":
+		var v struct {
+			metav1.TypeMeta   `json:",inline"`
+			metav1.ObjectMeta `json:"metadata"`
+			Spec              podMonitorSpec `json:"spec"`
+		}
+		err, o.ObjectMeta, o.PodMonitor = strict(&v), v.ObjectMeta, &v.Spec
+	case "PrometheusRule":
+		var v struct {
+			metav1.TypeMeta   `json:",inline"`
+			metav1.ObjectMeta `json:"metadata"`
+			Spec              struct {
+				Groups []map[string]any `json:"groups"`
+			} `json:"spec"`
+		}
+		err, o.ObjectMeta = strict(&v), v.ObjectMeta
+	default:
+		return o, fmt.Errorf("kind %q has no typed model in the test: add it to decodeK8s", tm.Kind)
+	}
+	return o, err
 }
 
-type containerPort struct {
-	Name          string `yaml:"name"`
-	ContainerPort int    `yaml:"containerPort"`
-}
-
-type probe struct {
-	HTTPGet *struct {
-		Path string `yaml:"path"`
-		Port any    `yaml:"port"`
-	} `yaml:"httpGet"`
+// podSpec is the pod template's spec, or an empty one for objects that run
+// no pods.
+func (o k8sObject) podSpec() corev1.PodSpec {
+	if o.Template == nil {
+		return corev1.PodSpec{}
+	}
+	return o.Template.Spec
 }
 
 // k8sDocs loads every object of the manifests under kubernetes/, except the
@@ -333,11 +323,11 @@ func k8sDocs(t *testing.T) []k8sDoc {
 			t.Fatalf("%s: %v", f, err)
 		}
 		for _, n := range nodes {
-			d := k8sDoc{file: f, node: n}
-			if err := n.Decode(&d.obj); err != nil {
-				t.Fatalf("%s: %v", f, err)
+			obj, err := decodeK8s(n)
+			if err != nil {
+				t.Fatalf("%s line %d: %v", f, n.Line, err)
 			}
-			docs = append(docs, d)
+			docs = append(docs, k8sDoc{file: f, node: n, obj: obj})
 		}
 	}
 	return docs
@@ -567,17 +557,17 @@ func k8sAgents(t *testing.T, docs []k8sDoc) []agentConfig {
 	configMaps := map[string]map[string]string{}
 	for _, d := range docs {
 		if d.obj.Kind == "ConfigMap" {
-			configMaps[d.obj.Metadata.Name] = d.obj.Data
+			configMaps[d.obj.Name] = d.obj.Data
 		}
 	}
 	var agents []agentConfig
 	for _, d := range docs {
-		ps := d.obj.Spec.Template.Spec
+		ps := d.obj.podSpec()
 		for _, c := range slices.Concat(ps.Containers, ps.InitContainers) {
 			if !isAgentImage(c.Image) {
 				continue
 			}
-			a := agentConfig{where: fmt.Sprintf("%s: %s %s container %s", d.file, d.obj.Kind, d.obj.Metadata.Name, c.Name),
+			a := agentConfig{where: fmt.Sprintf("%s: %s %s container %s", d.file, d.obj.Kind, d.obj.Name, c.Name),
 				env: map[string]string{}, uid: -1, mounts: map[string]string{}}
 			for _, ef := range c.EnvFrom {
 				if ef.ConfigMapRef == nil {
@@ -614,10 +604,10 @@ func k8sAgents(t *testing.T, docs []k8sDoc) []agentConfig {
 			a.args = slices.Concat(c.Command, c.Args)
 			if sc := c.SecurityContext; sc != nil {
 				if sc.RunAsUser != nil {
-					a.uid = *sc.RunAsUser
+					a.uid = int(*sc.RunAsUser)
 				}
 				if sc.Capabilities != nil {
-					a.capAdd, a.capDrop = sc.Capabilities.Add, sc.Capabilities.Drop
+					a.capAdd, a.capDrop = capNames(sc.Capabilities.Add), capNames(sc.Capabilities.Drop)
 				}
 				a.privileged = sc.Privileged != nil && *sc.Privileged
 			}
@@ -635,6 +625,14 @@ func k8sAgents(t *testing.T, docs []k8sDoc) []agentConfig {
 		t.Fatal("no container in the manifests runs the icmplb image")
 	}
 	return agents
+}
+
+func capNames(cs []corev1.Capability) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, string(c))
+	}
+	return out
 }
 
 var k8sRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
@@ -702,11 +700,11 @@ func TestKubernetesObjects(t *testing.T) {
 	for _, d := range docs {
 		o := d.obj
 		where := fmt.Sprintf("%s line %d", d.file, d.node.Line)
-		if o.APIVersion == "" || o.Kind == "" || o.Metadata.Name == "" {
-			t.Errorf("%s: apiVersion %q, kind %q, metadata.name %q: all three are needed", where, o.APIVersion, o.Kind, o.Metadata.Name)
+		if o.APIVersion == "" || o.Kind == "" || o.Name == "" {
+			t.Errorf("%s: apiVersion %q, kind %q, metadata.name %q: all three are needed", where, o.APIVersion, o.Kind, o.Name)
 		}
-		if o.Kind != "Namespace" && o.Metadata.Namespace != namespace {
-			t.Errorf("%s: %s %s in namespace %q, want %q", where, o.Kind, o.Metadata.Name, o.Metadata.Namespace, namespace)
+		if o.Kind != "Namespace" && o.Namespace != namespace {
+			t.Errorf("%s: %s %s in namespace %q, want %q", where, o.Kind, o.Name, o.Namespace, namespace)
 		}
 		kinds[o.Kind]++
 		if o.Kind == "ConfigMap" {
@@ -727,8 +725,8 @@ func TestKubernetesObjects(t *testing.T) {
 		if d.obj.Kind != "DaemonSet" {
 			continue
 		}
-		ps := d.obj.Spec.Template.Spec
-		if !ps.HostNetwork || ps.DNSPolicy != "ClusterFirstWithHostNet" {
+		ps := d.obj.podSpec()
+		if !ps.HostNetwork || ps.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
 			t.Errorf("%s: DaemonSet: hostNetwork %v, dnsPolicy %q; want true and ClusterFirstWithHostNet",
 				d.file, ps.HostNetwork, ps.DNSPolicy)
 		}
@@ -736,8 +734,8 @@ func TestKubernetesObjects(t *testing.T) {
 		for _, v := range ps.Volumes {
 			if v.HostPath != nil && v.HostPath.Path == "/sys/fs/bpf" {
 				found = true
-				if v.HostPath.Type != "DirectoryOrCreate" {
-					t.Errorf("%s: bpffs hostPath type %q, want DirectoryOrCreate", d.file, v.HostPath.Type)
+				if v.HostPath.Type == nil || *v.HostPath.Type != corev1.HostPathDirectoryOrCreate {
+					t.Errorf("%s: bpffs hostPath type %v, want DirectoryOrCreate", d.file, v.HostPath.Type)
 				}
 			}
 		}
@@ -900,24 +898,24 @@ func TestProbesAndPorts(t *testing.T) {
 	docs := k8sDocs(t)
 	n := 0
 	for _, d := range docs {
-		ps := d.obj.Spec.Template.Spec
+		ps := d.obj.podSpec()
 		for _, c := range slices.Concat(ps.Containers, ps.InitContainers) {
 			if !isAgentImage(c.Image) {
 				continue
 			}
 			n++
-			where := fmt.Sprintf("%s: %s %s container %s", d.file, d.obj.Kind, d.obj.Metadata.Name, c.Name)
+			where := fmt.Sprintf("%s: %s %s container %s", d.file, d.obj.Kind, d.obj.Name, c.Name)
 			want := config.DefaultListenAddress[strings.LastIndex(config.DefaultListenAddress, ":")+1:]
 			ports := map[string]int{}
 			for _, p := range c.Ports {
-				ports[p.Name] = p.ContainerPort
+				ports[p.Name] = int(p.ContainerPort)
 			}
 			if strconv.Itoa(ports["metrics"]) != want {
 				t.Errorf("%s: port metrics is %d, want %s", where, ports["metrics"], want)
 			}
 			for _, pr := range []struct {
 				name string
-				p    *probe
+				p    *corev1.Probe
 				path string
 			}{{"livenessProbe", c.LivenessProbe, "/healthz"}, {"readinessProbe", c.ReadinessProbe, "/readyz"}} {
 				if pr.p == nil || pr.p.HTTPGet == nil {
@@ -927,7 +925,7 @@ func TestProbesAndPorts(t *testing.T) {
 				if pr.p.HTTPGet.Path != pr.path {
 					t.Errorf("%s: %s path %q, want %q", where, pr.name, pr.p.HTTPGet.Path, pr.path)
 				}
-				port := fmt.Sprint(pr.p.HTTPGet.Port)
+				port := pr.p.HTTPGet.Port.String()
 				if named, ok := ports[port]; ok {
 					port = strconv.Itoa(named)
 				}
@@ -961,70 +959,55 @@ type dockerfileT struct {
 	args   map[string]string // global ARGs with defaults
 }
 
-// parseDockerfile reads the instructions: comments dropped, continuation
-// lines joined.
+// parseDockerfile reads the Dockerfile with BuildKit's own parser.
 func parseDockerfile(t *testing.T) dockerfileT {
 	t.Helper()
 	data, err := os.ReadFile(dockerfile)
 	if err != nil {
 		t.Fatal(err)
 	}
+	res, err := parser.Parse(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("%s: %v", dockerfile, err)
+	}
 	df := dockerfileT{text: string(data), args: map[string]string{}}
-	var cur strings.Builder
-	start := 0
-	for i, line := range strings.Split(string(data), "\n") {
-		trimmed := strings.TrimSpace(line)
-		if strings.HasPrefix(trimmed, "#") || (trimmed == "" && cur.Len() > 0) {
-			continue
+	for _, n := range res.AST.Children {
+		cmd := strings.ToUpper(n.Value)
+		var words []string
+		for a := n.Next; a != nil; a = a.Next {
+			words = append(words, a.Value)
 		}
-		if cur.Len() == 0 {
-			start = i + 1
-		}
-		if strings.HasSuffix(trimmed, `\`) {
-			cur.WriteString(strings.TrimSuffix(trimmed, `\`) + " ")
-			continue
-		}
-		cur.WriteString(trimmed)
-		full := strings.TrimSpace(cur.String())
-		cur.Reset()
-		if full == "" {
-			continue
-		}
-		cmd, rest, _ := strings.Cut(full, " ")
-		in := instruction{cmd: strings.ToUpper(cmd), args: strings.TrimSpace(rest), line: start}
-		if in.cmd == "FROM" {
-			f := strings.Fields(in.args)
-			f = slices.DeleteFunc(f, func(s string) bool { return strings.HasPrefix(s, "--") })
-			st := stage{image: f[0]}
-			if len(f) == 3 && strings.EqualFold(f[1], "AS") {
-				st.name = f[2]
+		if cmd == "FROM" {
+			st := stage{image: words[0]}
+			if len(words) == 3 && strings.EqualFold(words[1], "AS") {
+				st.name = words[2]
 			}
 			df.stages = append(df.stages, st)
 			continue
 		}
+		// The instruction's text as written, without its keyword and its
+		// flags (RUN --mount), which the parser keeps apart.
+		args := strings.TrimSpace(n.Original[len(n.Value):])
+		for _, f := range n.Flags {
+			args = strings.TrimSpace(strings.Replace(args, f, "", 1))
+		}
+		if cmd == "COPY" {
+			args = strings.Join(append(slices.Clone(n.Flags), words...), " ")
+		}
 		if len(df.stages) == 0 {
-			if in.cmd == "ARG" {
-				k, v, _ := strings.Cut(in.args, "=")
+			if cmd == "ARG" {
+				k, v, _ := strings.Cut(words[0], "=")
 				df.args[k] = v
 			}
 			continue
 		}
 		st := &df.stages[len(df.stages)-1]
-		st.instr = append(st.instr, in)
+		st.instr = append(st.instr, instruction{cmd: cmd, args: args, line: n.StartLine})
 	}
 	if len(df.stages) < 2 {
 		t.Fatalf("%s: %d stages, want a build stage and a final one", dockerfile, len(df.stages))
 	}
 	return df
-}
-
-// runScript drops RUN's own --mount=... options from its shell script.
-func runScript(args string) string {
-	for strings.HasPrefix(args, "--") {
-		_, args, _ = strings.Cut(args, " ")
-		args = strings.TrimSpace(args)
-	}
-	return args
 }
 
 // goBuild is a parsed `go build` command line.
@@ -1075,90 +1058,41 @@ func parseGoBuild(words []string) (goBuild, error) {
 	return b, nil
 }
 
-var varName = regexp.MustCompile(`^\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))`)
-
-// shellWords splits a shell command line into words, removing quotes. A
-// variable reference outside single quotes ($V, ${V}) becomes ${V}; one inside
-// single quotes is an error, since the shell would not expand it.
-func shellWords(s string) ([]string, error) {
-	var words []string
-	var w strings.Builder
-	inWord := false
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case ch == ' ' || ch == '\t' || ch == '\n':
-			if inWord {
-				words = append(words, w.String())
-				w.Reset()
-				inWord = false
-			}
-		case ch == '\'':
-			end := strings.IndexByte(s[i+1:], '\'')
-			if end < 0 {
-				return nil, errors.New("unterminated single quote")
-			}
-			lit := s[i+1 : i+1+end]
-			if strings.Contains(lit, "$") {
-				return nil, fmt.Errorf("variable inside single quotes is not expanded: '%s'", lit)
-			}
-			w.WriteString(lit)
-			inWord = true
-			i += end + 1
-		case ch == '"':
-			inWord = true
-			for i++; i < len(s) && s[i] != '"'; i++ {
-				if s[i] == '\\' && i+1 < len(s) && strings.IndexByte(`"\$`, s[i+1]) >= 0 {
-					i++
-					w.WriteByte(s[i])
-					continue
-				}
-				if m := varName.FindStringSubmatch(s[i:]); m != nil {
-					w.WriteString("${" + m[1] + m[2] + "}")
-					i += len(m[0]) - 1
-					continue
-				}
-				w.WriteByte(s[i])
-			}
-			if i >= len(s) {
-				return nil, errors.New("unterminated double quote")
-			}
-		case ch == '\\' && i+1 < len(s):
-			i++
-			w.WriteByte(s[i])
-			inWord = true
-		case ch == '$':
-			if m := varName.FindStringSubmatch(s[i:]); m != nil {
-				w.WriteString("${" + m[1] + m[2] + "}")
-				i += len(m[0]) - 1
-			} else {
-				w.WriteByte(ch)
-			}
-			inWord = true
-		default:
-			w.WriteByte(ch)
-			inWord = true
-		}
+// shellCommands parses a shell script with mvdan.cc/sh and returns the
+// words of each simple command, its NAME=value assignments first. Quotes and
+// escapes are resolved as the shell would; a parameter ($V, ${V}) is kept as
+// "${V}", and one inside single quotes, which the shell would not expand, is
+// an error.
+func shellCommands(script string) ([][]string, error) {
+	f, err := syntax.NewParser().Parse(strings.NewReader(script), "")
+	if err != nil {
+		return nil, err
 	}
-	if inWord {
-		words = append(words, w.String())
-	}
-	return words, nil
-}
-
-// commands splits words into the commands of a && / ; list.
-func commands(words []string) [][]string {
+	cfg := &expand.Config{Env: expand.FuncEnviron(func(name string) string { return "${" + name + "}" })}
 	var cmds [][]string
-	var cur []string
-	for _, w := range words {
-		if w == "&&" || w == ";" || w == "||" {
-			cmds = append(cmds, cur)
-			cur = nil
-			continue
+	syntax.Walk(f, func(n syntax.Node) bool {
+		switch n := n.(type) {
+		case *syntax.SglQuoted:
+			if strings.Contains(n.Value, "$") && err == nil {
+				err = fmt.Errorf("variable inside single quotes is not expanded: '%s'", n.Value)
+			}
+		case *syntax.CallExpr:
+			var words []string
+			for _, a := range n.Assigns {
+				v, e := expand.Literal(cfg, a.Value)
+				err = errors.Join(err, e)
+				words = append(words, a.Name.Value+"="+v)
+			}
+			for _, w := range n.Args {
+				v, e := expand.Literal(cfg, w)
+				err = errors.Join(err, e)
+				words = append(words, v)
+			}
+			cmds = append(cmds, words)
 		}
-		cur = append(cur, w)
-	}
-	return append(cmds, cur)
+		return true
+	})
+	return cmds, err
 }
 
 // dockerBuild finds the go build of the Dockerfile's build stage.
@@ -1169,11 +1103,11 @@ func (df dockerfileT) dockerBuild(t *testing.T) (goBuild, *stage, int) {
 			if in.cmd != "RUN" || !strings.Contains(in.args, "go build") {
 				continue
 			}
-			words, err := shellWords(runScript(in.args))
+			cmds, err := shellCommands(in.args)
 			if err != nil {
 				t.Fatalf("%s line %d: %v", dockerfile, in.line, err)
 			}
-			for _, c := range commands(words) {
+			for _, c := range cmds {
 				if b, err := parseGoBuild(c); err == nil {
 					return b, &df.stages[si], ii
 				}
@@ -1192,11 +1126,11 @@ func (df dockerfileT) setcapWords(t *testing.T) []string {
 			if in.cmd != "RUN" {
 				continue
 			}
-			words, err := shellWords(runScript(in.args))
+			cmds, err := shellCommands(in.args)
 			if err != nil {
 				t.Fatalf("%s line %d: %v", dockerfile, in.line, err)
 			}
-			for _, c := range commands(words) {
+			for _, c := range cmds {
 				if len(c) >= 3 && c[0] == "setcap" {
 					return c[1 : len(c)-1]
 				}
@@ -1241,17 +1175,18 @@ func makefileBuild(t *testing.T) goBuild {
 		cmd = ref.ReplaceAllStringFunc(cmd, func(m string) string {
 			name := ref.FindStringSubmatch(m)[1]
 			if name == "VERSION" {
-				return "\x00VERSION\x00"
+				return "@ICMPLB_VERSION@"
 			}
 			return vars[name]
 		})
 	}
-	words, err := shellWords(cmd)
-	if err != nil {
-		t.Fatalf("%s: %v", makefile, err)
+	cmds, err := shellCommands(cmd)
+	if err != nil || len(cmds) != 1 {
+		t.Fatalf("%s: build recipe %q: %v", makefile, cmd, err)
 	}
+	words := cmds[0]
 	for i := range words {
-		words[i] = strings.ReplaceAll(words[i], "\x00VERSION\x00", "${VERSION}")
+		words[i] = strings.ReplaceAll(words[i], "@ICMPLB_VERSION@", "${VERSION}")
 	}
 	b, err := parseGoBuild(words)
 	if err != nil {
@@ -1521,33 +1456,34 @@ func TestPodMonitor(t *testing.T) {
 	}
 	// The Prometheus Operator names the job namespace/name unless jobLabel
 	// says otherwise; the rules want "icmplb" in it.
-	job := pm.obj.Metadata.Namespace + "/" + pm.obj.Metadata.Name
-	if pm.obj.Spec.JobLabel != "" || !strings.Contains(job, "icmplb") {
+	spec := pm.obj.PodMonitor
+	job := pm.obj.Namespace + "/" + pm.obj.Name
+	if spec.JobLabel != "" || !strings.Contains(job, "icmplb") {
 		t.Errorf("%s: job %q (jobLabel %q): the rules' IcmplbExporterDown wants a job containing icmplb",
-			pm.file, job, pm.obj.Spec.JobLabel)
+			pm.file, job, spec.JobLabel)
 	}
-	sel := pm.obj.Spec.Selector.MatchLabels
+	sel := spec.Selector.MatchLabels
 	if len(sel) == 0 {
 		t.Fatalf("%s: no selector.matchLabels", pm.file)
 	}
 	for _, d := range docs {
-		ps := d.obj.Spec.Template.Spec
+		ps := d.obj.podSpec()
 		for _, c := range slices.Concat(ps.Containers, ps.InitContainers) {
 			if !isAgentImage(c.Image) {
 				continue
 			}
-			labels := d.obj.Spec.Template.Metadata.Labels
+			labels := d.obj.Template.Labels
 			for k, v := range sel {
 				if labels[k] != v {
-					t.Errorf("%s: pods of %s %s lack the label %s=%s the PodMonitor selects", d.file, d.obj.Kind, d.obj.Metadata.Name, k, v)
+					t.Errorf("%s: pods of %s %s lack the label %s=%s the PodMonitor selects", d.file, d.obj.Kind, d.obj.Name, k, v)
 				}
 			}
-			if !pm.obj.Spec.NamespaceSelector.Any && d.obj.Metadata.Namespace != pm.obj.Metadata.Namespace &&
-				!slices.Contains(pm.obj.Spec.NamespaceSelector.MatchNames, d.obj.Metadata.Namespace) {
-				t.Errorf("%s: the PodMonitor does not look in namespace %s", d.file, d.obj.Metadata.Namespace)
+			if !spec.NamespaceSelector.Any && d.obj.Namespace != pm.obj.Namespace &&
+				!slices.Contains(spec.NamespaceSelector.MatchNames, d.obj.Namespace) {
+				t.Errorf("%s: the PodMonitor does not look in namespace %s", d.file, d.obj.Namespace)
 			}
-			for _, ep := range pm.obj.Spec.PodMetricsEndpoints {
-				if !slices.ContainsFunc(c.Ports, func(p containerPort) bool { return p.Name == ep.Port }) {
+			for _, ep := range spec.PodMetricsEndpoints {
+				if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == ep.Port }) {
 					t.Errorf("%s: container %s has no port %q for the PodMonitor", d.file, c.Name, ep.Port)
 				}
 				if ep.Path != "" && ep.Path != "/metrics" {

@@ -167,11 +167,11 @@ func TestKubernetesWebConfig(t *testing.T) {
 	if err != nil || len(docs) != 1 {
 		t.Fatalf("%s uncommented: %d documents, %v", daemonSetFile, len(docs), err)
 	}
-	var obj k8sObject
-	if err := docs[0].Decode(&obj); err != nil {
+	obj, err := decodeK8s(docs[0])
+	if err != nil {
 		t.Fatal(err)
 	}
-	ps := obj.Spec.Template.Spec
+	ps := obj.podSpec()
 	for _, c := range ps.Containers {
 		if !isAgentImage(c.Image) {
 			continue
