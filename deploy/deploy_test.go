@@ -4,6 +4,7 @@ package deploy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -23,6 +24,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"go.yaml.in/yaml/v3"
 	appsv1 "k8s.io/api/apps/v1"
@@ -30,6 +33,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"mvdan.cc/sh/v3/expand"
 	"mvdan.cc/sh/v3/syntax"
+	"sigs.k8s.io/kustomize/api/krusty"
+	kusttypes "sigs.k8s.io/kustomize/api/types"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 	k8syaml "sigs.k8s.io/yaml"
 
 	"github.com/icmplb/icmplb/config"
@@ -335,114 +341,44 @@ func k8sDocs(t *testing.T) []k8sDoc {
 
 // ---- Compose model -------------------------------------------------------------
 
+// composeFileT is a compose project as Docker Compose loads it
+// (compose-go: schema validation, interpolation, paths resolved).
 type composeFileT struct {
-	Name     string                    `yaml:"name"`
-	Services map[string]composeService `yaml:"services"`
-	Volumes  map[string]any            `yaml:"volumes"`
+	Services map[string]composeService
 }
 
-type composeService struct {
-	Image string `yaml:"image"`
-	Build *struct {
-		Context    string            `yaml:"context"`
-		Dockerfile string            `yaml:"dockerfile"`
-		Args       map[string]string `yaml:"args"`
-	} `yaml:"build"`
-	NetworkMode string          `yaml:"network_mode"`
-	User        string          `yaml:"user"`
-	Privileged  bool            `yaml:"privileged"`
-	CapAdd      []string        `yaml:"cap_add"`
-	CapDrop     []string        `yaml:"cap_drop"`
-	Environment envMap          `yaml:"environment"`
-	Command     stringList      `yaml:"command"`
-	Entrypoint  stringList      `yaml:"entrypoint"`
-	Volumes     []composeVolume `yaml:"volumes"`
-	ExtraHosts  []string        `yaml:"extra_hosts"`
-	Ports       []string        `yaml:"ports"`
-}
+type composeService struct{ types.ServiceConfig }
 
-// envMap is compose's environment, a map or a list of NAME=VALUE.
-type envMap map[string]string
-
-func (e *envMap) UnmarshalYAML(n *yaml.Node) error {
-	*e = envMap{}
-	switch n.Kind {
-	case yaml.MappingNode:
-		var m map[string]string
-		if err := n.Decode(&m); err != nil {
-			return err
-		}
-		maps.Copy(*e, m)
-	case yaml.SequenceNode:
-		var l []string
-		if err := n.Decode(&l); err != nil {
-			return err
-		}
-		for _, kv := range l {
-			k, v, _ := strings.Cut(kv, "=")
-			(*e)[k] = v
-		}
-	default:
-		return fmt.Errorf("line %d: environment is neither a map nor a list", n.Line)
+// loadComposeData loads a compose file's content as `docker compose` would
+// from deploy/, with examples standing in for what the user must set.
+func loadComposeData(t *testing.T, data []byte) composeFileT {
+	t.Helper()
+	wd, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return nil
-}
-
-// stringList is a compose command: a list, or a string split on spaces.
-type stringList []string
-
-func (s *stringList) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind == yaml.ScalarNode {
-		*s = strings.Fields(n.Value)
-		return nil
+	p, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
+		WorkingDir:  wd,
+		ConfigFiles: []types.ConfigFile{{Filename: composeFile, Content: data}},
+		Environment: types.Mapping(examples),
+	}, func(o *loader.Options) { o.SetProjectName("icmplb", true) })
+	if err != nil {
+		t.Fatalf("%s: %v", composeFile, err)
 	}
-	var l []string
-	err := n.Decode(&l)
-	*s = l
-	return err
-}
-
-// composeVolume is a volume in the short ("src:dst:ro") or long syntax.
-type composeVolume struct {
-	Type, Source, Target string
-	ReadOnly             bool
-}
-
-func (v *composeVolume) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind == yaml.ScalarNode {
-		parts := strings.Split(n.Value, ":")
-		switch len(parts) {
-		case 1:
-			v.Target = parts[0]
-		case 2, 3:
-			v.Source, v.Target = parts[0], parts[1]
-			v.ReadOnly = len(parts) == 3 && slices.Contains(strings.Split(parts[2], ","), "ro")
-		default:
-			return fmt.Errorf("line %d: volume %q", n.Line, n.Value)
-		}
-		v.Type = "volume"
-		if strings.HasPrefix(v.Source, ".") || strings.HasPrefix(v.Source, "/") {
-			v.Type = "bind"
-		}
-		return nil
+	c := composeFileT{Services: map[string]composeService{}}
+	for name, s := range p.Services {
+		c.Services[name] = composeService{s}
 	}
-	var l struct {
-		Type     string `yaml:"type"`
-		Source   string `yaml:"source"`
-		Target   string `yaml:"target"`
-		ReadOnly bool   `yaml:"read_only"`
-	}
-	if err := n.Decode(&l); err != nil {
-		return err
-	}
-	*v = composeVolume{Type: l.Type, Source: l.Source, Target: l.Target, ReadOnly: l.ReadOnly}
-	return nil
+	return c
 }
 
 func loadCompose(t *testing.T) composeFileT {
 	t.Helper()
-	var c composeFileT
-	readYAML(t, composeFile, &c)
+	data, err := os.ReadFile(composeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := loadComposeData(t, data)
 	for _, s := range []string{"icmplb", "prometheus", "grafana"} {
 		if _, ok := c.Services[s]; !ok {
 			t.Fatalf("%s: no service %q", composeFile, s)
@@ -452,11 +388,11 @@ func loadCompose(t *testing.T) composeFileT {
 }
 
 // hostPath maps a path inside a compose service's container to the file on
-// this machine it is bind-mounted from, relative to deploy/.
+// this machine it is bind-mounted from.
 func (s composeService) hostPath(p string) (string, bool) {
 	best, bestLen := "", -1
 	for _, v := range s.Volumes {
-		if v.Type != "bind" {
+		if v.Type != types.VolumeTypeBind {
 			continue
 		}
 		if p == v.Target || strings.HasPrefix(p, strings.TrimSuffix(v.Target, "/")+"/") {
@@ -472,35 +408,9 @@ func (s composeService) hostPath(p string) (string, bool) {
 func (s composeService) published() map[string]string {
 	m := map[string]string{}
 	for _, p := range s.Ports {
-		parts := strings.Split(strings.TrimSuffix(p, "/tcp"), ":")
-		cport := parts[len(parts)-1]
-		hport := cport
-		if len(parts) >= 2 {
-			hport = parts[len(parts)-2]
-		}
-		m[hport] = cport
+		m[p.Published] = strconv.Itoa(int(p.Target))
 	}
 	return m
-}
-
-var composeVar = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}`)
-
-// interpolate resolves compose's ${VAR:-default}; a variable the user must
-// set (${VAR:?msg}, ${VAR}) takes its value from examples.
-func interpolate(s string) (string, error) {
-	var errs []error
-	out := composeVar.ReplaceAllStringFunc(s, func(m string) string {
-		g := composeVar.FindStringSubmatch(m)
-		if strings.HasSuffix(g[2], "-") {
-			return g[3]
-		}
-		if v, ok := examples[g[1]]; ok {
-			return v
-		}
-		errs = append(errs, fmt.Errorf("no example value for ${%s} in the test's examples", g[1]))
-		return ""
-	})
-	return out, errors.Join(errs...)
 }
 
 // ---- Agent configurations ------------------------------------------------------
@@ -524,11 +434,9 @@ func composeAgent(t *testing.T, c composeFileT) agentConfig {
 	a := agentConfig{where: composeFile + " service icmplb", env: map[string]string{}, uid: -1,
 		mounts: map[string]string{}, capAdd: s.CapAdd, capDrop: s.CapDrop, privileged: s.Privileged}
 	for k, v := range s.Environment {
-		r, err := interpolate(v)
-		if err != nil {
-			t.Errorf("%s: %s: %v", a.where, k, err)
+		if v != nil {
+			a.env[k] = *v
 		}
-		a.env[k] = r
 	}
 	a.args = append(slices.Clone([]string(s.Entrypoint)), s.Command...)
 	if s.User != "" {
@@ -539,7 +447,7 @@ func composeAgent(t *testing.T, c composeFileT) agentConfig {
 		a.uid = uid
 	}
 	for _, v := range s.Volumes {
-		if v.Type == "bind" {
+		if v.Type == types.VolumeTypeBind {
 			a.mounts[v.Target] = v.Source
 		}
 	}
@@ -1498,14 +1406,14 @@ func TestPodMonitor(t *testing.T) {
 
 func TestKustomizations(t *testing.T) {
 	for _, dir := range []string{k8sDir, monitoringDir} {
-		var k struct {
-			Namespace string   `yaml:"namespace"`
-			Resources []string `yaml:"resources"`
-			Images    []struct {
-				Name string `yaml:"name"`
-			} `yaml:"images"`
+		data, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+		if err != nil {
+			t.Fatal(err)
 		}
-		readYAML(t, filepath.Join(dir, "kustomization.yaml"), &k)
+		var k kusttypes.Kustomization
+		if err := k8syaml.UnmarshalStrict(data, &k); err != nil {
+			t.Fatalf("%s/kustomization.yaml: %v", dir, err)
+		}
 		files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 		if err != nil {
 			t.Fatal(err)
@@ -1527,23 +1435,29 @@ func TestKustomizations(t *testing.T) {
 				t.Errorf("%s/kustomization.yaml: image %q is not the one the manifests use", dir, img.Name)
 			}
 		}
-		kubectl, err := exec.LookPath("kubectl")
+		// Built as `kubectl apply -k` builds it, with kustomize's own API.
+		resMap, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
 		if err != nil {
-			t.Logf("kubectl not installed: %s not built", dir)
+			t.Errorf("kustomize build %s: %v", dir, err)
 			continue
 		}
-		out, err := exec.Command(kubectl, "kustomize", dir).Output()
+		out, err := resMap.AsYaml()
 		if err != nil {
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				err = fmt.Errorf("%v: %s", err, ee.Stderr)
-			}
-			t.Errorf("kubectl kustomize %s: %v", dir, err)
-			continue
+			t.Fatal(err)
 		}
 		docs, err := decodeAll(out)
 		if err != nil || len(docs) != len(k.Resources) {
-			t.Errorf("kubectl kustomize %s: %d objects (%v), want %d", dir, len(docs), err, len(k.Resources))
+			t.Errorf("kustomize build %s: %d objects (%v), want %d", dir, len(docs), err, len(k.Resources))
+		}
+		for _, n := range docs {
+			obj, err := decodeK8s(n)
+			if err != nil {
+				t.Errorf("kustomize build %s: %v", dir, err)
+				continue
+			}
+			if obj.Kind != "Namespace" && obj.Namespace != namespace {
+				t.Errorf("kustomize build %s: %s %s in namespace %q", dir, obj.Kind, obj.Name, obj.Namespace)
+			}
 		}
 	}
 }
@@ -1576,7 +1490,7 @@ func TestComposePrometheus(t *testing.T) {
 	if icmplb.NetworkMode != "host" {
 		t.Errorf("icmplb: network_mode %q, want host", icmplb.NetworkMode)
 	}
-	if b := icmplb.Build; b == nil || !sameFile(t, filepath.Join(b.Context, b.Dockerfile), dockerfile) || b.Args["VERSION"] == "" {
+	if b := icmplb.Build; b == nil || !sameFile(t, filepath.Join(b.Context, b.Dockerfile), dockerfile) || b.Args["VERSION"] == nil || *b.Args["VERSION"] == "" {
 		t.Errorf("icmplb: build %+v, want context .., dockerfile deploy/Dockerfile and the VERSION arg", b)
 	}
 
@@ -1630,7 +1544,7 @@ func TestComposePrometheus(t *testing.T) {
 	if !scraped {
 		t.Errorf("%s: no job scrapes host.docker.internal:%s", promConfig, port)
 	}
-	if !slices.Contains(prom.ExtraHosts, "host.docker.internal:host-gateway") {
+	if !slices.Contains(prom.ExtraHosts["host.docker.internal"], "host-gateway") {
 		t.Errorf("prometheus: extra_hosts %v lacks host.docker.internal:host-gateway", prom.ExtraHosts)
 	}
 	if !slices.Contains(prom.Command, "--enable-feature=exemplar-storage") {

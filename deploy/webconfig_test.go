@@ -100,11 +100,8 @@ func TestComposeWebConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var c composeFileT
-	if err := yaml.Unmarshal(uncomment(t, composeFile, data,
-		"ICMPLB_WEB_CONFIG_FILE: /etc/icmplb/web/web-config.yml", "- ./web:/etc/icmplb/web:ro"), &c); err != nil {
-		t.Fatalf("%s uncommented: %v", composeFile, err)
-	}
+	c := loadComposeData(t, uncomment(t, composeFile, data,
+		"ICMPLB_WEB_CONFIG_FILE: /etc/icmplb/web/web-config.yml", "- ./web:/etc/icmplb/web:ro"))
 	a := composeAgent(t, c)
 	file := a.env["ICMPLB_WEB_CONFIG_FILE"]
 	if !filepath.IsAbs(file) {
