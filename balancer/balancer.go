@@ -83,17 +83,16 @@ type backendState struct {
 	up      bool
 }
 
-// New checks cfg, the interface and the kernel, loads the data plane, resolves
 // config.MaxLossTimeout must fit the data plane's ring of epochs: a
 // negative difference does not compile.
 const _ = uint64(bpf.MaxLossTimeout - config.MaxLossTimeout)
 
-// the backends' neighbours and attaches to the interface. Close undoes it.
+// New checks the interface and the kernel against cfg, loads the data plane,
+// resolves the backends' neighbours and attaches to the interface. Close
+// undoes it. cfg must have passed config.Config.Validate, which parsing it
+// (config.Parse, the CLI) runs; New does not check it again.
 func New(cfg config.Config, log *slog.Logger) (*Balancer, error) {
 	cfg = cfg.WithDefaults()
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
 	if log == nil {
 		log = slog.Default()
 	}
