@@ -25,6 +25,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/icmplb/icmplb/config"
 	"github.com/icmplb/icmplb/internal/histquant"
 	"github.com/icmplb/icmplb/internal/responder"
 	"github.com/icmplb/icmplb/internal/topology"
@@ -32,8 +33,9 @@ import (
 
 const (
 	prefix = "icmplbdemo"
-	// metricsAddr is the agent's address inside the lb namespace.
-	metricsAddr = "127.0.0.1:10047"
+	// metricsAddr is the agent's default address, reached inside the lb
+	// namespace.
+	metricsAddr = "127.0.0.1" + config.DefaultListenAddress
 )
 
 func main() {
