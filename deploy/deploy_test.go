@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"go/version"
 	"io"
 	"maps"
 	"net"
@@ -28,6 +29,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/mod/modfile"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -1210,10 +1212,11 @@ func TestDockerfileSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^go (\S+)`).FindSubmatch(gomod)
-	if m == nil {
-		t.Fatal("go.mod: no go directive")
+	mf, err := modfile.ParseLax("go.mod", gomod, nil)
+	if err != nil || mf.Go == nil {
+		t.Fatalf("go.mod: no go directive (%v)", err)
 	}
+	want := "go" + mf.Go.Version
 	image := st.image
 	for k, v := range df.args {
 		image = strings.ReplaceAll(image, "${"+k+"}", v)
@@ -1222,29 +1225,15 @@ func TestDockerfileSources(t *testing.T) {
 	if tag == nil {
 		t.Fatalf("%s: build stage image %q is not golang:VERSION-...", dockerfile, image)
 	}
-	if compareVersions(tag[1], string(m[1])) < 0 {
-		t.Errorf("%s: build stage %s is older than go.mod's go %s", dockerfile, image, m[1])
+	// A tag without a patch version (golang:1.26) is the newest of its
+	// release: compare it with go.mod's language version.
+	have := "go" + tag[1]
+	if strings.Count(tag[1], ".") < 2 {
+		want = version.Lang(want)
 	}
-}
-
-// compareVersions compares dotted versions; a missing part counts as newest
-// (golang:1.26 is the newest 1.26.x).
-func compareVersions(a, b string) int {
-	pa, pb := strings.Split(a, "."), strings.Split(b, ".")
-	for i := range max(len(pa), len(pb)) {
-		if i >= len(pa) || i >= len(pb) {
-			if i >= len(pa) {
-				return 1
-			}
-			return -1
-		}
-		x, _ := strconv.Atoi(pa[i])
-		y, _ := strconv.Atoi(pb[i])
-		if x != y {
-			return x - y
-		}
+	if version.Compare(have, want) < 0 {
+		t.Errorf("%s: build stage %s is older than go.mod's go %s", dockerfile, image, mf.Go.Version)
 	}
-	return 0
 }
 
 func TestDockerfileFinalStage(t *testing.T) {
