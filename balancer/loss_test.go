@@ -17,8 +17,7 @@ func slotsFor(backends, ncpu int) []bpf.IcmplbEpochCount {
 }
 
 func put(slots []bpf.IcmplbEpochCount, ncpu, backend int, epoch uint64, cpu int, sent, answered uint64) {
-	i := (backend*bpf.Epochs+int(epoch%uint64(bpf.Epochs)))*ncpu + cpu
-	slots[i] = bpf.IcmplbEpochCount{Epoch: epoch, Sent: sent, Answered: answered}
+	slots[bpf.EpochKey(backend, epoch)*ncpu+cpu] = bpf.IcmplbEpochCount{Epoch: epoch, Sent: sent, Answered: answered}
 }
 
 func TestLossSettlesOnlyAfterTimeout(t *testing.T) {

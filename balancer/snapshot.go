@@ -85,7 +85,7 @@ func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) {
 	for j, addr := range b.backendOrder {
 		i := int(b.ifIdx[addr])
 		bs := &snap.Backends[j]
-		bs.Addr, bs.Up = addr, b.states[addr].up
+		bs.VIP, bs.Addr, bs.Up = b.cfg.VIP, addr, b.states[addr].up
 		bs.RTT = telemetry.Histogram{Schema: bpf.RTTSchema, Offset: bpf.RTTBucketOffset, Buckets: make([]uint64, bpf.RTTBuckets)}
 		for cpu := 0; cpu < b.ncpu; cpu++ {
 			c := &s.counters[i*b.ncpu+cpu]

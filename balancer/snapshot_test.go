@@ -56,7 +56,7 @@ func TestSnapshotReadsMaps(t *testing.T) {
 		perCPU := make([]uint64, b.ncpu)
 		perCPU[b.ncpu-1] = uint64(i + 1)
 		perCPU[0] += 10
-		if err := b.objs.RttHist.Put(uint32(i*256+170), perCPU); err != nil {
+		if err := b.objs.RttHist.Put(uint32(bpf.RTTKey(i, 170)), perCPU); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -75,8 +75,8 @@ func TestSnapshotReadsMaps(t *testing.T) {
 		if bs.RTT.Buckets[170] != want || bs.RTT.Count() != want {
 			t.Errorf("backend %d bucket 170 = %d (count %d), want %d summed over CPUs", i, bs.RTT.Buckets[170], bs.RTT.Count(), want)
 		}
-		if !bs.Up || bs.Addr != b.backendOrder[i] {
-			t.Errorf("backend %d is %s up=%v", i, bs.Addr, bs.Up)
+		if !bs.Up || bs.Addr != b.backendOrder[i] || bs.VIP != b.cfg.VIP {
+			t.Errorf("backend %d is %s of %s up=%v", i, bs.Addr, bs.VIP, bs.Up)
 		}
 	}
 	if !snap.Conntrack.Known || snap.Conntrack.Sessions != 0 || snap.Conntrack.Capacity != config.DefaultConntrackSize {

@@ -66,7 +66,7 @@ func exportedMetrics(t testing.TB) map[string]*metricInfo {
 	snap := &telemetry.Snapshot{
 		VIP: netip.MustParseAddr("10.0.0.100"),
 		Backends: []telemetry.Backend{{
-			Addr: netip.MustParseAddr("10.0.0.2"), Up: true,
+			VIP: netip.MustParseAddr("10.0.0.100"), Addr: netip.MustParseAddr("10.0.0.2"), Up: true,
 			Requests: 3, RequestBytes: 294, Replies: 2, ReplyBytes: 196, Lost: 1,
 			RTT: telemetry.Histogram{Schema: bpf.RTTSchema, Offset: bpf.RTTBucketOffset, Buckets: make([]uint64, bpf.RTTBuckets)},
 		}},

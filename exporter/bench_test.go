@@ -19,7 +19,7 @@ import (
 func bigSnapshot(n int) *telemetry.Snapshot {
 	snap := &telemetry.Snapshot{VIP: testVIP, Verdicts: testVerdicts}
 	for i := range n {
-		b := telemetry.Backend{Addr: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Up: true,
+		b := telemetry.Backend{VIP: testVIP, Addr: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Up: true,
 			Requests: 1e6, Replies: 1e6, Lost: 10, RTT: newRTT()}
 		// A realistic spread: RTTs over two decades fill about 55 buckets.
 		for k := 120; k < 175; k++ {

@@ -3,7 +3,8 @@
 // Package exporter turns what the balancer's data plane measured into
 // Prometheus metrics (read from the BPF maps at scrape time) and
 // OpenTelemetry spans (from the kernel's sampled exchanges). It works on the
-// balancer's typed snapshots and events, so it is tested without BPF.
+// values of package telemetry, which the balancer fills, so it is built and
+// tested without BPF.
 package exporter
 
 import (
@@ -108,13 +109,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		return // not attached yet
 	}
 
-	vip := snap.VIP.String()
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	for i := range snap.Backends {
 		b := &snap.Backends[i]
-		be := b.Addr.String()
+		vip, be := b.VIP.String(), b.Addr.String()
 		counter(c.requests, b.Requests, vip, be)
 		counter(c.replies, b.Replies, vip, be)
 		counter(c.lost, b.Lost, vip, be)
@@ -129,6 +129,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, vip, be)
 		ch <- c.histogram(b, vip, be)
 	}
+	vip := snap.VIP.String()
 	for _, v := range snap.Verdicts {
 		counter(c.packets, v.Packets, v.Verdict, v.Reason)
 		if v.BalancerLoss {

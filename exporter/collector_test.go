@@ -64,7 +64,7 @@ var testVerdicts = []telemetry.Verdict{
 func snapshotWith(rtts map[netip.Addr][]time.Duration) *telemetry.Snapshot {
 	snap := &telemetry.Snapshot{VIP: testVIP, Verdicts: slices.Clone(testVerdicts)}
 	for _, addr := range []netip.Addr{testBE1, testBE2} {
-		b := telemetry.Backend{Addr: addr, Up: addr == testBE1, Requests: 10, Replies: 7, Lost: 3,
+		b := telemetry.Backend{VIP: testVIP, Addr: addr, Up: addr == testBE1, Requests: 10, Replies: 7, Lost: 3,
 			RequestBytes: 980, ReplyBytes: 686, Late: 1, Unmatched: 2, RTT: newRTT()}
 		for _, d := range rtts[addr] {
 			b.RTT.Buckets[bucketOf(&b.RTT, d)]++
@@ -156,6 +156,32 @@ func TestCollectorCounters(t *testing.T) {
 	}
 	if n := len(mfs["icmplb_packets_total"].GetMetric()); n != len(testVerdicts) {
 		t.Errorf("%d verdict series, want one per reason (%d)", n, len(testVerdicts))
+	}
+}
+
+// Each backend carries its service, so one address serving two VIPs is two
+// series, and the balancer's own loss keeps the snapshot's VIP.
+func TestCollectorBackendOfTwoVIPs(t *testing.T) {
+	snap := snapshotWith(nil)
+	other := snap.Backends[0]
+	other.VIP, other.Requests = netip.MustParseAddr("10.0.0.101"), 42
+	snap.Backends = append(snap.Backends, other)
+	snap.Verdicts[3].Packets = 5 // nat_exhausted
+	mfs := gather(t, NewCollector(&fakeSource{snap: snap}, nil, "v"))
+	if got := value(t, mfs, "icmplb_backend_requests_total", "backend=10.0.0.2,vip=10.0.0.100"); got != 10 {
+		t.Errorf("requests to 10.0.0.2 for 10.0.0.100 = %v, want 10", got)
+	}
+	if got := value(t, mfs, "icmplb_backend_requests_total", "backend=10.0.0.2,vip=10.0.0.101"); got != 42 {
+		t.Errorf("requests to 10.0.0.2 for 10.0.0.101 = %v, want 42", got)
+	}
+	if n := len(mfs["icmplb_backend_rtt_seconds"].GetMetric()); n != 3 {
+		t.Errorf("%d RTT histograms, want one per (vip, backend): 3", n)
+	}
+	if got := value(t, mfs, "icmplb_balancer_lost_requests_total", "reason=nat_exhausted,vip=10.0.0.100"); got != 5 {
+		t.Errorf("balancer loss = %v, want 5", got)
+	}
+	if n := len(mfs["icmplb_balancer_lost_requests_total"].GetMetric()); n != 2 {
+		t.Errorf("%d balancer loss series, want one per reason marked BalancerLoss: 2", n)
 	}
 }
 

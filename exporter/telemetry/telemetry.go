@@ -16,7 +16,11 @@ import (
 
 // Snapshot is the data plane's state at one moment, summed over CPUs.
 type Snapshot struct {
-	VIP      netip.Addr
+	// VIP is the service the data plane's own losses (Verdict.BalancerLoss)
+	// are counted for: the kernel counts verdicts for all services at once.
+	VIP netip.Addr
+	// Backends has one entry per (service, backend) pair: a backend address
+	// may serve several VIPs, and each pair is measured on its own.
 	Backends []Backend
 	// Verdicts has one entry per verdict reason of the data plane.
 	Verdicts  []Verdict
@@ -26,8 +30,10 @@ type Snapshot struct {
 	TraceEventsDropped uint64
 }
 
-// Backend is what the data plane measured for one backend.
+// Backend is what the data plane measured for one backend of one service.
 type Backend struct {
+	// VIP is the service the backend was measured for.
+	VIP  netip.Addr
 	Addr netip.Addr
 	// Up is true while the backend's next hop is resolved and it takes new
 	// sessions.

@@ -4,6 +4,8 @@ package telemetry
 
 import (
 	"math"
+	"os/exec"
+	"strings"
 	"testing"
 )
 
@@ -20,5 +22,22 @@ func TestHistogramLayout(t *testing.T) {
 	h.Buckets[0], h.Buckets[200] = 2, 3
 	if h.Count() != 5 {
 		t.Errorf("Count %d, want 5", h.Count())
+	}
+}
+
+// The package is the contract between the balancer and the exporter: it
+// imports neither, nor anything outside the standard library.
+func TestStandardLibraryOnly(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go command to list dependencies")
+	}
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "github.com/icmplb/icmplb/exporter/telemetry").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	for dep := range strings.FieldsSeq(string(out)) {
+		if dep != "github.com/icmplb/icmplb/exporter/telemetry" {
+			t.Errorf("telemetry depends on %s", dep)
+		}
 	}
 }
