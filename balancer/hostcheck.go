@@ -52,7 +52,7 @@ func checkHost(cfg config.Config, iface *net.Interface, log *slog.Logger) error 
 // the interface's subnets is only warned about: neighbours find it by ARP and
 // nobody here answers, but a standby balancer runs like that until a
 // failover (keepalived) moves the address to it. A VIP outside those subnets
-// is reached by routing (README), which the agent cannot see, so it says
+// is reached by routing (docs/configuration.md), which the agent cannot see, so it says
 // nothing.
 func checkAddrs(cfg config.Config, h hostAddrs) (warnings []string, err error) {
 	cfg = cfg.WithDefaults()

@@ -48,26 +48,26 @@ var update = flag.Bool("update", false,
 
 // Paths, relative to this package's directory (the test's working directory).
 const (
-	repoRoot       = ".."
-	dockerfile     = "Dockerfile"
-	makefile       = "../Makefile"
-	composeFile    = "compose.yaml"
-	promConfig     = "prometheus/prometheus.yml"
-	tempoConfig    = "tempo/tempo.yaml"
-	readme         = "../docs/containers-and-kubernetes.md"
-	k8sDir         = "kubernetes"
-	monitoringDir  = "kubernetes/monitoring"
-	ruleManifest   = "kubernetes/monitoring/prometheusrule.yaml"
-	rulesFile      = "../dashboards/icmplb-rules.yml"
-	dashboardsDir  = "../dashboards"
-	namespace      = "icmplb"
-	readmeHeading  = "# Containers and Kubernetes"
-	dockerBuildCmd = "docker build -f deploy/Dockerfile"
+	repoRoot             = ".."
+	dockerfile           = "Dockerfile"
+	makefile             = "../Makefile"
+	composeFile          = "compose.yaml"
+	promConfig           = "prometheus/prometheus.yml"
+	tempoConfig          = "tempo/tempo.yaml"
+	containersDoc        = "../docs/containers-and-kubernetes.md"
+	k8sDir               = "kubernetes"
+	monitoringDir        = "kubernetes/monitoring"
+	ruleManifest         = "kubernetes/monitoring/prometheusrule.yaml"
+	rulesFile            = "../dashboards/icmplb-rules.yml"
+	dashboardsDir        = "../dashboards"
+	namespace            = "icmplb"
+	containersDocHeading = "# Containers and Kubernetes"
+	dockerBuildCmd       = "docker build -f deploy/Dockerfile"
 )
 
 // requiredCaps are the capabilities icmplb gets, everywhere: in the
 // Dockerfile's setcap, compose's cap_add and the manifests' capabilities.add.
-// Why these three is explained in the Dockerfile and README.md.
+// Why these three is explained in the Dockerfile and docs/containers-and-kubernetes.md.
 var requiredCaps = []string{"BPF", "NET_ADMIN", "PERFMON"}
 
 // otelVars are the OTEL_* variables icmplb's trace pipeline honours: those
@@ -790,7 +790,7 @@ func TestCapabilities(t *testing.T) {
 	if !sameSet(caps, requiredCaps) {
 		t.Errorf("%s: setcap gives %v, want %v", dockerfile, caps, requiredCaps)
 	}
-	doc, err := os.ReadFile(readme)
+	doc, err := os.ReadFile(containersDoc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -799,7 +799,7 @@ func TestCapabilities(t *testing.T) {
 			t.Errorf("%s: the comment does not explain CAP_%s", dockerfile, c)
 		}
 		if !strings.Contains(string(doc), "CAP_"+c) {
-			t.Errorf("%s does not explain CAP_%s", readme, c)
+			t.Errorf("%s does not explain CAP_%s", containersDoc, c)
 		}
 	}
 }
@@ -1720,18 +1720,18 @@ func TestComposeTraces(t *testing.T) {
 	}
 }
 
-// ---- Tests: README -------------------------------------------------------------
+// ---- Tests: the containers page -------------------------------------------------
 
-func TestREADME(t *testing.T) {
-	data, err := os.ReadFile(readme)
+func TestContainersDoc(t *testing.T) {
+	data, err := os.ReadFile(containersDoc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	doc := string(data)
-	for _, want := range []string{readmeHeading, dockerBuildCmd, "docker compose -f deploy/compose.yaml up",
+	for _, want := range []string{containersDocHeading, dockerBuildCmd, "docker compose -f deploy/compose.yaml up",
 		"/sys/fs/bpf", "kubectl apply -k deploy/kubernetes", "PodMonitor", "PrometheusRule", "ICMPLB_"} {
 		if !strings.Contains(doc, want) {
-			t.Errorf("%s does not mention %q", readme, want)
+			t.Errorf("%s does not mention %q", containersDoc, want)
 		}
 	}
 	if !strings.Contains(parseDockerfile(t).text, dockerBuildCmd) {

@@ -373,7 +373,7 @@ func worldReadableBinary(t *testing.T) string {
 }
 
 // TestLeastPrivilege runs the agent as an unprivileged user holding only the
-// three capabilities the README names: it must attach and balance.
+// three capabilities docs/containers-and-kubernetes.md names: it must attach and balance.
 func TestLeastPrivilege(t *testing.T) {
 	testenv.Privileged(t)
 	topo := topology.NewT(t, topology.Seed())
