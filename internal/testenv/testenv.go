@@ -12,7 +12,7 @@ import (
 )
 
 // TB is what the test kit needs of a test: *testing.T and *testing.B have
-// it. The kit takes this interface, not TB, so that its packages
+// it. The kit takes this interface, not *testing.T, so that its packages
 // (which the demo also uses) do not link the testing package.
 type TB interface {
 	Helper()
