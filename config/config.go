@@ -31,13 +31,9 @@ const (
 type Config struct {
 	// Iface is the interface clients and backends are reached through.
 	Iface string `name:"iface" required:"" env:"ICMPLB_IFACE" help:"Interface clients and backends are reached through."`
-	// VIP is the virtual address clients ping.
-	VIP netip.Addr `name:"vip" required:"" env:"ICMPLB_VIP" help:"Virtual IPv4 address clients ping."`
-	// Backends are the hosts echo requests are spread over.
-	Backends []netip.Addr `name:"backend" env:"ICMPLB_BACKENDS" sep:"," help:"Backend IPv4 address (repeat the flag; comma-separated in the env var)."`
-	// SNAT is the source address of requests sent to backends; the zero
-	// value means the VIP (see WithDefaults).
-	SNAT netip.Addr `name:"snat" env:"ICMPLB_SNAT" help:"Source address of requests sent to backends (default: the VIP)."`
+	// Service is the one service the flags define; kong flattens it into
+	// --vip, --backend and --snat.
+	Service
 	// XDPMode is ModeAuto, ModeNative or ModeGeneric.
 	XDPMode string `name:"xdp-mode" default:"${xdp_mode}" enum:"auto,native,generic" env:"ICMPLB_XDP_MODE" help:"XDP attach mode: auto (generic on veth, else native with generic fallback), native or generic."`
 	// MaglevSize is the number of Maglev slots, a prime.
@@ -72,6 +68,20 @@ type Config struct {
 	// NeighInterval is how often backends' neighbour entries are checked;
 	// not a flag (tests shorten it); zero means DefaultNeighInterval.
 	NeighInterval time.Duration `kong:"-"`
+}
+
+// Service is what one balanced service needs: its VIP, the address its
+// requests leave with, and its backends. They are grouped so that a config
+// file can give a list of them and each is checked alike (Service.validate);
+// the rest of Config is per agent.
+type Service struct {
+	// VIP is the virtual address clients ping.
+	VIP netip.Addr `name:"vip" required:"" env:"ICMPLB_VIP" help:"Virtual IPv4 address clients ping."`
+	// Backends are the hosts echo requests are spread over.
+	Backends []netip.Addr `name:"backend" env:"ICMPLB_BACKENDS" sep:"," help:"Backend IPv4 address (repeat the flag; comma-separated in the env var)."`
+	// SNAT is the source address of requests sent to backends; the zero
+	// value means the VIP (see WithDefaults).
+	SNAT netip.Addr `name:"snat" env:"ICMPLB_SNAT" help:"Source address of requests sent to backends (default: the VIP)."`
 }
 
 // Log is how the agent logs: flags of every command.
@@ -183,9 +193,7 @@ func Default() Config {
 // means the VIP. Sizes and durations have no such reading: a zero there is
 // a mistake, and Validate says so.
 func (c Config) WithDefaults() Config {
-	if !c.SNAT.IsValid() {
-		c.SNAT = c.VIP
-	}
+	c.Service = c.Service.withDefaults()
 	// Not a flag: zero is what kong leaves it at.
 	if c.NeighInterval == 0 {
 		c.NeighInterval = DefaultNeighInterval
@@ -257,6 +265,13 @@ func fmtDuration(d time.Duration) string {
 	return d.String()
 }
 
+func (s Service) withDefaults() Service {
+	if !s.SNAT.IsValid() {
+		s.SNAT = s.VIP
+	}
+	return s
+}
+
 // minTraceBuffer is MinTraceBuffer or the page size where pages are larger:
 // the kernel takes only whole pages for a ring buffer.
 func minTraceBuffer() int { return max(MinTraceBuffer, os.Getpagesize()) }
@@ -269,33 +284,8 @@ func (c Config) Validate() error {
 	if c.Iface == "" {
 		return fmt.Errorf("no interface: set %s (%s)", SetIface.Flag, SetIface.Env)
 	}
-	if err := unicastV4("VIP", SetVIP, c.VIP); err != nil {
+	if err := c.Service.validate(); err != nil {
 		return err
-	}
-	if err := unicastV4("SNAT address", SetSNAT, c.SNAT); err != nil {
-		return err
-	}
-	if len(c.Backends) == 0 {
-		return fmt.Errorf("no backends: give at least one %s (%s, comma-separated)", SetBackend.Flag, SetBackend.Env)
-	}
-	if len(c.Backends) > MaxBackends {
-		return fmt.Errorf("%d backends given (%s, %s): at most %d are supported", len(c.Backends), SetBackend.Flag, SetBackend.Env, MaxBackends)
-	}
-	seen := make(map[netip.Addr]bool, len(c.Backends))
-	for _, b := range c.Backends {
-		if err := unicastV4("backend", SetBackend, b); err != nil {
-			return err
-		}
-		if seen[b] {
-			return fmt.Errorf("backend %s is given twice (%s, %s)", b, SetBackend.Flag, SetBackend.Env)
-		}
-		seen[b] = true
-		if b == c.VIP {
-			return fmt.Errorf("backend %s is the VIP itself (%s, %s); a backend must be another host", b, SetBackend.Flag, SetBackend.Env)
-		}
-		if b == c.SNAT {
-			return fmt.Errorf("backend %s is the SNAT address (%s, %s); a backend must be another host", b, SetBackend.Flag, SetBackend.Env)
-		}
 	}
 	switch c.XDPMode {
 	case ModeAuto, ModeNative, ModeGeneric:
@@ -339,6 +329,39 @@ func (c Config) Validate() error {
 	}
 	if lo := minTraceBuffer(); c.TraceBufferSize < lo || c.TraceBufferSize > MaxTraceBuffer || c.TraceBufferSize&(c.TraceBufferSize-1) != 0 {
 		return setTraceBuffer.errorf(c.TraceBufferSize, "must be a power of two in %d..%d", lo, MaxTraceBuffer)
+	}
+	return nil
+}
+
+// validate checks one service with its defaults applied.
+func (s Service) validate() error {
+	if err := unicastV4("VIP", SetVIP, s.VIP); err != nil {
+		return err
+	}
+	if err := unicastV4("SNAT address", SetSNAT, s.SNAT); err != nil {
+		return err
+	}
+	if len(s.Backends) == 0 {
+		return fmt.Errorf("no backends: give at least one %s (%s, comma-separated)", SetBackend.Flag, SetBackend.Env)
+	}
+	if len(s.Backends) > MaxBackends {
+		return fmt.Errorf("%d backends given (%s, %s): at most %d are supported", len(s.Backends), SetBackend.Flag, SetBackend.Env, MaxBackends)
+	}
+	seen := make(map[netip.Addr]bool, len(s.Backends))
+	for _, b := range s.Backends {
+		if err := unicastV4("backend", SetBackend, b); err != nil {
+			return err
+		}
+		if seen[b] {
+			return fmt.Errorf("backend %s is given twice (%s, %s)", b, SetBackend.Flag, SetBackend.Env)
+		}
+		seen[b] = true
+		if b == s.VIP {
+			return fmt.Errorf("backend %s is the VIP itself (%s, %s); a backend must be another host", b, SetBackend.Flag, SetBackend.Env)
+		}
+		if b == s.SNAT {
+			return fmt.Errorf("backend %s is the SNAT address (%s, %s); a backend must be another host", b, SetBackend.Flag, SetBackend.Env)
+		}
 	}
 	return nil
 }
