@@ -8,12 +8,15 @@ package deploy
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
-	"go.yaml.in/yaml/v3"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/icmplb/icmplb/exporter"
 	"github.com/icmplb/icmplb/internal/webtest"
@@ -30,39 +33,24 @@ const (
 // once its certificate and hash are filled in, and refused as it is, so that
 // nobody runs it with a placeholder for a password.
 func TestWebConfigExample(t *testing.T) {
-	example, err := os.ReadFile(webConfigExample)
-	if err != nil {
-		t.Fatal(err)
-	}
+	example := read(t, webConfigExample)
 	if !bytes.Contains(example, []byte(webPlaceholder)) {
 		t.Fatalf("%s: no placeholder %s", webConfigExample, webPlaceholder)
 	}
 	dir := t.TempDir()
 	cert := webtest.SelfSigned(t, dir, "host.docker.internal", "127.0.0.1")
 	// The example names the files as `kubectl create secret tls` does.
-	for from, to := range map[string]string{cert.CertFile: "tls.crt", cert.KeyFile: "tls.key"} {
-		if err := os.Rename(from, filepath.Join(dir, to)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	asIs := filepath.Join(dir, "as-is.yml")
-	if err := os.WriteFile(asIs, example, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := exporter.ValidateWebConfigFile(asIs); err == nil {
-		t.Errorf("%s with its placeholder hash: accepted, want refused", webConfigExample)
-	}
+	errs := []error{os.Rename(cert.CertFile, filepath.Join(dir, "tls.crt")), os.Rename(cert.KeyFile, filepath.Join(dir, "tls.key"))}
+	asIs, filled := filepath.Join(dir, "as-is.yml"), filepath.Join(dir, "web-config.yml")
 	// A real hash, as htpasswd -nBC 12 prints it.
-	hashed := webtest.WriteConfig(t, t.TempDir(), nil, map[string]string{"u": "p"}, "")
-	hashLine, _ := os.ReadFile(hashed)
-	_, hash, _ := strings.Cut(strings.TrimSpace(string(hashLine)), "u: ")
-	filled := filepath.Join(dir, "web-config.yml")
-	if err := os.WriteFile(filled, bytes.ReplaceAll(example, []byte(webPlaceholder), []byte(hash)), 0o600); err != nil {
+	_, hash, _ := strings.Cut(strings.TrimSpace(string(read(t, webtest.WriteConfig(t, t.TempDir(), nil, map[string]string{"u": "p"}, "")))), "u: ")
+	errs = append(errs, os.WriteFile(asIs, example, 0o600), os.WriteFile(filled, bytes.ReplaceAll(example, []byte(webPlaceholder), []byte(hash)), 0o600))
+	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
-	if err := exporter.ValidateWebConfigFile(filled); err != nil {
-		t.Errorf("%s filled in: %v", webConfigExample, err)
-	}
+	expect(t, exporter.ValidateWebConfigFile(asIs) != nil, "%s with its placeholder hash: accepted, want refused", webConfigExample)
+	err := exporter.ValidateWebConfigFile(filled)
+	expect(t, err == nil, "%s filled in: %v", webConfigExample, err)
 }
 
 // uncomment removes "# " from the commented lines that read start and from
@@ -85,9 +73,7 @@ func uncomment(t *testing.T, file string, data []byte, starts ...string) []byte 
 				lines[i] = lines[i][:indent] + lines[i][indent+2:]
 			}
 		}
-		if found == 0 {
-			t.Errorf("%s: no commented line %q to uncomment", file, start)
-		}
+		expect(t, found > 0, "%s: no commented line %q to uncomment", file, start)
 	}
 	return []byte(strings.Join(lines, "\n"))
 }
@@ -96,54 +82,37 @@ func uncomment(t *testing.T, file string, data []byte, starts ...string) []byte 
 // basic auth: the agent must find the example config, and Prometheus the CA
 // and password files, in the same mounted directory.
 func TestComposeWebConfig(t *testing.T) {
-	data, err := os.ReadFile(composeFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := loadComposeData(t, uncomment(t, composeFile, data,
+	c := loadCompose(t, uncomment(t, composeFile, read(t, composeFile),
 		"ICMPLB_WEB_CONFIG_FILE: /etc/icmplb/web/web-config.yml", "- ./web:/etc/icmplb/web:ro"))
-	a := composeAgent(t, c)
-	file := a.env["ICMPLB_WEB_CONFIG_FILE"]
-	if !filepath.IsAbs(file) {
-		t.Fatalf("ICMPLB_WEB_CONFIG_FILE=%q: not an absolute path", file)
-	}
-	host, ok := c.Services["icmplb"].hostPath(file)
-	if !ok || !sameFile(t, host, webConfigExample) {
-		t.Fatalf("icmplb: ICMPLB_WEB_CONFIG_FILE=%s is not mounted from %s (got %q)", file, webConfigExample, host)
-	}
-
-	pdata, err := os.ReadFile(promConfig)
-	if err != nil {
-		t.Fatal(err)
+	file := composeAgent(t, c).env["ICMPLB_WEB_CONFIG_FILE"]
+	host, ok := c["icmplb"].hostPath(file)
+	if !filepath.IsAbs(file) || !ok || !sameFile(host, webConfigExample) {
+		t.Fatalf("icmplb: ICMPLB_WEB_CONFIG_FILE=%q is not an absolute path mounted from %s (got %q)", file, webConfigExample, host)
 	}
 	var pc struct {
 		ScrapeConfigs []struct {
-			JobName   string `yaml:"job_name"`
-			Scheme    string `yaml:"scheme"`
+			JobName   string `json:"job_name"`
+			Scheme    string
 			TLSConfig struct {
-				CAFile string `yaml:"ca_file"`
-			} `yaml:"tls_config"`
+				CAFile string `json:"ca_file"`
+			} `json:"tls_config"`
 			BasicAuth struct {
-				Username     string `yaml:"username"`
-				PasswordFile string `yaml:"password_file"`
-			} `yaml:"basic_auth"`
-		} `yaml:"scrape_configs"`
+				Username     string
+				PasswordFile string `json:"password_file"`
+			} `json:"basic_auth"`
+		} `json:"scrape_configs"`
 	}
-	if err := yaml.Unmarshal(uncomment(t, promConfig, pdata, "scheme: https", "tls_config:", "basic_auth:"), &pc); err != nil {
+	if err := yaml.Unmarshal(uncomment(t, promConfig, read(t, promConfig), "scheme: https", "tls_config:", "basic_auth:"), &pc); err != nil {
 		t.Fatalf("%s uncommented: %v", promConfig, err)
 	}
-	prom := c.Services["prometheus"]
 	for _, sc := range pc.ScrapeConfigs {
 		if sc.JobName != "icmplb" {
 			continue
 		}
-		if sc.Scheme != "https" || sc.BasicAuth.Username == "" {
-			t.Errorf("%s uncommented: job icmplb scheme %q, user %q; want https with basic auth", promConfig, sc.Scheme, sc.BasicAuth.Username)
-		}
+		expect(t, sc.Scheme == "https" && sc.BasicAuth.Username != "", "%s uncommented: job icmplb scheme %q, user %q; want https with basic auth", promConfig, sc.Scheme, sc.BasicAuth.Username)
 		for _, f := range []string{sc.TLSConfig.CAFile, sc.BasicAuth.PasswordFile} {
-			if h, ok := prom.hostPath(f); !ok || filepath.Clean(filepath.Dir(h)) != filepath.Clean(filepath.Dir(host)) {
-				t.Errorf("prometheus: %s is not mounted from %s (got %q)", f, filepath.Dir(webConfigExample), h)
-			}
+			h, ok := c["prometheus"].hostPath(f)
+			expect(t, ok && filepath.Dir(h) == filepath.Dir(host), "prometheus: %s is not mounted from %s (got %q)", f, filepath.Dir(webConfigExample), h)
 		}
 	}
 }
@@ -152,52 +121,23 @@ func TestComposeWebConfig(t *testing.T) {
 // basic auth: ICMPLB_WEB_CONFIG_FILE must lie in the read-only mount of the
 // Secret the comment tells to create, under the name it is created with.
 func TestKubernetesWebConfig(t *testing.T) {
-	data, err := os.ReadFile(daemonSetFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Contains(data, []byte("create secret generic "+webSecretName)) {
-		t.Errorf("%s: no `kubectl create secret generic %s` command", daemonSetFile, webSecretName)
-	}
-	docs, err := decodeAll(uncomment(t, daemonSetFile, data,
-		"- name: ICMPLB_WEB_CONFIG_FILE", "- name: web-config"))
+	data := read(t, daemonSetFile)
+	expect(t, bytes.Contains(data, []byte("create secret generic "+webSecretName)), "%s: no `kubectl create secret generic %s` command", daemonSetFile, webSecretName)
+	docs, err := decodeK8s(daemonSetFile+" uncommented", uncomment(t, daemonSetFile, data, "- name: ICMPLB_WEB_CONFIG_FILE", "- name: web-config"))
 	if err != nil || len(docs) != 1 {
-		t.Fatalf("%s uncommented: %d documents, %v", daemonSetFile, len(docs), err)
+		t.Fatalf("%d documents, %v", len(docs), err)
 	}
-	obj, err := decodeK8s(docs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps := obj.podSpec()
-	for _, c := range ps.Containers {
-		if !isAgentImage(c.Image) {
-			continue
+	for _, kc := range agentContainers(docs) {
+		i := slices.IndexFunc(kc.c.Env, func(e corev1.EnvVar) bool { return e.Name == "ICMPLB_WEB_CONFIG_FILE" })
+		if i < 0 || !filepath.IsAbs(kc.c.Env[i].Value) {
+			t.Fatalf("%s: no absolute ICMPLB_WEB_CONFIG_FILE", kc)
 		}
-		file := ""
-		for _, e := range c.Env {
-			if e.Name == "ICMPLB_WEB_CONFIG_FILE" {
-				file = e.Value
-			}
-		}
-		if !filepath.IsAbs(file) {
-			t.Fatalf("ICMPLB_WEB_CONFIG_FILE=%q: not an absolute path", file)
-		}
-		if !bytes.Contains(data, []byte("--from-file="+filepath.Base(file))) {
-			t.Errorf("%s: the Secret is not created with --from-file=%s", daemonSetFile, filepath.Base(file))
-		}
-		mounted := false
-		for _, m := range c.VolumeMounts {
-			if m.MountPath != filepath.Dir(file) {
-				continue
-			}
-			for _, v := range ps.Volumes {
-				if v.Name == m.Name && v.Secret != nil && v.Secret.SecretName == webSecretName && m.ReadOnly {
-					mounted = true
-				}
-			}
-		}
-		if !mounted {
-			t.Errorf("%s uncommented: %s is not in a read-only mount of Secret %s", daemonSetFile, file, webSecretName)
-		}
+		file := kc.c.Env[i].Value
+		expect(t, bytes.Contains(data, []byte("--from-file="+filepath.Base(file))), "%s: the Secret is not created with --from-file=%s", daemonSetFile, filepath.Base(file))
+		expect(t, slices.ContainsFunc(kc.c.VolumeMounts, func(m corev1.VolumeMount) bool {
+			return m.MountPath == filepath.Dir(file) && m.ReadOnly && slices.ContainsFunc(kc.pod.Spec.Volumes, func(v corev1.Volume) bool {
+				return v.Name == m.Name && v.Secret != nil && v.Secret.SecretName == webSecretName
+			})
+		}), "%s: %s is not in a read-only mount of Secret %s", kc, file, webSecretName)
 	}
 }
