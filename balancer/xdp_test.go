@@ -13,7 +13,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -35,11 +34,7 @@ func TestXDPOwnerRemedy(t *testing.T) {
 	topo := topology.NewT(t, topology.Spec{Hosts: []topology.HostSpec{
 		{Name: topology.SeedBalancer, Addr: netip.MustParsePrefix("10.0.0.10/24")},
 	}})
-	spec, err := bpf.LoadIcmplbTest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	prog, err := ebpf.NewProgram(spec.Programs[bpf.IcmplbTestProgXdpPass])
+	prog, err := bpf.NewXDPPass()
 	if err != nil {
 		t.Fatalf("load xdp_pass: %v", err)
 	}

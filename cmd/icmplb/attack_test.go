@@ -297,6 +297,19 @@ func below(h *dto.Histogram, bound float64) uint64 {
 	return n
 }
 
+// waitQuiet waits until count stops moving for 200 ms, or timeout passes:
+// the frames in flight have arrived.
+func waitQuiet(timeout time.Duration, count func() int64) {
+	last := int64(-1)
+	waitFor(timeout, func() bool {
+		n := count()
+		quiet := n == last
+		last = n
+		time.Sleep(200 * time.Millisecond)
+		return quiet
+	})
+}
+
 // waitFor polls cond every 100 ms until it holds or timeout passes, and
 // reports whether it held.
 func waitFor(timeout time.Duration, cond func() bool) bool {
@@ -849,14 +862,7 @@ func TestAttackEvictionWrongClient(t *testing.T) {
 		t.Errorf("the backends had not answered every request they got")
 	}
 	// The last replies pass the balancer: wait until the capture is quiet.
-	last := int64(-1)
-	waitFor(5*time.Second, func() bool {
-		n := atClient.n.Load()
-		quiet := n == last
-		last = n
-		time.Sleep(200 * time.Millisecond)
-		return quiet
-	})
+	waitQuiet(5*time.Second, atClient.n.Load)
 	after := scrapeM(t, topo)
 
 	var returned, wrong, alien int
@@ -1195,14 +1201,7 @@ func TestAttackPinnedRestartBackends(t *testing.T) {
 		t.Fatalf("backends answered %d of %d requests", p, sessions)
 	}
 	// The replies cross the balancer: wait until the capture is quiet.
-	last := int64(-1)
-	waitFor(3*time.Second, func() bool {
-		n := atClient.n.Load()
-		quiet := n == last
-		last = n
-		time.Sleep(200 * time.Millisecond)
-		return quiet
-	})
+	waitQuiet(3*time.Second, atClient.n.Load)
 	after := scrapeM(t, topo)
 	_, p3, _ := r3.Stats()
 	h4Got := icmpOf(t, topo, h4).InType8 - h4Before.InType8

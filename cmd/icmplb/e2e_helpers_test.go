@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/icmplb/icmplb/bpf"
@@ -88,11 +87,7 @@ func stopAgent(p *agent) (time.Duration, error) {
 // runs an XDP program (DESIGN.md, known pitfalls).
 func attachPassToLBPeer(t *testing.T, topo *topology.Topology) {
 	t.Helper()
-	spec, err := bpf.LoadIcmplbTest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	prog, err := ebpf.NewProgram(spec.Programs[bpf.IcmplbTestProgXdpPass])
+	prog, err := bpf.NewXDPPass()
 	if err != nil {
 		t.Fatalf("load xdp_pass: %v", err)
 	}
