@@ -17,14 +17,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
-	"github.com/vishvananda/netlink"
 
 	"github.com/icmplb/icmplb/bpf"
 	"github.com/icmplb/icmplb/config"
@@ -32,23 +31,36 @@ import (
 
 // Balancer is a loaded and attached data plane.
 type Balancer struct {
-	cfg   config.Config
+	cfg   config.Config // guarded by mu: Apply changes its services
 	log   *slog.Logger
 	iface *net.Interface
 	objs  dataPlane
 	link  link.Link
 	mode  string
 	ncpu  int
-	// backendOrder lists the configured backends in address order; ifIdx
-	// is each one's slot in the data plane's maps, and nslots bounds them.
-	backendOrder []netip.Addr
-	ifIdx        map[netip.Addr]uint32
-	nslots       int
-	srcDeny      map[netip.Addr]bool
-	mu           sync.Mutex // guards table, states
-	table        *Maglev
-	states       map[netip.Addr]*backendState
-	loss         *lossLedger
+	// pinDir is where the maps and the link are pinned; "" without --bpffs.
+	// pinLock holds it for this agent alone.
+	pinDir  string
+	pinLock *os.File
+	// tookOver is true when the program was already attached through a
+	// pinned link: the agent replaced it without detaching.
+	tookOver bool
+	// innerSpec makes Maglev tables for maglev_tables.
+	innerSpec *ebpf.MapSpec
+	srcDeny   map[netip.Addr]bool
+
+	mu       sync.Mutex // guards cfg's services, services, slots, hosts, sessions
+	services map[netip.Addr]*service
+	slots    map[slotKey]*slot
+	byIdx    map[uint32]slotKey
+	nslots   int
+	hosts    map[netip.Addr]*backendState
+	// sessions is the live sessions of each backend slot at the last sweep,
+	// and sweeps the number of sweeps run.
+	sessions []uint32
+	sweeps   uint64
+
+	loss *lossLedger
 	// Helpers run from userspace (BPF_PROG_RUN), loaded apart from the data
 	// plane because they need newer kernels: nil where they did not load.
 	ctCount struct {
@@ -77,6 +89,8 @@ func (d *dataPlane) Close() error {
 	return errors.Join(append(errs, d.IcmplbMaps.Close())...)
 }
 
+// backendState is what the agent knows of a backend host, whatever the
+// services it serves: its next hop and whether that answers ARP.
 type backendState struct {
 	nextHop netip.Addr
 	mac     net.HardwareAddr
@@ -115,8 +129,8 @@ func New(cfg config.Config, log *slog.Logger) (*Balancer, error) {
 		return nil, fmt.Errorf("lift the memlock limit for BPF maps: %w", err)
 	}
 
-	b := &Balancer{cfg: cfg, log: log, iface: iface, mode: mode,
-		ifIdx: map[netip.Addr]uint32{}, states: map[netip.Addr]*backendState{}}
+	b := newBalancer(cfg, log)
+	b.iface, b.mode = iface, mode
 	if err := b.load(); err != nil {
 		return nil, err
 	}
@@ -126,32 +140,43 @@ func New(cfg config.Config, log *slog.Logger) (*Balancer, error) {
 			b.Close()
 		}
 	}()
-	if err := b.initBackends(); err != nil {
+	if err := b.adopt(); err != nil {
 		return nil, err
 	}
 	if err := b.refreshSrcDeny(); err != nil {
 		return nil, err
 	}
-	b.resolveAll(2 * time.Second)
+	if err := b.apply(cfg.ServiceList(), 2*time.Second); err != nil {
+		return nil, err
+	}
 	b.warnUnresolved()
-	b.loss = newLossLedger(b.nslots, monotonic())
-	if err := b.attach(); err != nil {
+	if err := b.attachPinned(); err != nil {
 		return nil, err
 	}
 	ok = true
 	if b.upCount() == 0 {
-		log.Warn("no backend's next hop is resolved yet: echo requests pass to this host's kernel until one answers ARP",
-			"backends", cfg.Backends)
+		log.Warn("no backend's next hop is resolved yet: echo requests pass to this host's kernel until one answers ARP")
 	}
-	log.Info("attached", "iface", iface.Name, "mode", b.mode, "vip", cfg.VIP, "snat", cfg.SNAT,
-		"backends", len(cfg.Backends), "up", b.upCount())
+	svcs := cfg.ServiceList()
+	attrs := []any{"iface", iface.Name, "mode", b.mode, "services", len(svcs), "backends", len(b.hosts), "up", b.upCount(),
+		"took_over", b.tookOver}
+	if len(svcs) == 1 {
+		attrs = append(attrs, "vip", svcs[0].VIP, "snat", svcs[0].SNAT)
+	}
+	log.Info("attached", attrs...)
 	return b, nil
+}
+
+func newBalancer(cfg config.Config, log *slog.Logger) *Balancer {
+	return &Balancer{cfg: cfg, log: log,
+		services: map[netip.Addr]*service{}, slots: map[slotKey]*slot{}, byIdx: map[uint32]slotKey{},
+		hosts: map[netip.Addr]*backendState{}}
 }
 
 func (b *Balancer) load() error {
 	spec, err := bpf.NewSpec(bpf.Config{
-		VIP: b.cfg.VIP, SNAT: b.cfg.SNAT,
 		MaglevSize:      uint32(b.cfg.MaglevSize),
+		MaxServices:     config.MaxServices,
 		MaxBackends:     config.MaxBackends,
 		ConntrackSize:   uint32(b.cfg.ConntrackSize),
 		NATIdle:         b.cfg.NATIdle,
@@ -166,14 +191,14 @@ func (b *Balancer) load() error {
 	// The occupancy counter needs a kfunc of Linux 6.6: load it on its own so
 	// that older kernels run without that one metric.
 	ctSpec := spec.Copy()
+	b.innerSpec = spec.Maps[bpf.IcmplbMapMaglevTables].InnerMap.Copy()
 	opts, err := b.pinning(spec)
 	if err != nil {
 		return err
 	}
 	if err := spec.LoadAndAssign(&b.objs, opts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return fmt.Errorf("a map pinned under %s does not match this configuration (sizes changed?): remove that directory and restart: %w",
-				opts.Maps.PinPath, err)
+			return incompatible(opts.Maps.PinPath, err.Error())
 		}
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -183,6 +208,7 @@ func (b *Balancer) load() error {
 	}
 	helperOpts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		bpf.IcmplbMapCtFwd: b.objs.CtFwd, bpf.IcmplbMapCtRev: b.objs.CtRev, bpf.IcmplbMapInflight: b.objs.Inflight,
+		bpf.IcmplbMapSlotSessions: b.objs.SlotSessions,
 	}}
 	if err := ctSpec.Copy().LoadAndAssign(&b.ctCount, helperOpts); err != nil {
 		b.log.Warn("conntrack occupancy will not be reported: the kernel cannot count map elements (needs Linux 6.6+)", "err", err)
@@ -193,6 +219,9 @@ func (b *Balancer) load() error {
 	if err := ctSpec.LoadAndAssign(&b.sweep, helperOpts); err != nil {
 		return fmt.Errorf("load the conntrack sweeper (needs Linux 5.14+ for bpf_for_each_map_elem): %w", err)
 	}
+	if err := b.writeLayout(spec); err != nil {
+		return err
+	}
 	b.ncpu, err = ebpf.PossibleCPU()
 	if err != nil {
 		return fmt.Errorf("count possible CPUs: %w", err)
@@ -200,144 +229,11 @@ func (b *Balancer) load() error {
 	return nil
 }
 
-// initBackends gives every configured backend its slot and checks it is
-// reached through the balancer's interface: replies leave by XDP_TX, so the
-// balancer only works one-arm.
-func (b *Balancer) initBackends() error {
-	sorted := slices.Clone(b.cfg.Backends)
-	slices.SortFunc(sorted, func(x, y netip.Addr) int { return x.Compare(y) })
-	for _, addr := range sorted {
-		routes, err := netlink.RouteGet(addr.AsSlice())
-		if err != nil || len(routes) == 0 {
-			return fmt.Errorf("no route to backend %s: %v", addr, err)
-		}
-		r := routes[0]
-		if r.LinkIndex != b.iface.Index {
-			out := fmt.Sprint(r.LinkIndex)
-			if l, err := net.InterfaceByIndex(r.LinkIndex); err == nil {
-				out = l.Name
-			}
-			return fmt.Errorf("backend %s is routed via %s, not %s: icmplb sends to backends out of the interface it listens on",
-				addr, out, b.iface.Name)
-		}
-		hop := addr
-		if gw, ok := netip.AddrFromSlice(r.Gw); ok && gw.Unmap().IsValid() && !gw.IsUnspecified() {
-			hop = gw.Unmap()
-		}
-		b.backendOrder = append(b.backendOrder, addr)
-		b.states[addr] = &backendState{nextHop: hop}
-	}
-	old, err := b.readSlots()
-	if err != nil {
-		return err
-	}
-	slots, renewed, err := assignSlots(old, sorted, config.MaxBackends)
-	if err != nil {
-		return err
-	}
-	b.ifIdx = slots
-	for _, idx := range renewed {
-		pool, err := newNATPool()
-		if err != nil {
-			return err
-		}
-		if err := b.objs.NatPools.Put(idx, pool); err != nil {
-			return fmt.Errorf("write NAT pool %d: %w", idx, err)
-		}
-		// A reused slot's old requests must not be answered as this
-		// backend's; they answer to another address and fail the match.
-	}
-	for idx, addr := range old {
-		if _, live := slots[addr]; live && slots[addr] == idx {
-			continue
-		}
-		var v bpf.IcmplbBackend
-		if err := b.objs.Backends.Lookup(idx, &v); err != nil {
-			return fmt.Errorf("read backend slot %d: %w", idx, err)
-		}
-		v.Flags = 0
-		if err := b.objs.Backends.Put(idx, v); err != nil {
-			return fmt.Errorf("retire backend slot %d (%s): %w", idx, addr, err)
-		}
-	}
-	for _, idx := range slots {
-		b.nslots = max(b.nslots, int(idx)+1)
-	}
-	for _, addr := range sorted {
-		if _, ok := old[slots[addr]]; ok && old[slots[addr]] == addr {
-			// Keep the pinned MAC until the neighbour table confirms one:
-			// replies in flight come from it.
-			var v bpf.IcmplbBackend
-			if err := b.objs.Backends.Lookup(slots[addr], &v); err == nil {
-				b.states[addr].mac = net.HardwareAddr(v.Mac[:])
-			}
-		}
-		if err := b.writeBackend(addr); err != nil {
-			return err
-		}
-		if err := b.objs.BackendAddrs.Put(bpf.Addr(addr), slots[addr]); err != nil {
-			return fmt.Errorf("index backend %s: %w", addr, err)
-		}
-	}
-	return b.rebuildTable()
-}
-
-func (b *Balancer) writeBackend(addr netip.Addr) error {
-	st := b.states[addr]
-	v := bpf.IcmplbBackend{Addr: bpf.Addr(addr), Flags: bpf.IcmplbBackendFlagsBACKEND_F_ACTIVE}
-	// The last known MAC stays when the neighbour is lost: replies to
-	// requests already sent still come from it and must match.
-	copy(v.Mac[:], st.mac)
-	if st.up {
-		v.Flags |= bpf.IcmplbBackendFlagsBACKEND_F_NEIGH
-	}
-	if err := b.objs.Backends.Put(b.ifIdx[addr], v); err != nil {
-		return fmt.Errorf("write backend %s: %w", addr, err)
-	}
-	return nil
-}
-
-// rebuildTable spreads sessions over the backends whose neighbour is
-// resolved. With none up, it keeps all of them in the table so that the data
-// plane passes requests to the kernel (neighbour unresolved) instead of
-// dropping them.
-func (b *Balancer) rebuildTable() error {
-	var up []netip.Addr
-	for addr, st := range b.states {
-		if st.up {
-			up = append(up, addr)
-		}
-	}
-	if len(up) == 0 {
-		up = slices.Collect(func(yield func(netip.Addr) bool) {
-			for addr := range b.states {
-				if !yield(addr) {
-					return
-				}
-			}
-		})
-	}
-	t, err := UpdateMaglev(b.table, up, b.cfg.MaglevSize)
-	if err != nil {
-		return err
-	}
-	keys := make([]uint32, len(t.Slots))
-	vals := make([]uint32, len(t.Slots))
-	for s, addr := range t.Slots {
-		keys[s], vals[s] = uint32(s), b.ifIdx[addr]
-	}
-	if _, err := b.objs.Maglev.BatchUpdate(keys, vals, nil); err != nil {
-		return fmt.Errorf("write maglev table: %w", err)
-	}
-	b.table = t
-	return nil
-}
-
 func (b *Balancer) upCount() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	n := 0
-	for _, st := range b.states {
+	for _, st := range b.hosts {
 		if st.up {
 			n++
 		}
@@ -380,14 +276,16 @@ func (b *Balancer) Run(ctx context.Context) error {
 			if err := b.settleLoss(); err != nil {
 				b.log.Warn("settle lost requests", "err", err)
 			}
-			if _, err := b.sweep.Prog.Run(&ebpf.RunOptions{}); err != nil {
+			if err := b.sweepSessions(); err != nil {
 				b.log.Warn("sweep expired conntrack entries", "err", err)
 			}
 		}
 	}
 }
 
-// Close detaches the program and frees its maps.
+// Close releases the agent's hold on the data plane. Without --bpffs that
+// detaches the program and frees its maps; with it, the pinned link keeps
+// the program attached for the next agent (see Detach).
 func (b *Balancer) Close() error {
 	var errs []error
 	if b.link != nil {
@@ -395,6 +293,11 @@ func (b *Balancer) Close() error {
 			errs = append(errs, fmt.Errorf("detach XDP from %s: %w", b.iface.Name, err))
 		}
 		b.link = nil
+	}
+	for _, s := range b.services {
+		if s.inner != nil {
+			s.inner.Close()
+		}
 	}
 	if err := b.objs.Close(); err != nil {
 		errs = append(errs, err)
@@ -405,6 +308,9 @@ func (b *Balancer) Close() error {
 	}
 	if b.sweep.Prog != nil {
 		b.sweep.Prog.Close()
+	}
+	if b.pinLock != nil {
+		b.pinLock.Close() // the next agent may take over
 	}
 	return errors.Join(errs...)
 }

@@ -5,8 +5,10 @@ package balancer
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 
@@ -56,7 +58,22 @@ func checkHost(cfg config.Config, iface *net.Interface, log *slog.Logger) error 
 // nothing.
 func checkAddrs(cfg config.Config, h hostAddrs) (warnings []string, err error) {
 	cfg = cfg.WithDefaults()
-	for _, b := range cfg.Backends {
+	for _, svc := range cfg.ServiceList() {
+		w, err := checkServiceAddrs(svc, h)
+		if err != nil {
+			if cfg.ConfigFile != "" {
+				return nil, fmt.Errorf("%s: service %s: %w", cfg.ConfigFile, svc.VIP, err)
+			}
+			return nil, err
+		}
+		warnings = append(warnings, w...)
+	}
+	return warnings, nil
+}
+
+func checkServiceAddrs(svc config.Service, h hostAddrs) (warnings []string, err error) {
+	for _, be := range svc.Backends {
+		b := be.Addr
 		if err := notSubnetSpecial("backend", config.SetBackend, b, h); err != nil {
 			return nil, err
 		}
@@ -71,11 +88,11 @@ func checkAddrs(cfg config.Config, h hostAddrs) (warnings []string, err error) {
 		a    netip.Addr
 		who  string // who must find it here
 	}{
-		{"VIP", config.SetVIP, cfg.VIP, "clients' pings"},
-		{"SNAT address", config.SetSNAT, cfg.SNAT, "backends' replies"},
+		{"VIP", config.SetVIP, svc.VIP, "clients' pings"},
+		{"SNAT address", config.SetSNAT, svc.SNAT, "backends' replies"},
 	}
 	for _, x := range addrs {
-		if x.what == "SNAT address" && x.a == cfg.VIP {
+		if x.what == "SNAT address" && x.a == svc.VIP {
 			continue // checked as the VIP
 		}
 		if err := notSubnetSpecial(x.what, x.s, x.a, h); err != nil {
@@ -146,8 +163,8 @@ func (b *Balancer) warnUnresolved() {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for _, addr := range b.backendOrder {
-		st := b.states[addr]
+	for _, addr := range slices.SortedFunc(maps.Keys(b.hosts), netip.Addr.Compare) {
+		st := b.hosts[addr]
 		if st == nil || st.up {
 			continue
 		}

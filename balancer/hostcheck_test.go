@@ -39,11 +39,11 @@ func TestHostCheckAddrs(t *testing.T) {
 		warning []string
 	}{
 		{"seed", func(c *config.Config) {}, nil, nil},
-		{"backend broadcast", func(c *config.Config) { c.Backends[1] = a("10.0.0.255") }, []string{"backend 10.0.0.255 is the broadcast address of 10.0.0.0/24 on eth0 (--backend, ICMPLB_BACKENDS)", "give a host's address"}, nil},
-		{"backend network", func(c *config.Config) { c.Backends[1] = a("10.0.0.0") }, []string{"backend 10.0.0.0 is the network address of 10.0.0.0/24"}, nil},
-		{"backend is this host", func(c *config.Config) { c.Backends[1] = a("10.0.0.10") }, []string{"backend 10.0.0.10 is an address of this host (--backend, ICMPLB_BACKENDS)"}, nil},
-		{"backend on a /31", func(c *config.Config) { c.Backends[1] = a("10.0.1.1") }, nil, nil},
-		{"backend off-link", func(c *config.Config) { c.Backends[1] = a("192.0.2.1") }, nil, nil},
+		{"backend broadcast", func(c *config.Config) { c.Backends[1].Addr = a("10.0.0.255") }, []string{"backend 10.0.0.255 is the broadcast address of 10.0.0.0/24 on eth0 (--backend, ICMPLB_BACKENDS)", "give a host's address"}, nil},
+		{"backend network", func(c *config.Config) { c.Backends[1].Addr = a("10.0.0.0") }, []string{"backend 10.0.0.0 is the network address of 10.0.0.0/24"}, nil},
+		{"backend is this host", func(c *config.Config) { c.Backends[1].Addr = a("10.0.0.10") }, []string{"backend 10.0.0.10 is an address of this host (--backend, ICMPLB_BACKENDS)"}, nil},
+		{"backend on a /31", func(c *config.Config) { c.Backends[1].Addr = a("10.0.1.1") }, nil, nil},
+		{"backend off-link", func(c *config.Config) { c.Backends[1].Addr = a("192.0.2.1") }, nil, nil},
 		{"VIP broadcast", func(c *config.Config) { c.VIP = a("10.0.0.255") }, []string{"VIP 10.0.0.255 is the broadcast address", "(--vip, ICMPLB_VIP)"}, nil},
 		{"SNAT network", func(c *config.Config) { c.SNAT = a("10.0.0.0") }, []string{"SNAT address 10.0.0.0 is the network address", "(--snat, ICMPLB_SNAT)"}, nil},
 		{"VIP on-link, not here", func(c *config.Config) { c.VIP = a("10.0.0.200") }, nil, []string{"VIP 10.0.0.200 is in eth0's subnet 10.0.0.0/24 but not an address of this host", "ip addr add 10.0.0.200/32 dev eth0"}},
@@ -95,11 +95,11 @@ func TestHostCheckInNamespace(t *testing.T) {
 	if log, err := check(func(*config.Config) {}); err != nil || log != "" {
 		t.Errorf("seed configuration: error %v, log %q", err, log)
 	}
-	if _, err := check(func(c *config.Config) { c.Backends[1] = netip.MustParseAddr("10.0.0.255") }); err == nil ||
+	if _, err := check(func(c *config.Config) { c.Backends[1].Addr = netip.MustParseAddr("10.0.0.255") }); err == nil ||
 		!strings.Contains(err.Error(), "broadcast address of 10.0.0.0/24 on eth0") {
 		t.Errorf("broadcast backend: error %v", err)
 	}
-	if _, err := check(func(c *config.Config) { c.Backends[1] = topology.SeedLB }); err == nil ||
+	if _, err := check(func(c *config.Config) { c.Backends[1].Addr = topology.SeedLB }); err == nil ||
 		!strings.Contains(err.Error(), "address of this host") {
 		t.Errorf("the balancer as backend: error %v", err)
 	}
@@ -116,7 +116,7 @@ func TestHostUnresolvedBackendWarns(t *testing.T) {
 	testenv.Privileged(t)
 	topo := topology.NewT(t, topology.Seed())
 	c := seedConfig()
-	c.Backends[1] = netip.MustParseAddr("10.0.0.50")
+	c.Backends[1].Addr = netip.MustParseAddr("10.0.0.50")
 	var log bytes.Buffer
 	err := topo.InNS(topology.SeedBalancer, func() error {
 		b, err := New(c, slog.New(slog.NewTextHandler(&log, nil)))
@@ -144,6 +144,6 @@ func seedConfig() config.Config {
 	c := config.Default()
 	c.Iface = "eth0"
 	c.VIP = netip.MustParseAddr("10.0.0.100")
-	c.Backends = []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")}
+	c.Backends = []config.Backend{{Addr: netip.MustParseAddr("10.0.0.2"), Weight: 1}, {Addr: netip.MustParseAddr("10.0.0.3"), Weight: 1}}
 	return c
 }

@@ -3,9 +3,11 @@
 package balancer
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/icmplb/icmplb/bpf"
@@ -27,12 +29,63 @@ type lossLedger struct {
 // reads the slot.
 const settleGrace = 100 * time.Millisecond
 
-func newLossLedger(backends int, now uint64) *lossLedger {
-	l := &lossLedger{lost: make([]uint64, backends), next: make([]uint64, backends)}
-	for i := range l.next {
-		l.next[i] = now >> bpf.EpochShift
+func newLossLedger() *lossLedger { return &lossLedger{} }
+
+// grow makes room for backend slots [0, n), new ones starting at now.
+func (l *lossLedger) grow(n int, now uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for len(l.lost) < n {
+		l.lost = append(l.lost, 0)
+		l.next = append(l.next, now>>bpf.EpochShift)
 	}
-	return l
+}
+
+// reset starts slot idx afresh for a new backend.
+func (l *lossLedger) reset(idx uint32, now uint64) {
+	l.grow(int(idx)+1, now)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lost[idx], l.next[idx] = 0, now>>bpf.EpochShift
+}
+
+// restore takes over the ledger a previous agent left in the pinned map,
+// so that lost counters carry on across a restart.
+func (l *lossLedger) restore(m interface {
+	Lookup(key, value any) error
+}, n int, now uint64) error {
+	l.grow(n, now)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := range n {
+		var st bpf.IcmplbLossState
+		if err := m.Lookup(uint32(i), &st); err != nil {
+			return fmt.Errorf("read loss ledger slot %d: %w", i, err)
+		}
+		if st.NextEpoch != 0 {
+			l.lost[i], l.next[i] = st.Lost, st.NextEpoch
+		}
+	}
+	return nil
+}
+
+// save writes the ledger to the pinned map for the next agent.
+func (l *lossLedger) save(m interface {
+	BatchUpdate(keys, values any, opts *ebpf.BatchOptions) (int, error)
+}) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := len(l.lost)
+	if n == 0 {
+		return nil
+	}
+	keys := make([]uint32, n)
+	vals := make([]bpf.IcmplbLossState, n)
+	for i := range n {
+		keys[i], vals[i] = uint32(i), bpf.IcmplbLossState{Lost: l.lost[i], NextEpoch: l.next[i]}
+	}
+	_, err := m.BatchUpdate(keys, vals, nil)
+	return err
 }
 
 // settledThrough returns the last epoch whose requests can no longer be
@@ -97,12 +150,19 @@ func monotonic() uint64 {
 // settleLoss reads the epoch counters and settles what is due.
 func (b *Balancer) settleLoss() error {
 	l := b.loss
+	b.mu.Lock()
 	n := b.nslots * bpf.Epochs
+	b.mu.Unlock()
 	if err := readPerCPU(b.objs.Epochs, n, &l.keys, &l.buf, b.ncpu); err != nil {
 		return err
 	}
 	if skipped := l.settle(l.buf, b.ncpu, monotonic(), b.cfg.LossTimeout); skipped > 0 {
 		b.log.Warn("loss accounting fell behind; some epochs were not counted", "epochs", skipped)
+	}
+	if b.pinDir != "" {
+		if err := l.save(b.objs.LossLedger); err != nil {
+			return fmt.Errorf("save the loss ledger: %w", err)
+		}
 	}
 	return nil
 }

@@ -23,7 +23,7 @@ func put(slots []bpf.IcmplbEpochCount, ncpu, backend int, epoch uint64, cpu int,
 func TestLossSettlesOnlyAfterTimeout(t *testing.T) {
 	const ncpu = 2
 	start := 1000 * epochNs
-	l := newLossLedger(2, start)
+	l := testLedger(2, start)
 	slots := slotsFor(2, ncpu)
 	e := start >> bpf.EpochShift
 	// Backend 0: 10 sent over two CPUs, 7 answered, one answer counted on
@@ -52,7 +52,7 @@ func TestLossSettlesOnlyAfterTimeout(t *testing.T) {
 func TestLossIgnoresSlotsOfOtherEpochs(t *testing.T) {
 	const ncpu = 1
 	start := 5000 * epochNs
-	l := newLossLedger(1, start)
+	l := testLedger(1, start)
 	slots := slotsFor(1, ncpu)
 	e := start >> bpf.EpochShift
 	// The slot of epoch e holds an older epoch's counts (e - Epochs):
@@ -68,7 +68,7 @@ func TestLossIgnoresSlotsOfOtherEpochs(t *testing.T) {
 func TestLossSkipsOverwrittenEpochs(t *testing.T) {
 	const ncpu = 1
 	start := 5000 * epochNs
-	l := newLossLedger(1, start)
+	l := testLedger(1, start)
 	slots := slotsFor(1, ncpu)
 	// Far later than the ring covers: the epochs in between are gone.
 	now := start + uint64(3*bpf.Epochs)*epochNs
@@ -90,4 +90,10 @@ func TestMaxLossTimeoutFitsRing(t *testing.T) {
 	if cur := now >> bpf.EpochShift; cur-last >= uint64(bpf.Epochs)-1 {
 		t.Fatalf("settling epoch %d at %d: %d epochs back, the ring holds %d", last, cur, cur-last, bpf.Epochs)
 	}
+}
+
+func testLedger(n int, now uint64) *lossLedger {
+	l := newLossLedger()
+	l.grow(n, now)
+	return l
 }

@@ -4,8 +4,11 @@ package balancer
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -15,30 +18,36 @@ import (
 const usableNUD = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY |
 	netlink.NUD_PROBE | netlink.NUD_PERMANENT | netlink.NUD_NOARP
 
-// resolveAll asks the kernel to resolve every backend's next hop and waits up
-// to timeout for the answers, so that the first pings are not passed.
-func (b *Balancer) resolveAll(timeout time.Duration) {
+// resolveLocked asks the kernel to resolve the next hops of addrs and waits
+// up to timeout for the answers, so that new backends' first requests are
+// not passed to the kernel. b.mu is held.
+func (b *Balancer) resolveLocked(addrs []netip.Addr, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for {
-		if err := b.refreshNeighbours(); err != nil {
+		byIP, err := b.neighbours()
+		if err == nil {
+			err = b.refreshLocked(byIP, addrs)
+		}
+		if err != nil {
 			b.log.Warn("resolve backends", "err", err)
 		}
-		if b.upCount() == len(b.states) || time.Now().After(deadline) {
+		up := 0
+		for _, a := range addrs {
+			if b.hosts[a].up {
+				up++
+			}
+		}
+		if up == len(addrs) || time.Now().After(deadline) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// refreshNeighbours reads the kernel's neighbour table for the interface,
-// pushes changed MACs to the data plane, takes backends whose neighbour
-// failed out of the Maglev table (and puts them back when they answer), and
-// asks the kernel to (re)resolve entries that are missing or stale: XDP
-// traffic does not confirm neighbours the way the kernel's own traffic does.
-func (b *Balancer) refreshNeighbours() error {
+func (b *Balancer) neighbours() (map[netip.Addr]netlink.Neigh, error) {
 	neighs, err := netlink.NeighList(b.iface.Index, netlink.FAMILY_V4)
 	if err != nil {
-		return fmt.Errorf("list neighbours of %s: %w", b.iface.Name, err)
+		return nil, fmt.Errorf("list neighbours of %s: %w", b.iface.Name, err)
 	}
 	byIP := make(map[netip.Addr]netlink.Neigh, len(neighs))
 	for _, n := range neighs {
@@ -46,12 +55,33 @@ func (b *Balancer) refreshNeighbours() error {
 			byIP[a.Unmap()] = n
 		}
 	}
+	return byIP, nil
+}
 
+// refreshNeighbours reads the kernel's neighbour table for the interface,
+// pushes changed MACs to the data plane, takes backends whose neighbour
+// failed out of the Maglev tables (and puts them back when they answer), and
+// asks the kernel to (re)resolve entries that are missing or stale: XDP
+// traffic does not confirm neighbours the way the kernel's own traffic does.
+func (b *Balancer) refreshNeighbours() error {
+	byIP, err := b.neighbours()
+	if err != nil {
+		return err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	changed := false
+	return b.refreshLocked(byIP, nil)
+}
+
+// refreshLocked refreshes the hosts in only (all when nil). b.mu is held.
+func (b *Balancer) refreshLocked(byIP map[netip.Addr]netlink.Neigh, only []netip.Addr) error {
+	if only == nil {
+		only = slices.Collect(maps.Keys(b.hosts))
+	}
+	rebuild := map[netip.Addr]bool{}
 	var errs []error
-	for addr, st := range b.states {
+	for _, addr := range only {
+		st := b.hosts[addr]
 		n, found := byIP[st.nextHop]
 		if !found || n.State&(netlink.NUD_STALE|netlink.NUD_FAILED) != 0 || n.State == netlink.NUD_NONE {
 			if err := b.solicit(st.nextHop); err != nil {
@@ -76,20 +106,25 @@ func (b *Balancer) refreshNeighbours() error {
 		default:
 			continue
 		}
-		if err := b.writeBackend(addr); err != nil {
+		for k := range b.slots {
+			if k.addr == addr {
+				if err := b.writeSlot(k); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		if wasUp != st.up {
+			for _, vip := range b.servicesOf(addr) {
+				rebuild[vip] = true
+			}
+		}
+	}
+	for vip := range rebuild {
+		if err := b.rebuildTable(vip); err != nil {
 			errs = append(errs, err)
 		}
-		changed = changed || wasUp != st.up
 	}
-	if changed {
-		if err := b.rebuildTable(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if len(errs) > 0 {
-		return errs[0]
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // solicit makes the kernel resolve addr as if it had a packet for it

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"net/netip"
 	"slices"
 
 	"github.com/icmplb/icmplb/bpf"
@@ -19,19 +18,19 @@ import (
 // else the oldest retired one. A retired backend's slot keeps its address
 // with flags 0: its replies in flight are still returned, and the slot is
 // reused last.
-func assignSlots(old map[uint32]netip.Addr, backends []netip.Addr, capacity uint32) (map[netip.Addr]uint32, []uint32, error) {
+func assignSlots[K comparable](old map[uint32]K, backends []K, capacity uint32) (map[K]uint32, []uint32, error) {
 	if uint32(len(backends)) > capacity {
 		return nil, nil, fmt.Errorf("%d backends do not fit in %d slots", len(backends), capacity)
 	}
-	bySlot := map[netip.Addr]uint32{}
+	bySlot := map[K]uint32{}
 	for idx, addr := range old {
 		if cur, dup := bySlot[addr]; !dup || idx < cur {
 			bySlot[addr] = idx
 		}
 	}
 	used := map[uint32]bool{}
-	slots := map[netip.Addr]uint32{}
-	var fresh []netip.Addr
+	slots := map[K]uint32{}
+	var fresh []K
 	for _, addr := range backends {
 		if idx, ok := bySlot[addr]; ok {
 			slots[addr] = idx
@@ -50,7 +49,7 @@ func assignSlots(old map[uint32]netip.Addr, backends []netip.Addr, capacity uint
 	var renewed []uint32
 	next := uint32(0)
 	for _, addr := range fresh {
-		for next < capacity && (used[next] || old[next].IsValid()) {
+		for next < capacity && (used[next] || inOld(old, next)) {
 			next++
 		}
 		var idx uint32
@@ -60,7 +59,7 @@ func assignSlots(old map[uint32]netip.Addr, backends []netip.Addr, capacity uint
 		case len(retired) > 0:
 			idx, retired = retired[0], retired[1:]
 		default:
-			return nil, nil, fmt.Errorf("no free backend slot for %s (%d slots)", addr, capacity)
+			return nil, nil, fmt.Errorf("no free backend slot for %v (%d slots)", addr, capacity)
 		}
 		used[idx] = true
 		slots[addr] = idx
@@ -69,21 +68,9 @@ func assignSlots(old map[uint32]netip.Addr, backends []netip.Addr, capacity uint
 	return slots, renewed, nil
 }
 
-// readSlots returns the addresses held by the (possibly pinned) backends map.
-func (b *Balancer) readSlots() (map[uint32]netip.Addr, error) {
-	old := map[uint32]netip.Addr{}
-	var idx uint32
-	var v bpf.IcmplbBackend
-	it := b.objs.Backends.Iterate()
-	for it.Next(&idx, &v) {
-		if v.Addr != 0 {
-			old[idx] = bpf.AddrFrom(v.Addr)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read backend slots: %w", err)
-	}
-	return old, nil
+func inOld[K comparable](old map[uint32]K, idx uint32) bool {
+	_, ok := old[idx]
+	return ok
 }
 
 // newNATPool returns a pool with fresh secret keys and a random start, so

@@ -5,12 +5,15 @@ package balancer
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"net/netip"
 	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/icmplb/icmplb/bpf"
+	"github.com/icmplb/icmplb/config"
 	"github.com/icmplb/icmplb/exporter/telemetry"
 )
 
@@ -63,6 +66,7 @@ type scratch struct {
 	counters []bpf.IcmplbBackendCounters
 	hist     []uint64
 	stats    []uint64
+	svcStats []uint64
 }
 
 // Snapshot reads the data plane's maps. It is safe for concurrent use; a
@@ -70,9 +74,11 @@ type scratch struct {
 func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) {
 	b.snapMu.Lock()
 	defer b.snapMu.Unlock()
+	b.mu.Lock()
 	n := b.nslots
+	b.mu.Unlock()
 	s := &b.scratch
-	snap := &telemetry.Snapshot{VIP: b.cfg.VIP}
+	snap := &telemetry.Snapshot{}
 
 	if err := readPerCPU(b.objs.BackendStats, n, &s.keys, &s.counters, b.ncpu); err != nil {
 		return nil, fmt.Errorf("read backend counters: %w", err)
@@ -80,12 +86,26 @@ func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) {
 	if err := readPerCPU(b.objs.RttHist, n*bpf.RTTBuckets, &s.keys, &s.hist, b.ncpu); err != nil {
 		return nil, fmt.Errorf("read RTT histograms: %w", err)
 	}
+	if err := readPerCPU(b.objs.SvcStats, config.MaxServices*len(Verdicts), &s.keys, &s.svcStats, b.ncpu); err != nil {
+		return nil, fmt.Errorf("read service counters: %w", err)
+	}
 	b.mu.Lock()
-	snap.Backends = make([]telemetry.Backend, len(b.backendOrder))
-	for j, addr := range b.backendOrder {
-		i := int(b.ifIdx[addr])
-		bs := &snap.Backends[j]
-		bs.VIP, bs.Addr, bs.Up = b.cfg.VIP, addr, b.states[addr].up
+	keys := slices.SortedFunc(maps.Keys(b.slots), slotKey.compare)
+	snap.Backends = make([]telemetry.Backend, 0, len(keys))
+	idxs := make([]uint32, 0, len(keys))
+	for _, k := range keys {
+		sl := b.slots[k]
+		if int(sl.idx) >= n {
+			continue // added after the read
+		}
+		i := int(sl.idx)
+		snap.Backends = append(snap.Backends, telemetry.Backend{VIP: k.vip, Addr: k.addr, Up: b.hosts[k.addr].up,
+			Weight: sl.weight, Removed: sl.removed})
+		idxs = append(idxs, sl.idx)
+		bs := &snap.Backends[len(snap.Backends)-1]
+		if i < len(b.sessions) {
+			bs.Sessions = uint64(b.sessions[i])
+		}
 		bs.RTT = telemetry.Histogram{Schema: bpf.RTTSchema, Offset: bpf.RTTBucketOffset, Buckets: make([]uint64, bpf.RTTBuckets)}
 		for cpu := 0; cpu < b.ncpu; cpu++ {
 			c := &s.counters[i*b.ncpu+cpu]
@@ -104,10 +124,27 @@ func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) {
 			}
 		}
 	}
+	vips := slices.SortedFunc(maps.Keys(b.services), netip.Addr.Compare)
+	for _, vip := range vips {
+		svc := b.services[vip]
+		ts := telemetry.Service{VIP: vip, SNAT: svc.cfg.SNAT, BalancerLost: map[string]uint64{}}
+		for r, v := range Verdicts {
+			if !v.BalancerLoss {
+				continue
+			}
+			base := (int(svc.table)*len(Verdicts) + r) * b.ncpu
+			for cpu := 0; cpu < b.ncpu; cpu++ {
+				ts.BalancerLost[v.Reason] += s.svcStats[base+cpu]
+			}
+		}
+		snap.Services = append(snap.Services, ts)
+	}
 	b.mu.Unlock()
 	b.loss.mu.Lock()
-	for j, addr := range b.backendOrder {
-		snap.Backends[j].Lost = b.loss.lost[b.ifIdx[addr]]
+	for j, idx := range idxs {
+		if int(idx) < len(b.loss.lost) {
+			snap.Backends[j].Lost = b.loss.lost[idx]
+		}
 	}
 	b.loss.mu.Unlock()
 

@@ -22,7 +22,7 @@ func newDetached(tb testing.TB, n int, opts ...func(*config.Config)) *Balancer {
 	cfg := config.Default()
 	cfg.Iface, cfg.VIP, cfg.MaglevSize = "none", netip.MustParseAddr("10.0.0.100"), 251
 	for i := range n {
-		cfg.Backends = append(cfg.Backends, netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
+		cfg.Backends = append(cfg.Backends, config.Backend{Addr: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Weight: 1})
 	}
 	if n > 251 {
 		cfg.MaglevSize = config.DefaultMaglevSize
@@ -31,18 +31,21 @@ func newDetached(tb testing.TB, n int, opts ...func(*config.Config)) *Balancer {
 		o(&cfg)
 	}
 	cfg = cfg.WithDefaults()
-	b := &Balancer{cfg: cfg, log: slog.New(slog.DiscardHandler), ifIdx: map[netip.Addr]uint32{}, states: map[netip.Addr]*backendState{}}
+	b := newBalancer(cfg, slog.New(slog.DiscardHandler))
 	if err := b.load(); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { b.Close() })
-	for i, addr := range cfg.Backends {
-		b.ifIdx[addr] = uint32(i)
-		b.backendOrder = append(b.backendOrder, addr)
-		b.states[addr] = &backendState{nextHop: addr, up: true}
+	if err := b.adopt(); err != nil {
+		tb.Fatal(err)
 	}
-	b.nslots = n
-	b.loss = newLossLedger(n, monotonic())
+	// Known hosts: apply looks no route up for them (there is no interface).
+	for _, be := range cfg.Backends {
+		b.hosts[be.Addr] = &backendState{nextHop: be.Addr, up: true}
+	}
+	if err := b.apply(cfg.ServiceList(), 0); err != nil {
+		tb.Fatal(err)
+	}
 	return b
 }
 
@@ -75,7 +78,7 @@ func TestSnapshotReadsMaps(t *testing.T) {
 		if bs.RTT.Buckets[170] != want || bs.RTT.Count() != want {
 			t.Errorf("backend %d bucket 170 = %d (count %d), want %d summed over CPUs", i, bs.RTT.Buckets[170], bs.RTT.Count(), want)
 		}
-		if !bs.Up || bs.Addr != b.backendOrder[i] || bs.VIP != b.cfg.VIP {
+		if !bs.Up || bs.Addr != b.cfg.Backends[i].Addr || bs.VIP != b.cfg.VIP {
 			t.Errorf("backend %d is %s of %s up=%v", i, bs.Addr, bs.VIP, bs.Up)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"time"
 
@@ -61,11 +62,18 @@ func (b *Balancer) decodeTrace(raw *bpf.IcmplbTraceEvent, wallOffset int64) tele
 		Kind:    traceKinds[bpf.IcmplbTraceKind(raw.Kind)],
 		Sent:    time.Unix(0, int64(raw.SentNs)+wallOffset),
 		RTT:     time.Duration(raw.RttNs),
-		VIP:     b.cfg.VIP,
+		VIP:     b.vipOf(raw.BackendIdx),
 		Client:  bpf.AddrFrom(raw.Client),
 		Backend: bpf.AddrFrom(raw.Backend),
 		EchoID:  bpf.Host16(raw.EchoId),
 		Seq:     bpf.Host16(raw.Seq),
 		Late:    raw.Late != 0,
 	}
+}
+
+// vipOf is the service of backend slot idx.
+func (b *Balancer) vipOf(idx uint32) netip.Addr {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.byIdx[idx].vip
 }

@@ -63,16 +63,13 @@ func BenchmarkReadTraces(b *testing.B) {
 		c.TraceSample = 1
 		c.TraceBufferSize = 4 << 20
 	})
-	for _, st := range bal.states {
+	for _, st := range bal.hosts {
 		st.mac = net.HardwareAddr{2, 0, 0, 0, 0, 3}
 	}
-	for addr := range bal.states {
-		if err := bal.writeBackend(addr); err != nil {
+	for k := range bal.slots {
+		if err := bal.writeSlot(k); err != nil {
 			b.Fatal(err)
 		}
-	}
-	if err := bal.rebuildTable(); err != nil {
-		b.Fatal(err)
 	}
 
 	// The reader waits on the current gate, which stays open (closed) except

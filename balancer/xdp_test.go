@@ -151,7 +151,7 @@ func TestXDPOwnerRemedy(t *testing.T) {
 				return err
 			}
 			c := config.Default()
-			c.Iface, c.VIP, c.Backends = "eth0", netip.MustParseAddr("10.0.0.100"), []netip.Addr{netip.MustParseAddr("10.0.0.2")}
+			c.Iface, c.VIP, c.Backends = "eth0", netip.MustParseAddr("10.0.0.100"), []config.Backend{{Addr: netip.MustParseAddr("10.0.0.2"), Weight: 1}}
 			b, err := New(c, slog.New(slog.DiscardHandler))
 			if err == nil {
 				b.Close()

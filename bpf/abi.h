@@ -44,16 +44,26 @@ enum backend_flags : __u16 {
 	BACKEND_F_UP = BACKEND_F_ACTIVE | BACKEND_F_NEIGH,
 };
 
-/* backends[idx]: what the data plane needs to send to one backend. */
+/* backends[idx]: what the data plane needs to send to one backend of one
+ * service. A backend of several services has a slot per service, so that
+ * each service's counters are its own. */
 struct backend {
 	__be32 addr;
 	__u8 mac[ETH_ALEN];
 	enum backend_flags flags;
+	__be32 vip; /* the service's: a session stays only on its own service's slot */
 };
 
-/* ct_fwd key: one client's ping session to the VIP. */
+/* services[vip]: one balanced service. */
+struct service {
+	__be32 snat;  /* source address of its requests towards backends */
+	__u32 table;  /* its Maglev table: index into maglev_tables */
+};
+
+/* ct_fwd key: one client's ping session to one VIP. */
 struct fwd_key {
 	__be32 client;
+	__be32 vip;
 	__be16 echo_id;
 	__u16 pad;
 };
@@ -80,7 +90,7 @@ struct rev_val {
 	__be16 echo_id;
 	__u16 pad;
 	__u32 backend_idx;
-	__u32 pad2;
+	__be32 vip;
 	__u64 last_seen_ns;
 };
 
@@ -132,6 +142,13 @@ struct epoch_count {
 	__u64 answered; /* replies within the loss timeout */
 };
 
+/* loss_ledger[idx]: the agent's count of backend slot idx's lost requests,
+ * kept in a map only so that a restarted agent carries it on. */
+struct loss_state {
+	__u64 lost;
+	__u64 next_epoch; /* first epoch not settled */
+};
+
 /* inflight key: one request on its way to a backend. */
 struct inflight_key {
 	__be32 backend;
@@ -150,6 +167,8 @@ struct inflight_val {
 	__sum16 reply_csum; /* what the reply's ICMP checksum must be */
 	__u8 client_mac[ETH_ALEN];
 	__u16 sampled;
+	__be32 vip;  /* the reply leaves from it */
+	__be32 snat; /* the reply must come back to it */
 };
 
 enum trace_kind {

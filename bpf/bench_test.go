@@ -216,7 +216,7 @@ func BenchmarkPath(b *testing.B) {
 }
 
 // readyHarness is a harness with backend A ready behind every Maglev slot.
-func readyHarness(tb testing.TB, cfg Config) *harness {
+func readyHarness(tb testing.TB, cfg testCfg) *harness {
 	h := newHarness(tb, cfg)
 	h.setBackend(tb, backendA, backendReady)
 	h.pointMaglev(tb, backendA.idx)

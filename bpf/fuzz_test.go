@@ -190,7 +190,7 @@ func (fh *fuzzHarness) pointMaglevActive(t testing.TB, flags [len(fuzzBackends)]
 func (fh *fuzzHarness) setFlags(t *testing.T, i int, flags IcmplbBackendFlags) {
 	t.Helper()
 	be := fuzzBackends[i]
-	v := IcmplbBackend{Addr: Addr(be.addr), Mac: be.mac, Flags: flags}
+	v := IcmplbBackend{Addr: Addr(be.addr), Mac: be.mac, Flags: flags, Vip: Addr(fh.cfg.VIP)}
 	if err := fh.objs.Backends.Put(be.idx, v); err != nil {
 		t.Fatalf("backends[%d]: %v", be.idx, err)
 	}

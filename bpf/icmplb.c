@@ -42,6 +42,18 @@ static __always_inline int count(enum reason r, int verdict)
 	return verdict;
 }
 
+/* Counts a request's verdict for its service too, so that what the balancer
+ * itself failed (enum reason's balancer-limited ones) is known per VIP. */
+static __always_inline int count_svc(__u32 table, enum reason r, int verdict)
+{
+	__u32 key = table * REASON_MAX + r;
+	__u64 *n = bpf_map_lookup_elem(&svc_stats, &key);
+
+	if (n)
+		*n += 1;
+	return count(r, verdict);
+}
+
 /* Addresses no client's request can come from: replies to them would go to
  * the wrong place or to many hosts at once. */
 static __always_inline int bogus_source(struct ethhdr *eth, __be32 saddr)
@@ -55,7 +67,7 @@ static __always_inline int bogus_source(struct ethhdr *eth, __be32 saddr)
 	 * reserved, limited broadcast). */
 	if (first == 0 || first == 127 || first >= 224)
 		return 1;
-	if (saddr == cfg_vip || saddr == cfg_snat)
+	if (bpf_map_lookup_elem(&services, &saddr) || bpf_map_lookup_elem(&snat_addrs, &saddr))
 		return 1;
 	return bpf_map_lookup_elem(&src_deny, &saddr) != NULL;
 }
@@ -74,11 +86,14 @@ static __always_inline __u32 session_hash(__be32 client, __be16 echo_id)
 }
 
 static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
-					  struct icmp_echo *icmp)
+					  struct icmp_echo *icmp, const struct service *svc)
 {
-	struct fwd_key fk = { .client = ip->saddr, .echo_id = icmp->id };
+	__be32 vip = ip->daddr;
+	struct fwd_key fk = { .client = ip->saddr, .vip = vip, .echo_id = icmp->id };
 	struct rev_key rk = {};
-	struct rev_val rv = { .client = ip->saddr, .echo_id = icmp->id };
+	struct rev_val rv = { .client = ip->saddr, .echo_id = icmp->id, .vip = vip };
+	__be32 snat = svc->snat;
+	__u32 table = svc->table;
 	__u8 client_mac[ETH_ALEN];
 	struct backend *be = NULL;
 	struct fwd_val *fv;
@@ -86,11 +101,11 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	__u32 idx;
 
 	if (bogus_source(eth, ip->saddr))
-		return count(REASON_BOGUS_SOURCE, XDP_PASS);
+		return count_svc(table, REASON_BOGUS_SOURCE, XDP_PASS);
 	if (ip->ttl == 0)
-		return count(REASON_TTL_ZERO, XDP_PASS);
+		return count_svc(table, REASON_TTL_ZERO, XDP_PASS);
 	if (!icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
-		return count(REASON_MALFORMED, XDP_PASS);
+		return count_svc(table, REASON_MALFORMED, XDP_PASS);
 
 	__builtin_memcpy(client_mac, eth->h_source, ETH_ALEN);
 	rv.last_seen_ns = now;
@@ -102,17 +117,18 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 		rk.backend = fv->backend;
 		rk.nat_id = fv->nat_id;
 		cur = bpf_map_lookup_elem(&ct_rev, &rk);
-		if (cur && cur->client == fk.client && cur->echo_id == fk.echo_id) {
+		if (cur && cur->client == fk.client && cur->echo_id == fk.echo_id && cur->vip == vip) {
 			/* The session is live: it belongs to the MAC that opened it.
 			 * Anyone else on the segment could otherwise take its
 			 * replies by sending one request with its address. */
 			if (!mac_eq(fv->client_mac, client_mac))
-				return count(REASON_SESSION_MAC_MISMATCH, XDP_DROP);
+				return count_svc(table, REASON_SESSION_MAC_MISMATCH, XDP_DROP);
 			idx = fv->backend_idx;
 			be = bpf_map_lookup_elem(&backends, &idx);
 			/* It stays on its backend while that backend is in the
-			 * pool and reachable. */
-			if (be && (be->flags & BACKEND_F_UP) == BACKEND_F_UP && be->addr == fv->backend) {
+			 * service's pool (draining included) and reachable. */
+			if (be && (be->flags & BACKEND_F_UP) == BACKEND_F_UP && be->addr == fv->backend &&
+			    be->vip == vip) {
 				cur->last_seen_ns = now;
 				goto forward;
 			}
@@ -121,22 +137,26 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 
 	{
 		__u32 slot = session_hash(fk.client, fk.echo_id) % cfg_maglev_size;
-		__u32 *pick = bpf_map_lookup_elem(&maglev, &slot);
+		void *tbl = bpf_map_lookup_elem(&maglev_tables, &table);
+		__u32 *pick;
 
+		if (!tbl)
+			return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
+		pick = bpf_map_lookup_elem(tbl, &slot);
 		if (!pick)
-			return count(REASON_NO_BACKEND, XDP_DROP);
+			return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
 		idx = *pick;
 		be = bpf_map_lookup_elem(&backends, &idx);
-		if (!be || !(be->flags & BACKEND_F_ACTIVE))
-			return count(REASON_NO_BACKEND, XDP_DROP);
+		if (!be || !(be->flags & BACKEND_F_ACTIVE) || be->vip != vip)
+			return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
 	}
 	if (!(be->flags & BACKEND_F_NEIGH))
-		return count(REASON_NEIGH_UNRESOLVED, XDP_PASS);
+		return count_svc(table, REASON_NEIGH_UNRESOLVED, XDP_PASS);
 
 	rk.backend = be->addr;
 	rv.backend_idx = idx;
 	if (!nat_alloc(idx, &rk, &rv, now))
-		return count(REASON_NAT_EXHAUSTED, XDP_PASS);
+		return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
 	{
 		struct fwd_val nv = { .backend = be->addr, .backend_idx = idx, .nat_id = rk.nat_id };
 
@@ -145,15 +165,15 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	}
 
 forward:
-	rewrite(eth, ip, icmp, be->mac, cfg_snat, be->addr, rk.nat_id);
-	switch (track_request(be, idx, &fk, client_mac, icmp, now)) {
+	rewrite(eth, ip, icmp, be->mac, snat, be->addr, rk.nat_id);
+	switch (track_request(be, idx, &fk, snat, client_mac, icmp, now)) {
 	case TRACK_COLLISION:
-		return count(REASON_NAT_COLLISION, XDP_DROP);
+		return count_svc(table, REASON_NAT_COLLISION, XDP_DROP);
 	case TRACK_FULL:
-		return count(REASON_INFLIGHT_FULL, XDP_DROP);
+		return count_svc(table, REASON_INFLIGHT_FULL, XDP_DROP);
 	case TRACK_DUP:
 		/* Forwarded, not counted again: the first copy's reply answers it. */
-		return count(REASON_REQUEST_FORWARDED, XDP_TX);
+		return count_svc(table, REASON_REQUEST_FORWARDED, XDP_TX);
 	default:
 		break;
 	}
@@ -165,7 +185,7 @@ forward:
 			bs->request_bytes += ctx->data_end - ctx->data;
 		}
 	}
-	return count(REASON_REQUEST_FORWARDED, XDP_TX);
+	return count_svc(table, REASON_REQUEST_FORWARDED, XDP_TX);
 }
 
 /* A reply that answers no request we remember: the backend's (duplicate, or
@@ -213,7 +233,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	 * the segment who takes its address has another MAC. */
 	if (!mac_eq(be->mac, eth->h_source))
 		return count(REASON_REPLY_SPOOFED, XDP_PASS);
-	if (found->reply_csum != csum_norm(icmp->checksum))
+	if (found->reply_csum != csum_norm(icmp->checksum) || found->snat != ip->daddr)
 		return count(REASON_REPLY_MISMATCH, XDP_PASS);
 	now = bpf_ktime_get_ns();
 	if (found->sent_ns + 2 * cfg_loss_timeout_ns < now)
@@ -230,7 +250,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 		bs->reply_bytes += ctx->data_end - ctx->data;
 		reply_measured(bs, &iv, ip->saddr, icmp->seq, now);
 	}
-	rewrite(eth, ip, icmp, iv.client_mac, cfg_vip, iv.client, iv.echo_id);
+	rewrite(eth, ip, icmp, iv.client_mac, iv.vip, iv.client, iv.echo_id);
 	/* An incremental update writes 0x0000 both for a message whose other
 	 * words sum to 0xffff, where it is right, and for one whose other words
 	 * are all zero (id 0, seq 0, zero data), which only 0xffff verifies:
@@ -249,12 +269,17 @@ int icmplb(struct xdp_md *ctx)
 	if (r != PARSED)
 		return count(r, XDP_PASS);
 	if (p.icmp->type == ICMP_ECHO && p.icmp->code == 0) {
-		if (p.ip->daddr != cfg_vip)
+		__be32 daddr = p.ip->daddr;
+		struct service *svc = bpf_map_lookup_elem(&services, &daddr);
+
+		if (!svc)
 			return count(REASON_NOT_VIP, XDP_PASS);
-		return handle_request(ctx, p.eth, p.ip, p.icmp);
+		return handle_request(ctx, p.eth, p.ip, p.icmp, svc);
 	}
 	if (p.icmp->type == ICMP_ECHOREPLY && p.icmp->code == 0) {
-		if (p.ip->daddr != cfg_snat)
+		__be32 daddr = p.ip->daddr;
+
+		if (!bpf_map_lookup_elem(&snat_addrs, &daddr))
 			return count(REASON_NOT_VIP, XDP_PASS);
 		return handle_reply(ctx, p.eth, p.ip, p.icmp);
 	}
@@ -296,8 +321,17 @@ static long sweep_inflight(void *map, struct inflight_key *k, struct inflight_va
 
 static long sweep_rev(void *map, struct rev_key *k, struct rev_val *v, __u64 *now)
 {
-	if (v->last_seen_ns + cfg_nat_idle_ns < *now)
+	__u32 idx = v->backend_idx;
+	__u32 *n;
+
+	if (v->last_seen_ns + cfg_nat_idle_ns < *now) {
 		bpf_map_delete_elem(&ct_rev, k);
+		return 0;
+	}
+	/* The agent zeroes the counts before each sweep. */
+	n = bpf_map_lookup_elem(&slot_sessions, &idx);
+	if (n)
+		*n += 1;
 	return 0;
 }
 
@@ -306,7 +340,7 @@ static long sweep_fwd(void *map, struct fwd_key *k, struct fwd_val *v, __u64 *no
 	struct rev_key rk = { .backend = v->backend, .nat_id = v->nat_id };
 	struct rev_val *rv = bpf_map_lookup_elem(&ct_rev, &rk);
 
-	if (!rv || rv->client != k->client || rv->echo_id != k->echo_id)
+	if (!rv || rv->client != k->client || rv->echo_id != k->echo_id || rv->vip != k->vip)
 		bpf_map_delete_elem(&ct_fwd, k);
 	return 0;
 }

@@ -18,6 +18,7 @@ type IcmplbBackend struct {
 	Addr  uint32
 	Mac   [6]uint8
 	Flags IcmplbBackendFlags
+	Vip   uint32
 }
 
 type IcmplbBackendCounters struct {
@@ -49,6 +50,7 @@ type IcmplbEpochCount struct {
 type IcmplbFwdKey struct {
 	_      structs.HostLayout
 	Client uint32
+	Vip    uint32
 	EchoId uint16
 	Pad    uint16
 }
@@ -77,6 +79,8 @@ type IcmplbInflightVal struct {
 	ReplyCsum  uint16
 	ClientMac  [6]uint8
 	Sampled    uint16
+	Vip        uint32
+	Snat       uint32
 	_          [4]byte
 }
 
@@ -90,6 +94,12 @@ const (
 	IcmplbLayoutEPOCHS            IcmplbLayout = 32
 	IcmplbLayoutICMP_MAX_LEN      IcmplbLayout = 9000
 )
+
+type IcmplbLossState struct {
+	_         structs.HostLayout
+	Lost      uint64
+	NextEpoch uint64
+}
 
 type IcmplbNatPool struct {
 	_    structs.HostLayout
@@ -139,8 +149,14 @@ type IcmplbRevVal struct {
 	EchoId     uint16
 	Pad        uint16
 	BackendIdx uint32
-	Pad2       uint32
+	Vip        uint32
 	LastSeenNs uint64
+}
+
+type IcmplbService struct {
+	_     structs.HostLayout
+	Snat  uint32
+	Table uint32
 }
 
 type IcmplbTraceEvent struct {
@@ -176,11 +192,17 @@ const (
 	IcmplbMapEpochs           = "epochs"
 	IcmplbMapEvents           = "events"
 	IcmplbMapInflight         = "inflight"
-	IcmplbMapMaglev           = "maglev"
+	IcmplbMapLayoutId         = "layout_id"
+	IcmplbMapLossLedger       = "loss_ledger"
+	IcmplbMapMaglevTables     = "maglev_tables"
 	IcmplbMapNatPools         = "nat_pools"
 	IcmplbMapRttHist          = "rtt_hist"
+	IcmplbMapServices         = "services"
+	IcmplbMapSlotSessions     = "slot_sessions"
+	IcmplbMapSnatAddrs        = "snat_addrs"
 	IcmplbMapSrcDeny          = "src_deny"
 	IcmplbMapStats            = "stats"
+	IcmplbMapSvcStats         = "svc_stats"
 	IcmplbMapTraceDropped     = "trace_dropped"
 	IcmplbProgConntrackCount  = "conntrack_count"
 	IcmplbProgIcmplb          = "icmplb"
@@ -189,9 +211,7 @@ const (
 	IcmplbVarCfgMaglevSize    = "cfg_maglev_size"
 	IcmplbVarCfgNatIdleNs     = "cfg_nat_idle_ns"
 	IcmplbVarCfgRttBounds     = "cfg_rtt_bounds"
-	IcmplbVarCfgSnat          = "cfg_snat"
 	IcmplbVarCfgTraceSample   = "cfg_trace_sample"
-	IcmplbVarCfgVip           = "cfg_vip"
 	IcmplbVarUnusedLayout     = "unused_layout"
 	IcmplbVarUnusedTraceEvent = "unused_trace_event"
 )
@@ -256,11 +276,17 @@ type IcmplbMapSpecs struct {
 	Epochs           *ebpf.MapSpec `ebpf:"epochs"`
 	Events           *ebpf.MapSpec `ebpf:"events"`
 	Inflight         *ebpf.MapSpec `ebpf:"inflight"`
-	Maglev           *ebpf.MapSpec `ebpf:"maglev"`
+	LayoutId         *ebpf.MapSpec `ebpf:"layout_id"`
+	LossLedger       *ebpf.MapSpec `ebpf:"loss_ledger"`
+	MaglevTables     *ebpf.MapSpec `ebpf:"maglev_tables"`
 	NatPools         *ebpf.MapSpec `ebpf:"nat_pools"`
 	RttHist          *ebpf.MapSpec `ebpf:"rtt_hist"`
+	Services         *ebpf.MapSpec `ebpf:"services"`
+	SlotSessions     *ebpf.MapSpec `ebpf:"slot_sessions"`
+	SnatAddrs        *ebpf.MapSpec `ebpf:"snat_addrs"`
 	SrcDeny          *ebpf.MapSpec `ebpf:"src_deny"`
 	Stats            *ebpf.MapSpec `ebpf:"stats"`
+	SvcStats         *ebpf.MapSpec `ebpf:"svc_stats"`
 	TraceDropped     *ebpf.MapSpec `ebpf:"trace_dropped"`
 }
 
@@ -272,9 +298,7 @@ type IcmplbVariableSpecs struct {
 	CfgMaglevSize    *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
 	CfgNatIdleNs     *ebpf.VariableSpec `ebpf:"cfg_nat_idle_ns"`
 	CfgRttBounds     *ebpf.VariableSpec `ebpf:"cfg_rtt_bounds"`
-	CfgSnat          *ebpf.VariableSpec `ebpf:"cfg_snat"`
 	CfgTraceSample   *ebpf.VariableSpec `ebpf:"cfg_trace_sample"`
-	CfgVip           *ebpf.VariableSpec `ebpf:"cfg_vip"`
 	UnusedLayout     *ebpf.VariableSpec `ebpf:"unused_layout"`
 	UnusedTraceEvent *ebpf.VariableSpec `ebpf:"unused_trace_event"`
 }
@@ -308,11 +332,17 @@ type IcmplbMaps struct {
 	Epochs           *ebpf.Map `ebpf:"epochs"`
 	Events           *ebpf.Map `ebpf:"events"`
 	Inflight         *ebpf.Map `ebpf:"inflight"`
-	Maglev           *ebpf.Map `ebpf:"maglev"`
+	LayoutId         *ebpf.Map `ebpf:"layout_id"`
+	LossLedger       *ebpf.Map `ebpf:"loss_ledger"`
+	MaglevTables     *ebpf.Map `ebpf:"maglev_tables"`
 	NatPools         *ebpf.Map `ebpf:"nat_pools"`
 	RttHist          *ebpf.Map `ebpf:"rtt_hist"`
+	Services         *ebpf.Map `ebpf:"services"`
+	SlotSessions     *ebpf.Map `ebpf:"slot_sessions"`
+	SnatAddrs        *ebpf.Map `ebpf:"snat_addrs"`
 	SrcDeny          *ebpf.Map `ebpf:"src_deny"`
 	Stats            *ebpf.Map `ebpf:"stats"`
+	SvcStats         *ebpf.Map `ebpf:"svc_stats"`
 	TraceDropped     *ebpf.Map `ebpf:"trace_dropped"`
 }
 
@@ -327,11 +357,17 @@ func (m *IcmplbMaps) Close() error {
 		m.Epochs,
 		m.Events,
 		m.Inflight,
-		m.Maglev,
+		m.LayoutId,
+		m.LossLedger,
+		m.MaglevTables,
 		m.NatPools,
 		m.RttHist,
+		m.Services,
+		m.SlotSessions,
+		m.SnatAddrs,
 		m.SrcDeny,
 		m.Stats,
+		m.SvcStats,
 		m.TraceDropped,
 	)
 }
@@ -344,9 +380,7 @@ type IcmplbVariables struct {
 	CfgMaglevSize    *ebpf.Variable `ebpf:"cfg_maglev_size"`
 	CfgNatIdleNs     *ebpf.Variable `ebpf:"cfg_nat_idle_ns"`
 	CfgRttBounds     *ebpf.Variable `ebpf:"cfg_rtt_bounds"`
-	CfgSnat          *ebpf.Variable `ebpf:"cfg_snat"`
 	CfgTraceSample   *ebpf.Variable `ebpf:"cfg_trace_sample"`
-	CfgVip           *ebpf.Variable `ebpf:"cfg_vip"`
 	UnusedLayout     *ebpf.Variable `ebpf:"unused_layout"`
 	UnusedTraceEvent *ebpf.Variable `ebpf:"unused_trace_event"`
 }

@@ -279,18 +279,23 @@ func requireRoot(t testing.TB) {
 	testenv.Privileged(t)
 }
 
-func testConfig(snat netip.Addr) Config {
-	return Config{
-		VIP:             vip,
-		SNAT:            snat,
+// testCfg is a data plane's settings and the one service tests give it.
+type testCfg struct {
+	Config
+	VIP, SNAT netip.Addr
+}
+
+func testConfig(snat netip.Addr) testCfg {
+	return testCfg{VIP: vip, SNAT: snat, Config: Config{
 		MaglevSize:      13,
+		MaxServices:     4,
 		MaxBackends:     16,
 		ConntrackSize:   1024,
 		NATIdle:         60 * time.Second,
 		LossTimeout:     time.Second,
 		InflightSize:    1024,
 		TraceBufferSize: 4096,
-	}
+	}}
 }
 
 // reasonTable is the verdict each reason must come with and the name the
@@ -331,8 +336,10 @@ func ReasonVerdict(r IcmplbReason) (verdict, name string) {
 }
 
 type harness struct {
-	cfg      Config
-	objs     IcmplbObjects
+	cfg  testCfg
+	objs IcmplbObjects
+	// table is the service's Maglev table, at index 0 of maglev_tables.
+	table    *ebpf.Map
 	backends map[uint32]backendInfo
 	// pools holds the NAT id keys written per backend index, so that tests
 	// can predict ids with natPermute, their own model of the kernel's.
@@ -341,10 +348,10 @@ type harness struct {
 
 // newHarness loads a fresh collection so that no test sees another's
 // conntrack, NAT allocator or counters.
-func newHarness(t testing.TB, cfg Config) *harness {
+func newHarness(t testing.TB, cfg testCfg) *harness {
 	t.Helper()
 	requireRoot(t)
-	spec, err := NewSpec(cfg)
+	spec, err := NewSpec(cfg.Config)
 	if err != nil {
 		t.Fatalf("NewSpec: %v", err)
 	}
@@ -357,6 +364,20 @@ func newHarness(t testing.TB, cfg Config) *harness {
 		t.Fatalf("load: %v", err)
 	}
 	t.Cleanup(func() { h.objs.Close() })
+	h.table, err = ebpf.NewMap(spec.Maps[IcmplbMapMaglevTables].InnerMap)
+	if err != nil {
+		t.Fatalf("create the Maglev table: %v", err)
+	}
+	t.Cleanup(func() { h.table.Close() })
+	if err := h.objs.MaglevTables.Put(uint32(0), h.table); err != nil {
+		t.Fatalf("maglev_tables[0]: %v", err)
+	}
+	if err := h.objs.Services.Put(Addr(cfg.VIP), IcmplbService{Snat: Addr(cfg.SNAT), Table: 0}); err != nil {
+		t.Fatalf("services[%v]: %v", cfg.VIP, err)
+	}
+	if err := h.objs.SnatAddrs.Put(Addr(cfg.SNAT), uint32(1)); err != nil {
+		t.Fatalf("snat_addrs[%v]: %v", cfg.SNAT, err)
+	}
 	return h
 }
 
@@ -385,7 +406,7 @@ func loadTestObjects(t testing.TB) *IcmplbTestObjects {
 // the slot, a NAT pool with random keys and a random starting counter.
 func (h *harness) setBackend(t testing.TB, be backendInfo, flags IcmplbBackendFlags) {
 	t.Helper()
-	v := IcmplbBackend{Addr: Addr(be.addr), Mac: be.mac, Flags: flags}
+	v := IcmplbBackend{Addr: Addr(be.addr), Mac: be.mac, Flags: flags, Vip: Addr(h.cfg.VIP)}
 	if err := h.objs.Backends.Put(be.idx, v); err != nil {
 		t.Fatalf("backends[%d]: %v", be.idx, err)
 	}
@@ -459,7 +480,7 @@ func (h *harness) forceNATID(t testing.TB, idx uint32, id uint16) {
 func (h *harness) pointMaglev(t testing.TB, idxs ...uint32) {
 	t.Helper()
 	for slot := uint32(0); slot < h.cfg.MaglevSize; slot++ {
-		if err := h.objs.Maglev.Put(slot, idxs[int(slot)%len(idxs)]); err != nil {
+		if err := h.table.Put(slot, idxs[int(slot)%len(idxs)]); err != nil {
 			t.Fatalf("maglev[%d]: %v", slot, err)
 		}
 	}
@@ -628,7 +649,7 @@ func (h *harness) returnReply(t *testing.T, rep packet, client netip.Addr, echoI
 func (h *harness) requireConntrack(t *testing.T, client netip.Addr, echoID uint16, hop mac, be backendInfo, natID uint16) {
 	t.Helper()
 	var fv IcmplbFwdVal
-	fk := IcmplbFwdKey{Client: Addr(client), EchoId: Net16(echoID)}
+	fk := IcmplbFwdKey{Client: Addr(client), Vip: Addr(h.cfg.VIP), EchoId: Net16(echoID)}
 	if err := h.objs.CtFwd.Lookup(fk, &fv); err != nil {
 		t.Fatalf("ct_fwd[%v, id %#04x]: %v", client, echoID, err)
 	}
@@ -656,7 +677,7 @@ func (h *harness) requireConntrack(t *testing.T, client netip.Addr, echoID uint1
 func (h *harness) requireNoSession(t *testing.T, client netip.Addr, echoID uint16) {
 	t.Helper()
 	var fv IcmplbFwdVal
-	if err := h.objs.CtFwd.Lookup(IcmplbFwdKey{Client: Addr(client), EchoId: Net16(echoID)}, &fv); !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := h.objs.CtFwd.Lookup(IcmplbFwdKey{Client: Addr(client), Vip: Addr(h.cfg.VIP), EchoId: Net16(echoID)}, &fv); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Errorf("ct_fwd[%v, id %#04x] = %+v (err %v), want no session", client, echoID, fv, err)
 	}
 }

@@ -10,9 +10,7 @@
 
 #include "abi.h"
 
-volatile const __be32 cfg_vip;
-volatile const __be32 cfg_snat;
-/* Slots of the Maglev table. */
+/* Slots of each service's Maglev table. */
 volatile const __u32 cfg_maglev_size;
 /* A NAT id whose session was idle this long may be given to a new session. */
 volatile const __u64 cfg_nat_idle_ns;
@@ -21,13 +19,40 @@ volatile const __u64 cfg_loss_timeout_ns;
 /* One exchange in cfg_trace_sample is sent to userspace as a trace; 0: none. */
 volatile const __u32 cfg_trace_sample;
 
-/* maglev: slot (hash % cfg_maglev_size) -> backend index. */
+/* services: VIP -> its SNAT address and Maglev table. */
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, struct service);
+	__uint(max_entries, 1);
+} services SEC(".maps");
+
+/* snat_addrs: the services' SNAT addresses -> services using it. Replies
+ * come back to them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} snat_addrs SEC(".maps");
+
+/* A Maglev table: slot (hash % cfg_maglev_size) -> backend index. */
+struct maglev_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(max_entries, 1);
-} maglev SEC(".maps");
+};
+
+/* maglev_tables: struct service's table -> its Maglev table. The agent
+ * changes a table by filling a new one and swapping it in with one update,
+ * so no packet sees a table half written. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, 1);
+	__array(values, struct maglev_table);
+} maglev_tables SEC(".maps");
 
 /* backends: backend index -> address, next-hop MAC, flags. A retired
  * backend's slot keeps its address (flags 0) so that pinned sessions and
@@ -39,8 +64,9 @@ struct {
 	__uint(max_entries, 1);
 } backends SEC(".maps");
 
-/* backend_addrs: backend address -> backend index, for replies that match no
- * request: was it the backend (unmatched) or someone spoofing it? */
+/* backend_addrs: backend address -> a backend index of that address (the
+ * first service's), for replies that match no request: was it the backend
+ * (unmatched) or someone spoofing it? */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __be32);
@@ -88,6 +114,15 @@ struct {
 	__type(value, __u64);
 	__uint(max_entries, REASON_MAX);
 } stats SEC(".maps");
+
+/* svc_stats: struct service's table * REASON_MAX + enum reason -> its
+ * requests, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} svc_stats SEC(".maps");
 
 /* backend_stats: backend index -> counters, per CPU. */
 struct {
@@ -139,6 +174,32 @@ struct {
 	__type(value, __u64);
 	__uint(max_entries, 1);
 } trace_dropped SEC(".maps");
+
+/* slot_sessions: backend index -> live sessions, counted by each sweep. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} slot_sessions SEC(".maps");
+
+/* loss_ledger: backend index -> lost requests as the agent settled them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct loss_state);
+	__uint(max_entries, 1);
+} loss_ledger SEC(".maps");
+
+/* layout_id: [0] -> fingerprint of the maps' layout, written by the agent that
+ * created them: a later agent taking the pinned maps over compares it with
+ * its own before it touches them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} layout_id SEC(".maps");
 
 /* conntrack_entries: [0] -> ct_fwd entries, [1] -> ct_rev entries, [2] ->
  * inflight entries, filled by conntrack_count. */

@@ -56,7 +56,7 @@ enum track {
 /* Remembers a forwarded request (already rewritten) until its reply, and
  * counts it in its epoch. Never overwrites another session's request: its
  * reply would then go to the wrong client. */
-static __always_inline enum track track_request(struct backend *be, __u32 idx, struct fwd_key *fk,
+static __always_inline enum track track_request(struct backend *be, __u32 idx, struct fwd_key *fk, __be32 snat,
 						const __u8 *client_mac, struct icmp_echo *icmp, __u64 now)
 {
 	struct inflight_key ik = { .backend = be->addr, .nat_id = icmp->id, .seq = icmp->seq };
@@ -66,6 +66,8 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 		.client = fk->client,
 		.echo_id = fk->echo_id,
 		.reply_csum = reply_csum_of(icmp->checksum),
+		.vip = fk->vip,
+		.snat = snat,
 	};
 	struct epoch_count *ep;
 	long err;
@@ -80,7 +82,7 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 		 * key may be taken over, by its own session too (the sequence
 		 * wrapped), which makes a new, counted request. */
 		if (old && old->sent_ns + 2 * cfg_loss_timeout_ns >= now) {
-			if (old->client == fk->client && old->echo_id == fk->echo_id)
+			if (old->client == fk->client && old->echo_id == fk->echo_id && old->vip == fk->vip)
 				return TRACK_DUP;
 			return TRACK_COLLISION;
 		}

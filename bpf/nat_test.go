@@ -209,7 +209,7 @@ func TestNATIDSkipsBusyReusesIdle(t *testing.T) {
 	}
 	const start = 100
 	h.setNATNext(t, backendA.idx, start)
-	busy := IcmplbRevVal{Client: Addr(client2), EchoId: Net16(77), BackendIdx: backendA.idx, LastSeenNs: now}
+	busy := IcmplbRevVal{Client: Addr(client2), EchoId: Net16(77), BackendIdx: backendA.idx, Vip: Addr(vip), LastSeenNs: now}
 	for n := uint32(start); n < start+3; n++ {
 		v := busy
 		if n == start+1 {
@@ -283,14 +283,14 @@ func TestNATExhausted(t *testing.T) {
 	now := monotonicNow(t)
 	const start = 1000
 	h.setNATNext(t, backendA.idx, start)
-	busy := IcmplbRevVal{Client: Addr(client2), EchoId: Net16(77), BackendIdx: backendA.idx, LastSeenNs: now}
+	busy := IcmplbRevVal{Client: Addr(client2), EchoId: Net16(77), BackendIdx: backendA.idx, Vip: Addr(vip), LastSeenNs: now}
 	// The allocator tries 8 candidates per packet.
 	for n := uint32(start); n < start+8; n++ {
 		mustPut(t, h.objs.CtRev, IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(h.natID(t, backendA.idx, n))}, busy)
 	}
 	h.requireUntouched(t, echoRequest(client1, hop1MAC, 5, 1).frame(), xdpPass, IcmplbReasonREASON_NAT_EXHAUSTED)
 	var fv IcmplbFwdVal
-	if err := h.objs.CtFwd.Lookup(IcmplbFwdKey{Client: Addr(client1), EchoId: Net16(5)}, &fv); !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := h.objs.CtFwd.Lookup(IcmplbFwdKey{Client: Addr(client1), Vip: Addr(vip), EchoId: Net16(5)}, &fv); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Errorf("ct_fwd entry after failed allocation: %+v, %v", fv, err)
 	}
 	if n := h.inflightCount(t); n != 0 {

@@ -14,13 +14,11 @@ import (
 // Config holds the load-time settings of the data plane: the constants the
 // program is specialised with and the sizes of its maps.
 type Config struct {
-	// VIP is the virtual IPv4 address clients ping.
-	VIP netip.Addr
-	// SNAT is the source address requests carry towards backends; replies
-	// from backends come back to it.
-	SNAT netip.Addr
-	// MaglevSize is the number of slots of the Maglev table (a prime).
+	// MaglevSize is the number of slots of each service's Maglev table (a
+	// prime).
 	MaglevSize uint32
+	// MaxServices bounds the services (VIPs) and their Maglev tables.
+	MaxServices uint32
 	// MaxBackends bounds the backend index space.
 	MaxBackends uint32
 	// ConntrackSize is the capacity of each conntrack LRU map.
@@ -71,8 +69,6 @@ func NewSpec(c Config) (*ebpf.CollectionSpec, error) {
 		return nil, err
 	}
 	consts := map[string]any{
-		IcmplbVarCfgVip:           Addr(c.VIP),
-		IcmplbVarCfgSnat:          Addr(c.SNAT),
 		IcmplbVarCfgMaglevSize:    c.MaglevSize,
 		IcmplbVarCfgNatIdleNs:     uint64(c.NATIdle.Nanoseconds()),
 		IcmplbVarCfgLossTimeoutNs: uint64(c.LossTimeout.Nanoseconds()),
@@ -84,7 +80,14 @@ func NewSpec(c Config) (*ebpf.CollectionSpec, error) {
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	spec.Maps[IcmplbMapMaglev].MaxEntries = c.MaglevSize
+	spec.Maps[IcmplbMapServices].MaxEntries = c.MaxServices
+	// A SNAT address per service at most.
+	spec.Maps[IcmplbMapSnatAddrs].MaxEntries = c.MaxServices
+	spec.Maps[IcmplbMapMaglevTables].MaxEntries = c.MaxServices
+	spec.Maps[IcmplbMapMaglevTables].InnerMap.MaxEntries = c.MaglevSize
+	spec.Maps[IcmplbMapSlotSessions].MaxEntries = c.MaxBackends
+	spec.Maps[IcmplbMapLossLedger].MaxEntries = c.MaxBackends
+	spec.Maps[IcmplbMapSvcStats].MaxEntries = c.MaxServices * uint32(IcmplbReasonREASON_MAX)
 	spec.Maps[IcmplbMapBackends].MaxEntries = c.MaxBackends
 	spec.Maps[IcmplbMapBackendStats].MaxEntries = c.MaxBackends
 	spec.Maps[IcmplbMapBackendAddrs].MaxEntries = c.MaxBackends

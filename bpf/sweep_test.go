@@ -28,15 +28,15 @@ func TestSweepRemovesExpiredState(t *testing.T) {
 	racing := IcmplbInflightKey{Backend: be, NatId: Net16(1), Seq: Net16(3)}
 	mustPut(t, h.objs.Inflight, racing, IcmplbInflightVal{SentNs: now + uint64(time.Second)})
 	racingRev := IcmplbRevKey{Backend: be, NatId: Net16(12)}
-	mustPut(t, h.objs.CtRev, racingRev, IcmplbRevVal{Client: c3, EchoId: Net16(8), LastSeenNs: now + uint64(time.Second)})
+	mustPut(t, h.objs.CtRev, racingRev, IcmplbRevVal{Client: c3, EchoId: Net16(8), Vip: Addr(vip), LastSeenNs: now + uint64(time.Second)})
 
 	idle := IcmplbRevKey{Backend: be, NatId: Net16(10)}
 	live := IcmplbRevKey{Backend: be, NatId: Net16(11)}
-	mustPut(t, h.objs.CtRev, idle, IcmplbRevVal{Client: c1, EchoId: Net16(7), LastSeenNs: now - uint64(2*cfg.NATIdle)})
-	mustPut(t, h.objs.CtRev, live, IcmplbRevVal{Client: c2, EchoId: Net16(7), LastSeenNs: now - uint64(time.Second)})
-	idleSession := IcmplbFwdKey{Client: c1, EchoId: Net16(7)}
-	liveSession := IcmplbFwdKey{Client: c2, EchoId: Net16(7)}
-	orphan := IcmplbFwdKey{Client: c3, EchoId: Net16(7)} // its NAT id now belongs to c2's session
+	mustPut(t, h.objs.CtRev, idle, IcmplbRevVal{Client: c1, EchoId: Net16(7), Vip: Addr(vip), LastSeenNs: now - uint64(2*cfg.NATIdle)})
+	mustPut(t, h.objs.CtRev, live, IcmplbRevVal{Client: c2, EchoId: Net16(7), Vip: Addr(vip), LastSeenNs: now - uint64(time.Second)})
+	idleSession := IcmplbFwdKey{Client: c1, Vip: Addr(vip), EchoId: Net16(7)}
+	liveSession := IcmplbFwdKey{Client: c2, Vip: Addr(vip), EchoId: Net16(7)}
+	orphan := IcmplbFwdKey{Client: c3, Vip: Addr(vip), EchoId: Net16(7)} // its NAT id now belongs to c2's session
 	mustPut(t, h.objs.CtFwd, idleSession, IcmplbFwdVal{Backend: be, NatId: idle.NatId})
 	mustPut(t, h.objs.CtFwd, liveSession, IcmplbFwdVal{Backend: be, NatId: live.NatId})
 	mustPut(t, h.objs.CtFwd, orphan, IcmplbFwdVal{Backend: be, NatId: live.NatId})

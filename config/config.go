@@ -14,7 +14,14 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"time"
+)
+
+// What an agent with --bpffs does when it stops (Config.OnExit).
+const (
+	OnExitKeep   = "keep"
+	OnExitDetach = "detach"
 )
 
 // XDP attach modes accepted by Config.XDPMode.
@@ -31,9 +38,15 @@ const (
 type Config struct {
 	// Iface is the interface clients and backends are reached through.
 	Iface string `name:"iface" required:"" env:"ICMPLB_IFACE" help:"Interface clients and backends are reached through."`
+	// ConfigFile is a YAML file of services (see LoadServices); it excludes
+	// the flags of Service.
+	ConfigFile string `name:"config.file" env:"ICMPLB_CONFIG_FILE" help:"YAML file of services (VIPs and weighted backends), reloaded on SIGHUP and POST /-/reload; excludes --vip, --backend and --snat."`
 	// Service is the one service the flags define; kong flattens it into
 	// --vip, --backend and --snat.
 	Service
+	// Services are the services of ConfigFile, set by Parse and Reload.
+	// Empty: the one Service of the flags (see ServiceList).
+	Services []Service `kong:"-"`
 	// XDPMode is ModeAuto, ModeNative or ModeGeneric.
 	XDPMode string `name:"xdp-mode" default:"${xdp_mode}" enum:"auto,native,generic" env:"ICMPLB_XDP_MODE" help:"XDP attach mode: auto (generic on veth, else native with generic fallback), native or generic."`
 	// MaglevSize is the number of Maglev slots, a prime.
@@ -50,7 +63,10 @@ type Config struct {
 	InflightSize int `name:"inflight-size" default:"${inflight_size}" env:"ICMPLB_INFLIGHT_SIZE" help:"Capacity of the map of requests awaiting replies, ${map_size_min}..${map_size_max}."`
 	// BPFFS, when set, is a bpffs directory under which the conntrack maps
 	// are pinned, so that sessions survive a restart of the agent.
-	BPFFS string `name:"bpffs" env:"ICMPLB_BPFFS" help:"Mounted bpffs (e.g. /sys/fs/bpf) to pin the conntrack maps under, so sessions survive a restart; empty: no pinning."`
+	BPFFS string `name:"bpffs" env:"ICMPLB_BPFFS" help:"Mounted bpffs (e.g. /sys/fs/bpf) to pin the maps and the XDP link under, so that a restart or upgrade of the agent loses no packet and no session; empty: no pinning."`
+	// OnExit says what an agent with BPFFS leaves behind when it stops:
+	// OnExitKeep or OnExitDetach. Without BPFFS it always detaches.
+	OnExit string `name:"bpffs.on-exit" default:"${on_exit}" enum:"keep,detach" env:"ICMPLB_BPFFS_ON_EXIT" help:"With --bpffs, what stopping the agent does: keep (the program keeps balancing, pinned, for the next agent to take over) or detach (remove it and its pinned maps)."`
 
 	// ListenAddress is the HTTP server's TCP address.
 	ListenAddress string `name:"web.listen-address" default:"${web_listen_address}" env:"ICMPLB_WEB_LISTEN_ADDRESS" help:"Address of the HTTP server: /metrics, /healthz, /readyz."`
@@ -76,12 +92,32 @@ type Config struct {
 // the rest of Config is per agent.
 type Service struct {
 	// VIP is the virtual address clients ping.
-	VIP netip.Addr `name:"vip" required:"" env:"ICMPLB_VIP" help:"Virtual IPv4 address clients ping."`
+	VIP netip.Addr `name:"vip" env:"ICMPLB_VIP" help:"Virtual IPv4 address clients ping (required unless --config.file is given)."`
 	// Backends are the hosts echo requests are spread over.
-	Backends []netip.Addr `name:"backend" env:"ICMPLB_BACKENDS" sep:"," help:"Backend IPv4 address (repeat the flag; comma-separated in the env var)."`
+	Backends []Backend `name:"backend" env:"ICMPLB_BACKENDS" sep:"," help:"Backend IPv4 address, weight 1 (repeat the flag; comma-separated in the env var)."`
 	// SNAT is the source address of requests sent to backends; the zero
 	// value means the VIP (see WithDefaults).
 	SNAT netip.Addr `name:"snat" env:"ICMPLB_SNAT" help:"Source address of requests sent to backends (default: the VIP)."`
+}
+
+// Backend is one backend of a service and its share of new sessions.
+type Backend struct {
+	Addr netip.Addr
+	// Weight is the backend's share of new sessions relative to the
+	// service's other backends, 0..MaxWeight. 0 drains it: it gets no new
+	// session and keeps serving the ones it has. The zero value is 0, so
+	// code building a Backend states the weight; the flags and the file
+	// give DefaultWeight when none is written.
+	Weight int
+}
+
+// ServiceList is every service the agent balances: the file's, or the one
+// of the flags.
+func (c Config) ServiceList() []Service {
+	if len(c.Services) > 0 || c.ConfigFile != "" {
+		return c.Services
+	}
+	return []Service{c.Service.withDefaults()}
 }
 
 // Log is how the agent logs: flags of every command.
@@ -108,14 +144,33 @@ const (
 	DefaultLogLevel       = slog.LevelInfo
 	DefaultLogFormat      = "text"
 	DefaultXDPMode        = ModeAuto
-	DefaultConntrackSize  = 65536
-	DefaultNATIdle        = 60 * time.Second
-	DefaultNeighInterval  = time.Second
-	DefaultLossTimeout    = time.Second
-	DefaultInflightSize   = 262144
-	DefaultTraceBuffer    = 1 << 20
-	// MaxBackends bounds the backend index space of the data plane.
+	// DefaultOnExit is keep: whoever pins the data plane does so to
+	// survive the agent's restarts, and a rolling update or a crash loop
+	// stops the agent with SIGTERM like an uninstall does. Detaching would
+	// drop every session for the restart's duration.
+	DefaultOnExit        = OnExitKeep
+	DefaultConntrackSize = 65536
+	DefaultNATIdle       = 60 * time.Second
+	DefaultNeighInterval = time.Second
+	DefaultLossTimeout   = time.Second
+	DefaultInflightSize  = 262144
+	DefaultTraceBuffer   = 1 << 20
+	// DefaultWeight is a backend's weight when the flags or the file give
+	// none.
+	DefaultWeight = 1
+	// MaxBackends bounds the backends of all services together: each
+	// (service, backend) pair has a slot of the data plane's counters,
+	// histograms and NAT pools, and a backend removed by a reload keeps
+	// its slot until its sessions end.
 	MaxBackends = 1024
+	// MaxServices bounds the services (VIPs) of one agent: each has a
+	// Maglev table of MaglevSize slots in the kernel (256 KiB at the
+	// default size), and a reload briefly holds a second one.
+	MaxServices = 256
+	// MaxWeight bounds a backend's weight: with weights up to 1000 the
+	// lightest backend of a pool still gets dozens of slots of a default
+	// table, so shares stay within 1% of the weights.
+	MaxWeight = 1000
 )
 
 // Bounds of Config. Every int setting is bounded well inside uint32, the
@@ -177,6 +232,7 @@ const (
 func Default() Config {
 	return Config{
 		XDPMode:           DefaultXDPMode,
+		OnExit:            DefaultOnExit,
 		ListenAddress:     DefaultListenAddress,
 		WebMaxConnections: DefaultMaxConnections,
 		MaglevSize:        DefaultMaglevSize,
@@ -193,7 +249,14 @@ func Default() Config {
 // means the VIP. Sizes and durations have no such reading: a zero there is
 // a mistake, and Validate says so.
 func (c Config) WithDefaults() Config {
-	c.Service = c.Service.withDefaults()
+	if c.VIP.IsValid() {
+		c.Service = c.Service.withDefaults()
+	}
+	// A copy: the caller's services stay as they were given.
+	c.Services = slices.Clone(c.Services)
+	for i := range c.Services {
+		c.Services[i] = c.Services[i].withDefaults()
+	}
 	// Not a flag: zero is what kong leaves it at.
 	if c.NeighInterval == 0 {
 		c.NeighInterval = DefaultNeighInterval
@@ -219,6 +282,8 @@ var (
 	SetVIP     = settingOf("VIP")
 	SetSNAT    = settingOf("SNAT")
 	SetBackend = settingOf("Backends")
+	SetFile    = settingOf("ConfigFile")
+	SetBPFFS   = settingOf("BPFFS")
 )
 
 var (
@@ -284,16 +349,43 @@ func (c Config) Validate() error {
 	if c.Iface == "" {
 		return fmt.Errorf("no interface: set %s (%s)", SetIface.Flag, SetIface.Env)
 	}
-	if err := c.Service.validate(); err != nil {
+	if c.ConfigFile != "" {
+		if c.VIP.IsValid() || len(c.Backends) > 0 || c.SNAT.IsValid() {
+			return fmt.Errorf("both %s and %s/%s/%s are given: the file lists every service, so drop the flags (or the file)",
+				SetFile.Flag, SetVIP.Flag, SetBackend.Flag, SetSNAT.Flag)
+		}
+		// Parsing the flags (kong runs Validate) has not read the file
+		// yet: check it now, so that a bad file stops startup in one line.
+		if len(c.Services) == 0 {
+			svcs, err := LoadServices(c.ConfigFile)
+			if err != nil {
+				return err
+			}
+			c.Services = svcs
+		}
+	} else if !c.VIP.IsValid() {
+		return fmt.Errorf("no VIP given: set %s (%s) or %s (%s)", SetVIP.Flag, SetVIP.Env, SetFile.Flag, SetFile.Env)
+	}
+	if err := validateServices(c.ServiceList(), c.ConfigFile != ""); err != nil {
+		if c.ConfigFile != "" {
+			return fmt.Errorf("%s: %w", c.ConfigFile, err)
+		}
 		return err
+	}
+	if c.OnExit != OnExitKeep && c.OnExit != OnExitDetach {
+		return settingOf("OnExit").errorf(fmt.Sprintf("%q", c.OnExit), "must be %s or %s", OnExitKeep, OnExitDetach)
 	}
 	switch c.XDPMode {
 	case ModeAuto, ModeNative, ModeGeneric:
 	default:
 		return setXDPMode.errorf(fmt.Sprintf("%q", c.XDPMode), "must be %s, %s or %s", ModeAuto, ModeNative, ModeGeneric)
 	}
-	// A table smaller than the backends cannot hold each of them.
-	if lo := max(2, len(c.Backends)); c.MaglevSize < lo || c.MaglevSize > MaxMaglevSize || !IsPrime(c.MaglevSize) {
+	// A table smaller than a service's backends cannot hold each of them.
+	lo := 2
+	for _, svc := range c.ServiceList() {
+		lo = max(lo, len(svc.Backends))
+	}
+	if c.MaglevSize < lo || c.MaglevSize > MaxMaglevSize || !IsPrime(c.MaglevSize) {
 		return setMaglev.errorf(c.MaglevSize, "must be a prime in %d..%d (%d is the default)", lo, MaxMaglevSize, DefaultMaglevSize)
 	}
 	if err := setConntrack.intIn(c.ConntrackSize, MinMapSize, MaxMapSize); err != nil {
@@ -329,53 +421,6 @@ func (c Config) Validate() error {
 	}
 	if lo := minTraceBuffer(); c.TraceBufferSize < lo || c.TraceBufferSize > MaxTraceBuffer || c.TraceBufferSize&(c.TraceBufferSize-1) != 0 {
 		return setTraceBuffer.errorf(c.TraceBufferSize, "must be a power of two in %d..%d", lo, MaxTraceBuffer)
-	}
-	return nil
-}
-
-// validate checks one service with its defaults applied.
-func (s Service) validate() error {
-	if err := unicastV4("VIP", SetVIP, s.VIP); err != nil {
-		return err
-	}
-	if err := unicastV4("SNAT address", SetSNAT, s.SNAT); err != nil {
-		return err
-	}
-	if len(s.Backends) == 0 {
-		return fmt.Errorf("no backends: give at least one %s (%s, comma-separated)", SetBackend.Flag, SetBackend.Env)
-	}
-	if len(s.Backends) > MaxBackends {
-		return fmt.Errorf("%d backends given (%s, %s): at most %d are supported", len(s.Backends), SetBackend.Flag, SetBackend.Env, MaxBackends)
-	}
-	seen := make(map[netip.Addr]bool, len(s.Backends))
-	for _, b := range s.Backends {
-		if err := unicastV4("backend", SetBackend, b); err != nil {
-			return err
-		}
-		if seen[b] {
-			return fmt.Errorf("backend %s is given twice (%s, %s)", b, SetBackend.Flag, SetBackend.Env)
-		}
-		seen[b] = true
-		if b == s.VIP {
-			return fmt.Errorf("backend %s is the VIP itself (%s, %s); a backend must be another host", b, SetBackend.Flag, SetBackend.Env)
-		}
-		if b == s.SNAT {
-			return fmt.Errorf("backend %s is the SNAT address (%s, %s); a backend must be another host", b, SetBackend.Flag, SetBackend.Env)
-		}
-	}
-	return nil
-}
-
-func unicastV4(what string, s Setting, a netip.Addr) error {
-	switch {
-	case !a.IsValid():
-		return fmt.Errorf("no %s given: set %s (%s)", what, s.Flag, s.Env)
-	case !a.Is4():
-		return fmt.Errorf("%s %s is not an IPv4 address (%s, %s); icmplb balances ICMPv4 echo", what, a, s.Flag, s.Env)
-	// 0/8 is "this network", 240/4 reserved and 255.255.255.255 the
-	// limited broadcast: the data plane refuses them as sources too.
-	case a.IsUnspecified(), a.IsMulticast(), a.IsLoopback(), a.As4()[0] == 0, a.As4()[0] >= 240:
-		return fmt.Errorf("%s %s is not a unicast host address (%s, %s)", what, a, s.Flag, s.Env)
 	}
 	return nil
 }

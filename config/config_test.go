@@ -9,12 +9,21 @@ import (
 	"time"
 )
 
+// backends are addrs at DefaultWeight, as --backend gives them.
+func backends(addrs ...string) []Backend {
+	var bs []Backend
+	for _, a := range addrs {
+		bs = append(bs, Backend{Addr: netip.MustParseAddr(a), Weight: DefaultWeight})
+	}
+	return bs
+}
+
 // seedConfig is the seed topology's configuration with every default.
 func seedConfig() Config {
 	c := Default()
 	c.Iface = "eth0"
 	c.VIP = netip.MustParseAddr("10.0.0.100")
-	c.Backends = []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")}
+	c.Backends = backends("10.0.0.2", "10.0.0.3")
 	return c
 }
 
@@ -51,7 +60,7 @@ func TestConfigValidate(t *testing.T) {
 		{"maglev 0", func(c *Config) { c.MaglevSize = 0 }, []string{"--maglev-size 0 (ICMPLB_MAGLEV_SIZE)", "prime in 2..131071"}},
 		{"maglev not prime", func(c *Config) { c.MaglevSize = 65536 }, []string{"--maglev-size 65536", "prime"}},
 		{"maglev too large", func(c *Config) { c.MaglevSize = 1048573 }, []string{"--maglev-size 1048573", "..131071"}},
-		{"maglev below backends", func(c *Config) { c.MaglevSize = 2; c.Backends = append(c.Backends, netip.MustParseAddr("10.0.0.4")) }, []string{"prime in 3..131071"}},
+		{"maglev below backends", func(c *Config) { c.MaglevSize = 2; c.Backends = append(c.Backends, backends("10.0.0.4")...) }, []string{"prime in 3..131071"}},
 		{"trace sample negative", func(c *Config) { c.TraceSample = -1 }, []string{"--trace.sample -1 (ICMPLB_TRACE_SAMPLE)", "0 disables"}},
 		{"trace sample wraps", func(c *Config) { c.TraceSample = 1<<32 + 1 }, []string{"--trace.sample 4294967297"}},
 		{"trace buffer 0", func(c *Config) { c.TraceBufferSize = 0 }, []string{"--trace.buffer-size 0 (ICMPLB_TRACE_BUFFER_SIZE)", "power of two"}},
@@ -62,10 +71,10 @@ func TestConfigValidate(t *testing.T) {
 		{"no iface", func(c *Config) { c.Iface = "" }, []string{"--iface (ICMPLB_IFACE)"}},
 		{"no backends", func(c *Config) { c.Backends = nil }, []string{"no backends", "--backend (ICMPLB_BACKENDS"}},
 		{"backend twice", func(c *Config) { c.Backends[1] = c.Backends[0] }, []string{"backend 10.0.0.2 is given twice (--backend, ICMPLB_BACKENDS)"}},
-		{"backend is VIP", func(c *Config) { c.Backends[1] = c.VIP }, []string{"backend 10.0.0.100 is the VIP"}},
-		{"backend 0/8", func(c *Config) { c.Backends[1] = netip.MustParseAddr("0.1.2.3") }, []string{"backend 0.1.2.3 is not a unicast host address (--backend, ICMPLB_BACKENDS)"}},
-		{"backend limited broadcast", func(c *Config) { c.Backends[1] = netip.MustParseAddr("255.255.255.255") }, []string{"not a unicast"}},
-		{"backend class E", func(c *Config) { c.Backends[1] = netip.MustParseAddr("240.0.0.1") }, []string{"not a unicast"}},
+		{"backend is VIP", func(c *Config) { c.Backends[1].Addr = c.VIP }, []string{"backend 10.0.0.100 is the VIP"}},
+		{"backend 0/8", func(c *Config) { c.Backends[1].Addr = netip.MustParseAddr("0.1.2.3") }, []string{"backend 0.1.2.3 is not a unicast host address (--backend, ICMPLB_BACKENDS)"}},
+		{"backend limited broadcast", func(c *Config) { c.Backends[1].Addr = netip.MustParseAddr("255.255.255.255") }, []string{"not a unicast"}},
+		{"backend class E", func(c *Config) { c.Backends[1].Addr = netip.MustParseAddr("240.0.0.1") }, []string{"not a unicast"}},
 		{"VIP IPv6", func(c *Config) { c.VIP = netip.MustParseAddr("::1") }, []string{"VIP ::1 is not an IPv4 address (--vip, ICMPLB_VIP)"}},
 		{"SNAT multicast", func(c *Config) { c.SNAT = netip.MustParseAddr("224.0.0.1") }, []string{"SNAT address 224.0.0.1", "--snat, ICMPLB_SNAT"}},
 

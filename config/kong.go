@@ -21,6 +21,7 @@ func KongVars() kong.Vars {
 	d := Default()
 	return kong.Vars{
 		"xdp_mode":            d.XDPMode,
+		"on_exit":             d.OnExit,
 		"maglev_size":         strconv.Itoa(d.MaglevSize),
 		"maglev_size_max":     strconv.Itoa(MaxMaglevSize),
 		"conntrack_size":      strconv.Itoa(d.ConntrackSize),
@@ -39,6 +40,11 @@ func KongVars() kong.Vars {
 		"web_max_connections": strconv.Itoa(d.WebMaxConnections),
 		"log_level":           strings.ToLower(DefaultLogLevel.String()),
 		"log_format":          DefaultLogFormat,
+		"status_agent":        DefaultStatusAgent,
+		"status_interval":     fmtDuration(DefaultStatusInterval),
+		"status_interval_min": fmtDuration(MinStatusInterval),
+		"status_interval_max": fmtDuration(MaxStatusInterval),
+		"status_output":       OutputTable,
 	}
 }
 
@@ -48,7 +54,19 @@ func KongOptions() []kong.Option {
 	return []kong.Option{
 		KongVars(),
 		kong.TypeMapper(reflect.TypeFor[netip.Addr](), kong.MapperFunc(addrMapper)),
+		kong.TypeMapper(reflect.TypeFor[Backend](), kong.MapperFunc(backendMapper)),
 	}
+}
+
+// backendMapper reads --backend ADDR as a backend of DefaultWeight: weights
+// other than the default are the services file's.
+func backendMapper(ctx *kong.DecodeContext, target reflect.Value) error {
+	var a netip.Addr
+	if err := addrMapper(ctx, reflect.ValueOf(&a).Elem()); err != nil {
+		return err
+	}
+	target.Set(reflect.ValueOf(Backend{Addr: a, Weight: DefaultWeight}))
+	return nil
 }
 
 // addrMapper parses an address with the spaces around it removed, so that
@@ -127,6 +145,11 @@ func Parse(args []string, env map[string]string) (Config, Log, error) {
 	}
 	if exited != nil {
 		return Config{}, Log{}, exited
+	}
+	if a.Config.ConfigFile != "" {
+		if a.Config, err = a.Config.Reload(); err != nil {
+			return Config{}, Log{}, err
+		}
 	}
 	return a.Config, a.Log, nil
 }

@@ -97,7 +97,7 @@ func TestParseDefaultsAreDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Default()
-	want.Iface, want.VIP, want.Backends = "eth0", netip.MustParseAddr("10.0.0.100"), []netip.Addr{netip.MustParseAddr("10.0.0.2")}
+	want.Iface, want.VIP, want.Backends = "eth0", netip.MustParseAddr("10.0.0.100"), backends("10.0.0.2")
 	want.NeighInterval = 0 // not a flag: WithDefaults fills it
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Parse gives\n%+v\nwant Default()\n%+v", got, want)
@@ -115,7 +115,7 @@ func TestParseBackendsWithSpaces(t *testing.T) {
 			t.Errorf("ICMPLB_BACKENDS=%q: %v", v, err)
 			continue
 		}
-		want := []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")}
+		want := backends("10.0.0.2", "10.0.0.3")
 		if !reflect.DeepEqual(c.Backends, want) || c.VIP != netip.MustParseAddr("10.0.0.100") {
 			t.Errorf("ICMPLB_BACKENDS=%q: backends %v, VIP %v", v, c.Backends, c.VIP)
 		}
@@ -133,7 +133,8 @@ func TestFlags(t *testing.T) {
 	}
 	for name, want := range map[string]Flag{
 		"iface":               {Name: "iface", Env: "ICMPLB_IFACE", Required: true},
-		"vip":                 {Name: "vip", Env: "ICMPLB_VIP", Required: true},
+		"vip":                 {Name: "vip", Env: "ICMPLB_VIP"},
+		"config.file":         {Name: "config.file", Env: "ICMPLB_CONFIG_FILE"},
 		"backend":             {Name: "backend", Env: "ICMPLB_BACKENDS"},
 		"conntrack-size":      {Name: "conntrack-size", Env: "ICMPLB_CONNTRACK_SIZE", Default: "65536"},
 		"web.listen-address":  {Name: "web.listen-address", Env: "ICMPLB_WEB_LISTEN_ADDRESS", Default: DefaultListenAddress},
@@ -146,10 +147,10 @@ func TestFlags(t *testing.T) {
 			t.Errorf("--%s: %+v, want %+v", name, got, want)
 		}
 	}
-	// Config's fields but NeighInterval and the Service it embeds, whose
-	// own fields count instead.
-	want := reflect.TypeFor[Config]().NumField() - 2 + reflect.TypeFor[Service]().NumField() + reflect.TypeFor[Log]().NumField()
+	// Config's fields but NeighInterval, Services and the Service it
+	// embeds, whose own fields count instead.
+	want := reflect.TypeFor[Config]().NumField() - 3 + reflect.TypeFor[Service]().NumField() + reflect.TypeFor[Log]().NumField()
 	if len(byName) != want {
-		t.Errorf("%d flags, want %d: one per field of Config (but NeighInterval), Service and Log", len(byName), want)
+		t.Errorf("%d flags, want %d: one per field of Config (but NeighInterval and Services), Service and Log", len(byName), want)
 	}
 }

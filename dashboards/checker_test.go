@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"regexp"
@@ -58,15 +59,15 @@ type fakeSource struct{ snap *telemetry.Snapshot }
 func (f fakeSource) Snapshot() (*telemetry.Snapshot, error) { return f.snap, nil }
 
 // exportedMetrics gathers the exporter's real registry (the collector with a
-// tracer, the Go and process collectors and the HTTP handler's own metric) and
-// returns every series name a Prometheus scrape of it stores: histograms and
-// summaries as their _bucket/_sum/_count series.
+// tracer, the Go and process collectors, the reloader and the HTTP handler's
+// own metric) and returns every series name a Prometheus scrape of it
+// stores: histograms and summaries as their _bucket/_sum/_count series.
 func exportedMetrics(t testing.TB) map[string]*metricInfo {
 	t.Helper()
 	snap := &telemetry.Snapshot{
-		VIP: netip.MustParseAddr("10.0.0.100"),
+		Services: []telemetry.Service{{VIP: netip.MustParseAddr("10.0.0.100"), SNAT: netip.MustParseAddr("10.0.0.100")}},
 		Backends: []telemetry.Backend{{
-			VIP: netip.MustParseAddr("10.0.0.100"), Addr: netip.MustParseAddr("10.0.0.2"), Up: true,
+			VIP: netip.MustParseAddr("10.0.0.100"), Addr: netip.MustParseAddr("10.0.0.2"), Up: true, Weight: 1, Sessions: 1,
 			Requests: 3, RequestBytes: 294, Replies: 2, ReplyBytes: 196, Lost: 1,
 			RTT: telemetry.Histogram{Schema: bpf.RTTSchema, Offset: bpf.RTTBucketOffset, Buckets: make([]uint64, bpf.RTTBuckets)},
 		}},
@@ -81,8 +82,13 @@ func exportedMetrics(t testing.TB) map[string]*metricInfo {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The agent registers the reloads' metrics itself (cmd/icmplb), beside
+	// the collector's.
+	if err := reg.Register(exporter.NewReloader(func() error { return nil }, slog.New(slog.DiscardHandler))); err != nil {
+		t.Fatal(err)
+	}
 	// The handler registers promhttp_metric_handler_errors_total.
-	exporter.Handler(reg, new(atomic.Bool), "test")
+	exporter.Handler(reg, new(atomic.Bool), "test", nil)
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -776,7 +776,7 @@ func TestRunbooks(t *testing.T) {
 	as := alerts(rgs)
 	want := []string{"IcmplbBackendLoss", "IcmplbBackendDown", "IcmplbAllBackendsDown",
 		"IcmplbBackendRTTRegression", "IcmplbConntrackNearFull", "IcmplbBalancerOverloaded",
-		"IcmplbSpoofedTraffic", "IcmplbExporterDown"}
+		"IcmplbSpoofedTraffic", "IcmplbConfigReloadFailed", "IcmplbExporterDown"}
 	var got []string
 	for _, a := range as {
 		got = append(got, a.Alert)

@@ -17,7 +17,7 @@ import (
 )
 
 func bigSnapshot(n int) *telemetry.Snapshot {
-	snap := &telemetry.Snapshot{VIP: testVIP, Verdicts: testVerdicts}
+	snap := &telemetry.Snapshot{Verdicts: testVerdicts, Services: []telemetry.Service{{VIP: testVIP, SNAT: testVIP}}}
 	for i := range n {
 		b := telemetry.Backend{VIP: testVIP, Addr: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Up: true,
 			Requests: 1e6, Replies: 1e6, Lost: 10, RTT: newRTT()}
@@ -41,7 +41,7 @@ func BenchmarkScrape(b *testing.B) {
 			reg.MustRegister(NewCollector(&fakeSource{snap: bigSnapshot(n)}, nil, "bench"))
 			ready := &atomic.Bool{}
 			ready.Store(true)
-			h := Handler(reg, ready, "bench")
+			h := Handler(reg, ready, "bench", nil)
 			b.ReportAllocs()
 			for b.Loop() {
 				rec := httptest.NewRecorder()

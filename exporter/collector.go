@@ -41,7 +41,7 @@ type Collector struct {
 
 	requests, replies, lost, late, unmatched *prometheus.Desc
 	requestBytes, replyBytes                 *prometheus.Desc
-	rtt, up                                  *prometheus.Desc
+	rtt, up, weight, sessions                *prometheus.Desc
 	packets, ctEntries, ctCapacity           *prometheus.Desc
 	balancerLost                             *prometheus.Desc
 	traceDropped, traceSpans                 *prometheus.Desc
@@ -69,7 +69,9 @@ func NewCollector(src Source, tracer *Tracer, version string) *Collector {
 		requestBytes: d("icmplb_backend_request_bytes_total", "Bytes of echo requests forwarded to the backend (Ethernet frames).", bl...),
 		replyBytes:   d("icmplb_backend_reply_bytes_total", "Bytes of echo replies from the backend (Ethernet frames).", bl...),
 		rtt:          d("icmplb_backend_rtt_seconds", "Time from a request leaving the balancer to its reply arriving, for replies within the loss timeout.", bl...),
-		up:           d("icmplb_backend_up", "1 while the backend's next hop is resolved and it takes new sessions, else 0.", bl...),
+		up:           d("icmplb_backend_up", "1 while the backend's next hop is resolved, else 0 (then it takes no new session). A draining backend (icmplb_backend_weight 0) may be up.", bl...),
+		weight:       d("icmplb_backend_weight", "The backend's configured share of the service's new sessions; 0 while it drains (weight 0, or removed by a reload until its sessions end).", bl...),
+		sessions:     d("icmplb_backend_sessions", "Ping sessions of the service on the backend: clients heard from within the NAT idle time.", bl...),
 		balancerLost: d("icmplb_balancer_lost_requests_total", "Echo requests to the VIP the balancer itself failed, by reason: nat_exhausted (no free NAT id), nat_collision (its NAT id and sequence still awaited by another client's request) or inflight_full (no room to track it). Never counted as a backend's loss.", "vip", "reason"),
 		packets:      d("icmplb_packets_total", "Packets seen by the XDP program, by verdict (tx, pass, drop) and reason.", "verdict", "reason"),
 		ctEntries:    d("icmplb_conntrack_entries", "Entries in a conntrack map: sessions (client, echo id) active within the NAT idle time, or inflight requests (sent within twice the loss timeout and not answered yet).", "map"),
@@ -84,7 +86,7 @@ func NewCollector(src Source, tracer *Tracer, version string) *Collector {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.replies, c.lost, c.late, c.unmatched,
-		c.requestBytes, c.replyBytes, c.rtt, c.up, c.balancerLost, c.packets, c.ctEntries, c.ctCapacity,
+		c.requestBytes, c.replyBytes, c.rtt, c.up, c.weight, c.sessions, c.balancerLost, c.packets, c.ctEntries, c.ctCapacity,
 		c.traceDropped, c.traceSpans, c.scrapeErrors, c.buildInfo} {
 		ch <- d
 	}
@@ -127,13 +129,18 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, vip, be)
+		ch <- prometheus.MustNewConstMetric(c.weight, prometheus.GaugeValue, float64(b.Weight), vip, be)
+		ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(b.Sessions), vip, be)
 		ch <- c.histogram(b, vip, be)
 	}
-	vip := snap.VIP.String()
 	for _, v := range snap.Verdicts {
 		counter(c.packets, v.Packets, v.Verdict, v.Reason)
-		if v.BalancerLoss {
-			counter(c.balancerLost, v.Packets, vip, v.Reason)
+	}
+	for _, svc := range snap.Services {
+		for _, v := range snap.Verdicts {
+			if v.BalancerLoss {
+				counter(c.balancerLost, svc.BalancerLost[v.Reason], svc.VIP.String(), v.Reason)
+			}
 		}
 	}
 	if snap.Conntrack.Known {

@@ -62,7 +62,8 @@ var testVerdicts = []telemetry.Verdict{
 }
 
 func snapshotWith(rtts map[netip.Addr][]time.Duration) *telemetry.Snapshot {
-	snap := &telemetry.Snapshot{VIP: testVIP, Verdicts: slices.Clone(testVerdicts)}
+	snap := &telemetry.Snapshot{Verdicts: slices.Clone(testVerdicts),
+		Services: []telemetry.Service{{VIP: testVIP, SNAT: testVIP, BalancerLost: map[string]uint64{}}}}
 	for _, addr := range []netip.Addr{testBE1, testBE2} {
 		b := telemetry.Backend{VIP: testVIP, Addr: addr, Up: addr == testBE1, Requests: 10, Replies: 7, Lost: 3,
 			RequestBytes: 980, ReplyBytes: 686, Late: 1, Unmatched: 2, RTT: newRTT()}
@@ -160,13 +161,16 @@ func TestCollectorCounters(t *testing.T) {
 }
 
 // Each backend carries its service, so one address serving two VIPs is two
-// series, and the balancer's own loss keeps the snapshot's VIP.
+// series, and the balancer's own loss is each service's own.
 func TestCollectorBackendOfTwoVIPs(t *testing.T) {
 	snap := snapshotWith(nil)
 	other := snap.Backends[0]
-	other.VIP, other.Requests = netip.MustParseAddr("10.0.0.101"), 42
+	other.VIP, other.Requests, other.Weight, other.Sessions = netip.MustParseAddr("10.0.0.101"), 42, 3, 7
 	snap.Backends = append(snap.Backends, other)
-	snap.Verdicts[3].Packets = 5 // nat_exhausted
+	snap.Verdicts[3].Packets = 5 + 6 // nat_exhausted, both services
+	snap.Services[0].BalancerLost["nat_exhausted"] = 5
+	snap.Services = append(snap.Services, telemetry.Service{VIP: other.VIP, SNAT: other.VIP,
+		BalancerLost: map[string]uint64{"nat_exhausted": 6}})
 	mfs := gather(t, NewCollector(&fakeSource{snap: snap}, nil, "v"))
 	if got := value(t, mfs, "icmplb_backend_requests_total", "backend=10.0.0.2,vip=10.0.0.100"); got != 10 {
 		t.Errorf("requests to 10.0.0.2 for 10.0.0.100 = %v, want 10", got)
@@ -180,8 +184,17 @@ func TestCollectorBackendOfTwoVIPs(t *testing.T) {
 	if got := value(t, mfs, "icmplb_balancer_lost_requests_total", "reason=nat_exhausted,vip=10.0.0.100"); got != 5 {
 		t.Errorf("balancer loss = %v, want 5", got)
 	}
-	if n := len(mfs["icmplb_balancer_lost_requests_total"].GetMetric()); n != 2 {
-		t.Errorf("%d balancer loss series, want one per reason marked BalancerLoss: 2", n)
+	if got := value(t, mfs, "icmplb_balancer_lost_requests_total", "reason=nat_exhausted,vip=10.0.0.101"); got != 6 {
+		t.Errorf("balancer loss of 10.0.0.101 = %v, want 6", got)
+	}
+	if n := len(mfs["icmplb_balancer_lost_requests_total"].GetMetric()); n != 4 {
+		t.Errorf("%d balancer loss series, want one per service and reason marked BalancerLoss: 4", n)
+	}
+	if got := value(t, mfs, "icmplb_backend_weight", "backend=10.0.0.2,vip=10.0.0.101"); got != 3 {
+		t.Errorf("weight = %v, want 3", got)
+	}
+	if got := value(t, mfs, "icmplb_backend_sessions", "backend=10.0.0.2,vip=10.0.0.101"); got != 7 {
+		t.Errorf("sessions = %v, want 7", got)
 	}
 }
 

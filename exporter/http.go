@@ -5,6 +5,7 @@ package exporter
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,11 +29,26 @@ func NewRegistry(c prometheus.Collector) (*prometheus.Registry, error) {
 	return reg, nil
 }
 
+// Agent is what the HTTP API of a running agent serves besides metrics.
+type Agent struct {
+	// Source serves StatusPath.
+	Source Source
+	// Reloader serves POST /-/reload.
+	Reloader *Reloader
+}
+
 // Handler serves /metrics (text, OpenMetrics or protobuf, as the scraper
 // asks), /healthz (the process serves), /readyz (the program is attached:
-// ready reports it) and a landing page.
-func Handler(reg *prometheus.Registry, ready *atomic.Bool, version string) http.Handler {
+// ready reports it) and a landing page; with agent, also StatusPath and
+// POST /-/reload.
+func Handler(reg *prometheus.Registry, ready *atomic.Bool, version string, agent *Agent) http.Handler {
 	mux := http.NewServeMux()
+	if agent != nil && agent.Source != nil {
+		mux.Handle("GET "+StatusPath, statusHandler(agent.Source))
+	}
+	if agent != nil && agent.Reloader != nil {
+		mux.Handle("POST /-/reload", agent.Reloader)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		EnableOpenMetrics: true,
 		Registry:          reg,
@@ -65,6 +81,7 @@ func landingPage(version string) http.Handler {
 			{Address: "metrics", Text: "Metrics"},
 			{Address: "healthz", Text: "Health", Description: "the process serves"},
 			{Address: "readyz", Text: "Readiness", Description: "the XDP program is attached"},
+			{Address: strings.TrimPrefix(StatusPath, "/"), Text: "Status", Description: "services and backends as JSON (icmplb status)"},
 		},
 	})
 	if err != nil {

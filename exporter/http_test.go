@@ -29,7 +29,7 @@ func testServer(t *testing.T) (*httptest.Server, *atomic.Bool) {
 		t.Fatal(err)
 	}
 	ready := &atomic.Bool{}
-	srv := httptest.NewServer(Handler(reg, ready, "v0.1.0"))
+	srv := httptest.NewServer(Handler(reg, ready, "v0.1.0", nil))
 	t.Cleanup(srv.Close)
 	return srv, ready
 }

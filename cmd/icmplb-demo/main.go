@@ -129,7 +129,33 @@ func run(bin string) error {
 
 	step("waiting for the loss timeout (1s) so that unanswered requests count as lost")
 	time.Sleep(2500 * time.Millisecond)
-	return showMetrics(topo, slow)
+	if err := showMetrics(topo, slow); err != nil {
+		return err
+	}
+	return showStatus(topo, bin)
+}
+
+// showStatus runs `icmplb status` while h1 pings, as an operator would.
+func showStatus(topo *topology.Topology, bin string) error {
+	args := []string{"status", "--agent", "http://" + metricsAddr, "--interval", "2s"}
+	step("while h1 pings: %s %s (in the lb namespace)", bin, strings.Join(args, " "))
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			topo.Run(topology.SeedClient, "ping", "-e", strconv.Itoa(5000+i), "-c", "120", "-i", "0.05", "-W", "1", topology.SeedVIP.String())
+		})
+	}
+	// A request counts as lost once its loss timeout has passed (about
+	// 2.3 s later): start the window after that, so that its losses are
+	// those of requests it saw.
+	time.Sleep(2500 * time.Millisecond)
+	out, err := topo.Run(topology.SeedBalancer, bin, args...)
+	fmt.Print(indent(out))
+	wg.Wait()
+	if err != nil {
+		return fmt.Errorf("icmplb status: %w", err)
+	}
+	return nil
 }
 
 // showMetrics scrapes the agent and prints what it measured per backend.

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -31,7 +32,8 @@ var version = ""
 type cli struct {
 	Log config.Log `embed:""`
 
-	Run     runCmd     `cmd:"" help:"Attach the balancer to an interface and serve until SIGINT/SIGTERM."`
+	Run     runCmd     `cmd:"" help:"Attach the balancer to an interface and serve until SIGINT/SIGTERM; SIGHUP reloads --config.file."`
+	Status  statusCmd  `cmd:"" help:"Show a running agent's services and backends: weight, state, sessions, requests/s, loss, RTT p50/p99."`
 	Version versionCmd `cmd:"" help:"Print the version and exit."`
 }
 
@@ -52,6 +54,14 @@ func cliOptions() []kong.Option {
 
 func (r *runCmd) Run(log *slog.Logger) error {
 	cfg := r.Config.WithDefaults()
+	if cfg.ConfigFile != "" {
+		// Parsing checked the file; read it once more for the services to
+		// run, checked again.
+		var err error
+		if cfg, err = cfg.Reload(); err != nil {
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -69,11 +79,32 @@ func (r *runCmd) Run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// cur is the running configuration: a reload replaces it only once
+	// the balancer applied the new one.
+	cur := cfg
+	reloader := exporter.NewReloader(func() error {
+		next, err := cur.Reload()
+		if err != nil {
+			return err
+		}
+		b := src.balancer()
+		if b == nil {
+			return errors.New("the balancer is not attached yet")
+		}
+		if err := b.Apply(next); err != nil {
+			return err
+		}
+		cur = next
+		return nil
+	}, log)
+	if err := reg.Register(reloader); err != nil {
+		return err
+	}
 	// Listen before attaching so that a bad web config or a taken port stops
 	// startup cleanly; /healthz answers while the program is being attached.
 	srv, err := exporter.NewServer(exporter.WebConfig{
 		ListenAddress: cfg.ListenAddress, ConfigFile: cfg.WebConfigFile, MaxConnections: cfg.WebMaxConnections,
-	}, exporter.Handler(reg, &src.ready, buildVersion()), log)
+	}, exporter.Handler(reg, &src.ready, buildVersion(), &exporter.Agent{Source: src, Reloader: reloader}), log)
 	if err != nil {
 		return err
 	}
@@ -91,11 +122,40 @@ func (r *runCmd) Run(log *slog.Logger) error {
 	log.Info("serving metrics", "address", srv.Addr().String())
 	defer func() {
 		src.set(nil)
-		if err := b.Close(); err != nil {
-			log.Error("detach", "err", err)
-			return
+		switch {
+		case cfg.BPFFS != "" && cfg.OnExit == config.OnExitKeep:
+			if err := b.Close(); err != nil {
+				log.Error("release the data plane", "err", err)
+				return
+			}
+			log.Info("exited; the balancer keeps running from its pins for the next agent to take over",
+				"iface", cfg.Iface, "pins", balancer.PinDir(cfg.BPFFS, cfg.Iface))
+		case cfg.BPFFS != "":
+			if err := b.Detach(); err != nil {
+				log.Error("detach", "err", err)
+				return
+			}
+			log.Info("detached; pins removed", "iface", cfg.Iface)
+		default:
+			if err := b.Close(); err != nil {
+				log.Error("detach", "err", err)
+				return
+			}
+			log.Info("detached", "iface", cfg.Iface)
 		}
-		log.Info("detached", "iface", cfg.Iface)
+	}()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				reloader.Reload("signal")
+			}
+		}
 	}()
 	defer func() {
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -131,6 +191,12 @@ func (a *attached) set(b *balancer.Balancer) {
 	defer a.mu.Unlock()
 	a.b = b
 	a.ready.Store(b != nil)
+}
+
+func (a *attached) balancer() *balancer.Balancer {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.b
 }
 
 func (a *attached) Snapshot() (*telemetry.Snapshot, error) {

@@ -50,8 +50,13 @@ func TestPinnedSessionsSurviveRestart(t *testing.T) {
 	for _, p := range pinned {
 		names = append(names, filepath.Base(p))
 	}
-	if want := []string{"backends", "ct_fwd", "ct_rev", "inflight", "nat_pools"}; !slices.Equal(names, want) {
-		t.Fatalf("pinned %v, want %v", names, want)
+	// The link, and every map a restart must carry on: sessions, requests
+	// in flight, slots, services and their tables, and every counter.
+	for _, want := range []string{"link", "layout_id", "ct_fwd", "ct_rev", "inflight", "backends", "nat_pools",
+		"services", "snat_addrs", "maglev_tables", "stats", "svc_stats", "backend_stats", "rtt_hist", "epochs", "loss_ledger"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("%s is not pinned; pinned: %v", want, names)
+		}
 	}
 
 	before := icmpOf(t, topo, topology.SeedBackend2)
@@ -87,7 +92,8 @@ func TestPinnedMapsOfOtherSizeRefused(t *testing.T) {
 	_, stderr, code := lbRun(t, topo, []string{agenttest.Binary(t)}, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1,
 		"--bpffs", fs, "--conntrack-size", "1024")
 	lines := strings.Split(strings.TrimSpace(stderr), "\n")
-	if code == 0 || !strings.Contains(lines[len(lines)-1], "does not match this configuration") {
+	if last := lines[len(lines)-1]; code == 0 || !strings.Contains(last, "do not fit this agent") ||
+		!strings.Contains(last, "rm -r "+filepath.Join(fs, "icmplb", "eth0")) {
 		t.Errorf("exit %d, stderr %q: want a refusal naming the mismatch", code, stderr)
 	}
 	_, stderr, code = lbRun(t, topo, []string{agenttest.Binary(t)}, "run", "--iface", "eth0", "--vip", vip, "--backend", backend1,

@@ -16,9 +16,8 @@ import (
 
 // Snapshot is the data plane's state at one moment, summed over CPUs.
 type Snapshot struct {
-	// VIP is the service the data plane's own losses (Verdict.BalancerLoss)
-	// are counted for: the kernel counts verdicts for all services at once.
-	VIP netip.Addr
+	// Services has one entry per balanced service (VIP).
+	Services []Service
 	// Backends has one entry per (service, backend) pair: a backend address
 	// may serve several VIPs, and each pair is measured on its own.
 	Backends []Backend
@@ -30,14 +29,33 @@ type Snapshot struct {
 	TraceEventsDropped uint64
 }
 
+// Service is a balanced VIP and what the balancer itself failed of its
+// requests.
+type Service struct {
+	VIP  netip.Addr
+	SNAT netip.Addr
+	// BalancerLost counts the VIP's requests failed by the balancer, by
+	// the reason of a Verdict with BalancerLoss.
+	BalancerLost map[string]uint64
+}
+
 // Backend is what the data plane measured for one backend of one service.
 type Backend struct {
 	// VIP is the service the backend was measured for.
 	VIP  netip.Addr
 	Addr netip.Addr
-	// Up is true while the backend's next hop is resolved and it takes new
-	// sessions.
-	Up           bool
+	// Up is true while the backend's next hop is resolved.
+	Up bool
+	// Weight is the backend's configured share of the service's new
+	// sessions; 0 while it drains (weight 0, or removed by a reload and
+	// waiting for its sessions to end: see Removed).
+	Weight int
+	// Removed is true for a backend a reload removed whose sessions have
+	// not all ended; it disappears with its last session.
+	Removed bool
+	// Sessions is the backend's live sessions of this service (clients
+	// heard from within the NAT idle time), as of the last sweep.
+	Sessions     uint64
 	Requests     uint64
 	RequestBytes uint64
 	Replies      uint64
