@@ -61,6 +61,8 @@ type Balancer struct {
 	sweeps   uint64
 
 	loss *lossLedger
+	// prober pings backends; nil until a service probes.
+	prober *prober
 	// Helpers run from userspace (BPF_PROG_RUN), loaded apart from the data
 	// plane because they need newer kernels: nil where they did not load.
 	ctCount struct {
@@ -117,7 +119,11 @@ func New(cfg config.Config, log *slog.Logger) (*Balancer, error) {
 	if err := checkHost(cfg, iface, log); err != nil {
 		return nil, err
 	}
-	if err := checkPrivileges(); err != nil {
+	probes := false
+	for _, s := range cfg.ServiceList() {
+		probes = probes || s.Probe.Interval > 0
+	}
+	if err := checkPrivileges(probes); err != nil {
 		return nil, err
 	}
 	if err := checkKernel(); err != nil {
@@ -255,6 +261,8 @@ func (b *Balancer) Run(ctx context.Context) error {
 	// loss timeout + 1.3 s of the request.
 	settle := time.NewTicker(time.Duration(1<<bpf.EpochShift) / 4)
 	defer settle.Stop()
+	judge := time.NewTicker(time.Second)
+	defer judge.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -272,6 +280,10 @@ func (b *Balancer) Run(ctx context.Context) error {
 			if err := b.refreshSrcDeny(); err != nil {
 				b.log.Warn("refresh denied source addresses", "err", err)
 			}
+		case <-judge.C:
+			if err := b.judge(); err != nil {
+				b.log.Warn("judge backends' health", "err", err)
+			}
 		case <-settle.C:
 			if err := b.settleLoss(); err != nil {
 				b.log.Warn("settle lost requests", "err", err)
@@ -288,6 +300,10 @@ func (b *Balancer) Run(ctx context.Context) error {
 // the program attached for the next agent (see Detach).
 func (b *Balancer) Close() error {
 	var errs []error
+	if b.prober != nil {
+		b.prober.close()
+		b.prober = nil
+	}
 	if b.link != nil {
 		if err := b.link.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach XDP from %s: %w", b.iface.Name, err))

@@ -120,7 +120,7 @@ func (b *Balancer) refreshLocked(byIP map[netip.Addr]netlink.Neigh, only []netip
 		}
 	}
 	for vip := range rebuild {
-		if err := b.rebuildTable(vip); err != nil {
+		if err := b.refreshService(vip); err != nil {
 			errs = append(errs, err)
 		}
 	}

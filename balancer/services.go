@@ -39,6 +39,7 @@ type slot struct {
 	// retired at the first sweep after removedAt that finds none.
 	removed   bool
 	removedAt uint64 // b.sweeps at removal
+	health
 }
 
 // service is a configured VIP and its Maglev table in the data plane.
@@ -47,6 +48,9 @@ type service struct {
 	table  uint32 // index into maglev_tables
 	maglev *Maglev
 	inner  *ebpf.Map // the table maglev_tables holds at index table
+	// failOpen, pass and allDown are the service's all-down state as its
+	// table was last built (see pool).
+	failOpen, pass, allDown bool
 }
 
 // noBackend fills the Maglev table of a service without a backend taking
@@ -152,7 +156,7 @@ func (b *Balancer) apply(svcs []config.Service, resolve time.Duration) error {
 	for k, idx := range assigned {
 		s, ok := b.slots[k]
 		if !ok {
-			s = &slot{idx: idx}
+			s = newSlot(idx)
 			b.slots[k] = s
 		}
 		s.idx = idx
@@ -206,18 +210,32 @@ func (b *Balancer) apply(svcs []config.Service, resolve time.Duration) error {
 			b.log.Info("service added", "vip", svc.VIP, "snat", svc.SNAT, "backends", len(svc.Backends))
 		}
 		s.cfg = svc
-		if err := b.rebuildTable(svc.VIP); err != nil {
+		if err := b.refreshService(svc.VIP); err != nil {
 			return err
-		}
-		v := bpf.IcmplbService{Snat: bpf.Addr(svc.SNAT), Table: s.table}
-		if err := b.objs.Services.Put(bpf.Addr(svc.VIP), v); err != nil {
-			return fmt.Errorf("write service %s: %w", svc.VIP, err)
 		}
 	}
 	if err := b.writeSNATs(); err != nil {
 		return err
 	}
 	b.cfg.Services = slices.Clone(svcs)
+	return b.startProbes()
+}
+
+// startProbes points the prober at the slots to probe, opening its socket
+// the first time one is.
+func (b *Balancer) startProbes() error {
+	targets := b.probeTargets()
+	if b.prober == nil {
+		if len(targets) == 0 {
+			return nil
+		}
+		p, err := newProber(func(k slotKey, ok bool, rtt time.Duration) { b.probeResult(k, ok, rtt) })
+		if err != nil {
+			return err
+		}
+		b.prober = p
+	}
+	b.prober.set(targets)
 	return nil
 }
 
@@ -288,6 +306,10 @@ func (b *Balancer) clearServiceStats(table uint32) error {
 func (b *Balancer) writeSlot(k slotKey) error {
 	st := b.hosts[k.addr]
 	v := bpf.IcmplbBackend{Addr: bpf.Addr(k.addr), Vip: bpf.Addr(k.vip), Flags: bpf.IcmplbBackendFlagsBACKEND_F_ACTIVE}
+	healthy := b.wantHealthy(k)
+	if healthy {
+		v.Flags |= bpf.IcmplbBackendFlagsBACKEND_F_HEALTHY
+	}
 	// The last known MAC stays when the neighbour is lost: replies to
 	// requests already sent still come from it and must match.
 	copy(v.Mac[:], st.mac)
@@ -297,6 +319,7 @@ func (b *Balancer) writeSlot(k slotKey) error {
 	if err := b.objs.Backends.Put(b.slots[k].idx, v); err != nil {
 		return fmt.Errorf("write backend %s of %s: %w", k.addr, k.vip, err)
 	}
+	b.slots[k].healthyFlag = healthy
 	return nil
 }
 
@@ -351,32 +374,13 @@ func syncAddrMap(m *ebpf.Map, want map[uint32]uint32, what string) error {
 	return nil
 }
 
-// weights are the shares of new sessions of a service's backends: their
-// configured weights, but 0 for those whose next hop does not answer. With
-// none answering, all keep their weights, so that the data plane passes
-// requests to the kernel (neighbour unresolved) rather than dropping them.
-func (b *Balancer) weights(svc config.Service) map[netip.Addr]int {
-	w := map[netip.Addr]int{}
-	anyUp := false
-	for _, be := range svc.Backends {
-		if b.hosts[be.Addr].up && be.Weight > 0 {
-			anyUp = true
-		}
-	}
-	for _, be := range svc.Backends {
-		if !anyUp || b.hosts[be.Addr].up {
-			w[be.Addr] = be.Weight
-		}
-	}
-	return w
-}
-
 // rebuildTable recomputes a service's Maglev table and, when it changed,
 // fills a new table and swaps it in with one update of maglev_tables: the
 // data plane reads the old table or the new one, never a mix.
 func (b *Balancer) rebuildTable(vip netip.Addr) error {
 	s := b.services[vip]
-	t, err := UpdateMaglev(s.maglev, b.weights(s.cfg), b.cfg.MaglevSize)
+	weights, _, _, _ := b.pool(vip)
+	t, err := UpdateMaglev(s.maglev, weights, b.cfg.MaglevSize)
 	if err != nil {
 		return fmt.Errorf("Maglev table of %s: %w", vip, err)
 	}
@@ -510,7 +514,7 @@ func (b *Balancer) adopt() error {
 		if v.Flags&bpf.IcmplbBackendFlagsBACKEND_F_ACTIVE == 0 {
 			continue
 		}
-		b.slots[k] = &slot{idx: idx}
+		b.slots[k] = newSlot(idx)
 		if _, ok := b.hosts[k.addr]; !ok {
 			hop, err := b.route(k.addr)
 			if err != nil {

@@ -46,6 +46,8 @@ var Verdicts = func() []telemetry.Verdict {
 	set(bpf.IcmplbReasonREASON_REPLY_MISMATCH, "pass", "reply_mismatch")
 	set(bpf.IcmplbReasonREASON_NAT_COLLISION, "drop", "nat_collision")
 	set(bpf.IcmplbReasonREASON_INFLIGHT_FULL, "drop", "inflight_full")
+	set(bpf.IcmplbReasonREASON_PROBE_REPLY, "pass", "probe_reply")
+	set(bpf.IcmplbReasonREASON_ALL_DOWN, "pass", "all_down")
 	for r, c := range v {
 		if c.Reason == "" {
 			panic(fmt.Sprintf("verdict reason %d has no name: name it in balancer.Verdicts", r))
@@ -99,8 +101,15 @@ func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) {
 			continue // added after the read
 		}
 		i := int(sl.idx)
-		snap.Backends = append(snap.Backends, telemetry.Backend{VIP: k.vip, Addr: k.addr, Up: b.hosts[k.addr].up,
-			Weight: sl.weight, Removed: sl.removed})
+		state, why := b.stateOf(k, sl)
+		tb := telemetry.Backend{VIP: k.vip, Addr: k.addr, Up: b.hosts[k.addr].up,
+			Weight: sl.weight, Removed: sl.removed, State: state, StateReason: why, Ejections: maps.Clone(sl.ejections)}
+		if s := b.services[k.vip]; s != nil && s.cfg.Probe.Interval > 0 {
+			p := sl.probe
+			p.RTT.Buckets = slices.Clone(p.RTT.Buckets)
+			tb.Probe = &p
+		}
+		snap.Backends = append(snap.Backends, tb)
 		idxs = append(idxs, sl.idx)
 		bs := &snap.Backends[len(snap.Backends)-1]
 		if i < len(b.sessions) {
@@ -115,6 +124,7 @@ func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) {
 			bs.ReplyBytes += c.ReplyBytes
 			bs.Late += c.Late
 			bs.Unmatched += c.Unmatched
+			bs.SessionsMoved += c.Moved
 			bs.RTT.Sum += time.Duration(c.RttSumNs)
 		}
 		for k := range bs.RTT.Buckets {
@@ -127,7 +137,7 @@ func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) {
 	vips := slices.SortedFunc(maps.Keys(b.services), netip.Addr.Compare)
 	for _, vip := range vips {
 		svc := b.services[vip]
-		ts := telemetry.Service{VIP: vip, SNAT: svc.cfg.SNAT, BalancerLost: map[string]uint64{}}
+		ts := telemetry.Service{VIP: vip, SNAT: svc.cfg.SNAT, BalancerLost: map[string]uint64{}, AllDown: svc.allDown}
 		for r, v := range Verdicts {
 			if !v.BalancerLoss {
 				continue

@@ -21,6 +21,8 @@ func newDetached(tb testing.TB, n int, opts ...func(*config.Config)) *Balancer {
 	testenv.Privileged(tb)
 	cfg := config.Default()
 	cfg.Iface, cfg.VIP, cfg.MaglevSize = "none", netip.MustParseAddr("10.0.0.100"), 251
+	// No probes: they would leave from the test's (root) namespace.
+	cfg.Probe.Interval = 0
 	for i := range n {
 		cfg.Backends = append(cfg.Backends, config.Backend{Addr: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Weight: 1})
 	}

@@ -23,6 +23,7 @@ import (
 // Capability bits (linux/capability.h).
 const (
 	capNetAdmin = 12
+	capNetRaw   = 13
 	capSysAdmin = 21
 	capPerfmon  = 38
 	capBPF      = 39
@@ -33,7 +34,8 @@ const (
 // is needed too: without it the verifier refuses the data plane's pointer
 // arithmetic on map values. CAP_SYS_ADMIN stands in for CAP_BPF and
 // CAP_PERFMON, as in the kernel.
-func checkPrivileges() error {
+// CAP_NET_RAW is the probes' raw ICMP socket, needed when a service probes.
+func checkPrivileges(probes bool) error {
 	eff, err := effectiveCaps()
 	if err != nil {
 		return nil // unknown: let the loader report what it hits
@@ -51,9 +53,16 @@ func checkPrivileges() error {
 	if !has(capNetAdmin) {
 		missing = append(missing, "CAP_NET_ADMIN")
 	}
+	need := "CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+	if probes {
+		need = "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and, for its probes, CAP_NET_RAW"
+		if !has(capNetRaw) {
+			missing = append(missing, "CAP_NET_RAW (or disable probes: --probe.interval 0)")
+		}
+	}
 	if len(missing) > 0 {
-		return fmt.Errorf("missing privileges: icmplb needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (lacks %s); run as root or grant them",
-			strings.Join(missing, ", "))
+		return fmt.Errorf("missing privileges: icmplb needs %s (lacks %s); run as root or grant them",
+			need, strings.Join(missing, ", "))
 	}
 	return nil
 }

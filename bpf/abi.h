@@ -33,15 +33,18 @@ enum reason {
 	REASON_REPLY_MISMATCH,       /* right id and seq, not the request's data */
 	REASON_NAT_COLLISION,        /* NAT id and seq still awaited by another session */
 	REASON_INFLIGHT_FULL,        /* no room to remember the request: dropped */
+	REASON_PROBE_REPLY,          /* a reply to the agent's own probe: the kernel's */
+	REASON_ALL_DOWN,             /* no healthy backend, service set to pass */
 	REASON_MAX,
 };
 
 /* struct backend's flags. The fixed underlying type (a clang extension in C
  * before C23) keeps the field two bytes wide and gives Go a typed field. */
 enum backend_flags : __u16 {
-	BACKEND_F_ACTIVE = 0x1, /* slot holds a backend */
-	BACKEND_F_NEIGH = 0x2,  /* mac is the resolved next hop */
-	BACKEND_F_UP = BACKEND_F_ACTIVE | BACKEND_F_NEIGH,
+	BACKEND_F_ACTIVE = 0x1,  /* slot holds a backend */
+	BACKEND_F_NEIGH = 0x2,   /* mac is the resolved next hop */
+	BACKEND_F_HEALTHY = 0x4, /* not ejected, probes pass (or the service fails open) */
+	BACKEND_F_UP = BACKEND_F_ACTIVE | BACKEND_F_NEIGH | BACKEND_F_HEALTHY,
 };
 
 /* backends[idx]: what the data plane needs to send to one backend of one
@@ -54,10 +57,19 @@ struct backend {
 	__be32 vip; /* the service's: a session stays only on its own service's slot */
 };
 
+/* struct service's flags. */
+enum service_flags : __u32 {
+	/* No backend is healthy and the service is set to pass: its requests
+	 * go to the kernel. */
+	SERVICE_F_PASS = 0x1,
+};
+
 /* services[vip]: one balanced service. */
 struct service {
 	__be32 snat;  /* source address of its requests towards backends */
 	__u32 table;  /* its Maglev table: index into maglev_tables */
+	enum service_flags flags;
+	__u32 pad;
 };
 
 /* ct_fwd key: one client's ping session to one VIP. */
@@ -111,6 +123,7 @@ struct backend_counters {
 	__u64 rtt_sum_ns;   /* of the replies in the RTT histogram */
 	__u64 late;         /* replies matched after the loss timeout */
 	__u64 unmatched;    /* replies without an in-flight request */
+	__u64 moved;        /* running sessions moved off it: it left the pool */
 };
 
 /* Sizes shared with Go.
@@ -133,6 +146,9 @@ enum layout {
 	EPOCH_SHIFT = 30,
 	EPOCHS = 32,
 	ICMP_MAX_LEN = 9000,
+	/* The echo identifier of the agent's probes: never a NAT id, so that
+	 * a probe's reply is never taken for a session's, nor the reverse. */
+	PROBE_ECHO_ID = 0xfffe,
 };
 
 /* epochs[idx * EPOCHS + epoch % EPOCHS], per CPU. */

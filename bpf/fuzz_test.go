@@ -865,9 +865,12 @@ func TestFuzzSeedsReachEveryReason(t *testing.T) {
 	}
 	// Reachable only from state no input builds quickly: eight NAT ids in a
 	// row held by live sessions, a NAT id reused while its request is in
-	// flight, a full inflight map. Unit tests cover them.
+	// flight, a full inflight map. Unit tests cover them. And
+	// all_down needs the agent's pass flag on the service, which no
+	// input sets: TestServiceAllDownPass covers it.
 	unreachable := []IcmplbReason{
 		IcmplbReasonREASON_NAT_EXHAUSTED, IcmplbReasonREASON_NAT_COLLISION, IcmplbReasonREASON_INFLIGHT_FULL,
+		IcmplbReasonREASON_ALL_DOWN,
 	}
 	for r := range IcmplbReasonREASON_MAX {
 		if seen[r] == 0 && !slices.Contains(unreachable, r) {
@@ -1080,6 +1083,7 @@ func fuzzSeeds() []fuzzSeed {
 		{"reply-tot-len-short", in().fixedFrame(req.frame()).mutReply(0, 17, 0x08, true).reply(0)},
 		{"reply-to-vip-not-snat", in().snatAlt().fixedFrame(req.frame()).mutReply(0, offIPDst+3, 10^100, true).reply(0)},
 		{"reply-without-request", in().frame(replyTo(req, backendA, vip, 0x7777).frame())},
+		{"reply-to-probe", in().frame(replyTo(req, backendA, vip, uint16(IcmplbLayoutPROBE_ECHO_ID)).frame())},
 		{"reply-before-request", in().reply(0).fixedFrame(req.frame()).reply(0)},
 
 		// Requests the program must leave alone, then a valid exchange.

@@ -42,6 +42,8 @@ static __always_inline int count(enum reason r, int verdict)
 	return verdict;
 }
 
+#define NO_SLOT 0xffffffffU
+
 /* Counts a request's verdict for its service too, so that what the balancer
  * itself failed (enum reason's balancer-limited ones) is known per VIP. */
 static __always_inline int count_svc(__u32 table, enum reason r, int verdict)
@@ -94,12 +96,15 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	struct rev_val rv = { .client = ip->saddr, .echo_id = icmp->id, .vip = vip };
 	__be32 snat = svc->snat;
 	__u32 table = svc->table;
+	__u32 moved_from = NO_SLOT;
 	__u8 client_mac[ETH_ALEN];
 	struct backend *be = NULL;
 	struct fwd_val *fv;
 	__u64 now = bpf_ktime_get_ns();
 	__u32 idx;
 
+	if (svc->flags & SERVICE_F_PASS)
+		return count_svc(table, REASON_ALL_DOWN, XDP_PASS);
 	if (bogus_source(eth, ip->saddr))
 		return count_svc(table, REASON_BOGUS_SOURCE, XDP_PASS);
 	if (ip->ttl == 0)
@@ -132,6 +137,11 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 				cur->last_seen_ns = now;
 				goto forward;
 			}
+			/* Its backend left the pool: the session moves, and its
+			 * old NAT id is free at once. */
+			if (be && be->addr == fv->backend && be->vip == vip)
+				moved_from = idx;
+			bpf_map_delete_elem(&ct_rev, &rk);
 		}
 	}
 
@@ -152,6 +162,10 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	}
 	if (!(be->flags & BACKEND_F_NEIGH))
 		return count_svc(table, REASON_NEIGH_UNRESOLVED, XDP_PASS);
+	/* The agent takes an unhealthy backend out of the table before it
+	 * clears the flag; this only closes the window of a racing update. */
+	if (!(be->flags & BACKEND_F_HEALTHY))
+		return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
 
 	rk.backend = be->addr;
 	rv.backend_idx = idx;
@@ -162,6 +176,12 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 
 		__builtin_memcpy(nv.client_mac, client_mac, ETH_ALEN);
 		bpf_map_update_elem(&ct_fwd, &fk, &nv, BPF_ANY);
+	}
+	if (moved_from != NO_SLOT) {
+		struct backend_counters *old = bpf_map_lookup_elem(&backend_stats, &moved_from);
+
+		if (old)
+			old->moved++;
 	}
 
 forward:
@@ -222,6 +242,10 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 		return count(REASON_TTL_ZERO, XDP_PASS);
 	if (!icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
 		return count(REASON_MALFORMED, XDP_PASS);
+	/* The agent's own probe: its socket takes it (no NAT id is ever
+	 * PROBE_ECHO_ID, so this is no session's). */
+	if (icmp->id == bpf_htons(PROBE_ECHO_ID))
+		return count(REASON_PROBE_REPLY, XDP_PASS);
 	found = bpf_map_lookup_elem(&inflight, &ik);
 	if (!found)
 		return reply_unmatched(eth, ip);

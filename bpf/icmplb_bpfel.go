@@ -30,14 +30,16 @@ type IcmplbBackendCounters struct {
 	RttSumNs     uint64
 	Late         uint64
 	Unmatched    uint64
+	Moved        uint64
 }
 
 type IcmplbBackendFlags uint16
 
 const (
-	IcmplbBackendFlagsBACKEND_F_ACTIVE IcmplbBackendFlags = 1
-	IcmplbBackendFlagsBACKEND_F_NEIGH  IcmplbBackendFlags = 2
-	IcmplbBackendFlagsBACKEND_F_UP     IcmplbBackendFlags = 3
+	IcmplbBackendFlagsBACKEND_F_ACTIVE  IcmplbBackendFlags = 1
+	IcmplbBackendFlagsBACKEND_F_NEIGH   IcmplbBackendFlags = 2
+	IcmplbBackendFlagsBACKEND_F_HEALTHY IcmplbBackendFlags = 4
+	IcmplbBackendFlagsBACKEND_F_UP      IcmplbBackendFlags = 7
 )
 
 type IcmplbEpochCount struct {
@@ -93,6 +95,7 @@ const (
 	IcmplbLayoutEPOCH_SHIFT       IcmplbLayout = 30
 	IcmplbLayoutEPOCHS            IcmplbLayout = 32
 	IcmplbLayoutICMP_MAX_LEN      IcmplbLayout = 9000
+	IcmplbLayoutPROBE_ECHO_ID     IcmplbLayout = 65534
 )
 
 type IcmplbLossState struct {
@@ -133,7 +136,9 @@ const (
 	IcmplbReasonREASON_REPLY_MISMATCH       IcmplbReason = 19
 	IcmplbReasonREASON_NAT_COLLISION        IcmplbReason = 20
 	IcmplbReasonREASON_INFLIGHT_FULL        IcmplbReason = 21
-	IcmplbReasonREASON_MAX                  IcmplbReason = 22
+	IcmplbReasonREASON_PROBE_REPLY          IcmplbReason = 22
+	IcmplbReasonREASON_ALL_DOWN             IcmplbReason = 23
+	IcmplbReasonREASON_MAX                  IcmplbReason = 24
 )
 
 type IcmplbRevKey struct {
@@ -157,7 +162,15 @@ type IcmplbService struct {
 	_     structs.HostLayout
 	Snat  uint32
 	Table uint32
+	Flags IcmplbServiceFlags
+	Pad   uint32
 }
+
+type IcmplbServiceFlags uint32
+
+const (
+	IcmplbServiceFlagsSERVICE_F_PASS IcmplbServiceFlags = 1
+)
 
 type IcmplbTraceEvent struct {
 	_          structs.HostLayout

@@ -67,6 +67,8 @@ static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_v
 		__u16 cand = nat_permute(pool, (__u16)__sync_fetch_and_add(&pool->next, 1));
 		struct rev_val *old;
 
+		if (cand == PROBE_ECHO_ID)
+			continue;
 		rk->nat_id = bpf_htons(cand);
 		old = bpf_map_lookup_elem(&ct_rev, rk);
 		/* Another CPU may have stamped the entry after our `now`: compare

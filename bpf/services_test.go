@@ -4,6 +4,7 @@ package bpf
 
 import (
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"testing"
 
@@ -161,4 +162,74 @@ func TestServiceTableGuards(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.requireUntouched(t, req.frame(), xdpPass, IcmplbReasonREASON_NOT_VIP)
+}
+
+// A service with no healthy backend, set to pass: its requests go to the
+// kernel untouched, counted as all_down for it.
+func TestServiceAllDownPass(t *testing.T) {
+	h := readyHarness(t, testConfig(vip))
+	if err := h.objs.Services.Put(Addr(vip), IcmplbService{Snat: Addr(h.cfg.SNAT), Table: 0,
+		Flags: IcmplbServiceFlagsSERVICE_F_PASS}); err != nil {
+		t.Fatal(err)
+	}
+	h.requireUntouched(t, echoRequest(client1, hop1MAC, 0x31, 1).frame(), xdpPass, IcmplbReasonREASON_ALL_DOWN)
+	if n := svcCount(t, h, 0, IcmplbReasonREASON_ALL_DOWN); n != 1 {
+		t.Errorf("service counted %d all_down requests, want 1", n)
+	}
+}
+
+// A session whose backend becomes unhealthy moves to another backend: the
+// move is counted on the backend it left, and its old NAT id is freed.
+func TestSessionMovesOffUnhealthyBackend(t *testing.T) {
+	h := newHarness(t, testConfig(vip))
+	h.setBackend(t, backendA, backendReady)
+	h.setBackend(t, backendB, backendReady)
+	h.pointMaglev(t, backendA.idx)
+	req := echoRequest(client1, hop1MAC, 0x51, 1)
+	be, nat := h.forward(t, req)
+	if be != backendA {
+		t.Fatalf("first request went to %v", be.addr)
+	}
+	// As the agent ejects A: out of the table first, then unhealthy.
+	h.pointMaglev(t, backendB.idx)
+	h.setBackend(t, backendA, backendReady&^IcmplbBackendFlagsBACKEND_F_HEALTHY)
+	req.seq = 2
+	if be2, _ := h.forward(t, req); be2 != backendB {
+		t.Fatalf("the session stayed on %v, which is unhealthy", be2.addr)
+	}
+	var perCPU []IcmplbBackendCounters
+	if err := h.objs.BackendStats.Lookup(backendA.idx, &perCPU); err != nil {
+		t.Fatal(err)
+	}
+	var moved uint64
+	for _, c := range perCPU {
+		moved += c.Moved
+	}
+	if moved != 1 {
+		t.Errorf("backend A counted %d sessions moved off it, want 1", moved)
+	}
+	var rv IcmplbRevVal
+	if err := h.objs.CtRev.Lookup(IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(nat)}, &rv); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("the old NAT id %#04x at A is still held: %+v, %v", nat, rv, err)
+	}
+	// An unhealthy backend still in a table (a racing update) gets no
+	// new session.
+	h.pointMaglev(t, backendA.idx)
+	h.run(t, echoRequest(client2, hop2MAC, 0x52, 1).frame(), xdpDrop, IcmplbReasonREASON_NO_BACKEND)
+}
+
+// A reply to the agent's probe (echo id PROBE_ECHO_ID) to a SNAT address is
+// the kernel's, even when a session's request with that id and sequence is
+// awaited: no NAT id is ever PROBE_ECHO_ID.
+func TestProbeReplyPassed(t *testing.T) {
+	h := readyHarness(t, testConfig(vip))
+	req := echoRequest(client1, hop1MAC, uint16(IcmplbLayoutPROBE_ECHO_ID), 1)
+	_, nat := h.forward(t, req)
+	if nat == uint16(IcmplbLayoutPROBE_ECHO_ID) {
+		t.Fatal("a session got the probes' id as its NAT id")
+	}
+	probe := replyTo(req, backendA, h.cfg.SNAT, uint16(IcmplbLayoutPROBE_ECHO_ID))
+	h.requireUntouched(t, probe.frame(), xdpPass, IcmplbReasonREASON_PROBE_REPLY)
+	// The session's own reply is still returned.
+	h.returnReply(t, replyTo(req, backendA, h.cfg.SNAT, nat), client1, uint16(IcmplbLayoutPROBE_ECHO_ID), hop1MAC)
 }

@@ -39,10 +39,12 @@ type Config struct {
 	// Iface is the interface clients and backends are reached through.
 	Iface string `name:"iface" required:"" env:"ICMPLB_IFACE" help:"Interface clients and backends are reached through."`
 	// ConfigFile is a YAML file of services (see LoadServices); it excludes
-	// the flags of Service.
+	// --vip, --backend and --snat, and Service's health flags are the
+	// defaults of its services.
 	ConfigFile string `name:"config.file" env:"ICMPLB_CONFIG_FILE" help:"YAML file of services (VIPs and weighted backends), reloaded on SIGHUP and POST /-/reload; excludes --vip, --backend and --snat."`
 	// Service is the one service the flags define; kong flattens it into
-	// --vip, --backend and --snat.
+	// --vip, --backend, --snat and the health flags (--outlier.*,
+	// --probe.*, --all-down).
 	Service
 	// Services are the services of ConfigFile, set by Parse and Reload.
 	// Empty: the one Service of the flags (see ServiceList).
@@ -98,6 +100,12 @@ type Service struct {
 	// SNAT is the source address of requests sent to backends; the zero
 	// value means the VIP (see WithDefaults).
 	SNAT netip.Addr `name:"snat" env:"ICMPLB_SNAT" help:"Source address of requests sent to backends (default: the VIP)."`
+	// Outlier and Probe judge the backends' health; AllDown says what
+	// happens when none is healthy. With --config.file, the flags are the
+	// defaults of every service of the file.
+	Outlier Outlier `embed:""`
+	Probe   Probe   `embed:""`
+	AllDown string  `name:"all-down" default:"${all_down}" enum:"fail-open,pass" env:"ICMPLB_ALL_DOWN" help:"When no backend of a service is healthy: fail-open (use every backend that answers ARP) or pass (to this host's kernel)."`
 }
 
 // Backend is one backend of a service and its share of new sessions.
@@ -242,6 +250,7 @@ func Default() Config {
 		LossTimeout:       DefaultLossTimeout,
 		InflightSize:      DefaultInflightSize,
 		TraceBufferSize:   DefaultTraceBuffer,
+		Service:           Service{Outlier: DefaultOutlier(), Probe: DefaultProbe(), AllDown: DefaultAllDown},
 	}
 }
 
@@ -268,8 +277,11 @@ func (c Config) WithDefaults() Config {
 // read from Config's tags so that they are written once.
 type Setting struct{ Flag, Env string }
 
-func settingOf(field string) Setting {
-	f, ok := reflect.TypeFor[Config]().FieldByName(field)
+func settingOf(field string) Setting { return settingIn[Config](field) }
+
+// settingIn is settingOf for a field of T, a struct Config embeds.
+func settingIn[T any](field string) Setting {
+	f, ok := reflect.TypeFor[T]().FieldByName(field)
 	if !ok {
 		panic("config: no field " + field)
 	}
@@ -354,10 +366,15 @@ func (c Config) Validate() error {
 			return fmt.Errorf("both %s and %s/%s/%s are given: the file lists every service, so drop the flags (or the file)",
 				SetFile.Flag, SetVIP.Flag, SetBackend.Flag, SetSNAT.Flag)
 		}
+		// The health flags are the defaults of the file's services: a bad
+		// one is named as the flag, not as every service inheriting it.
+		if err := c.Service.validateHealth(where{}); err != nil {
+			return err
+		}
 		// Parsing the flags (kong runs Validate) has not read the file
 		// yet: check it now, so that a bad file stops startup in one line.
 		if len(c.Services) == 0 {
-			svcs, err := LoadServices(c.ConfigFile)
+			svcs, err := LoadServices(c.ConfigFile, c.Service)
 			if err != nil {
 				return err
 			}
@@ -400,6 +417,9 @@ func (c Config) Validate() error {
 	if err := setNATIdle.durationIn(c.NATIdle, MinNATIdle, MaxNATIdle); err != nil {
 		return err
 	}
+	if err := c.validateP99(); err != nil {
+		return err
+	}
 	// Replies are awaited for twice the loss timeout (late replies still
 	// count): a NAT id handed to a new session before then makes its
 	// requests collide with the old session's (reason nat_collision).
@@ -421,6 +441,26 @@ func (c Config) Validate() error {
 	}
 	if lo := minTraceBuffer(); c.TraceBufferSize < lo || c.TraceBufferSize > MaxTraceBuffer || c.TraceBufferSize&(c.TraceBufferSize-1) != 0 {
 		return setTraceBuffer.errorf(c.TraceBufferSize, "must be a power of two in %d..%d", lo, MaxTraceBuffer)
+	}
+	return nil
+}
+
+// validateP99 checks each service's outlier.max_p99_rtt against
+// --loss-timeout, the flags' first when they are the file's defaults.
+func (c Config) validateP99() error {
+	fromFile := c.ConfigFile != ""
+	if fromFile {
+		if err := c.Service.validateP99(where{}, c.LossTimeout); err != nil {
+			return err
+		}
+	}
+	for i, s := range c.ServiceList() {
+		if err := s.validateP99(where{file: fromFile, svc: i}, c.LossTimeout); err != nil {
+			if fromFile {
+				return fmt.Errorf("%s: %w", c.ConfigFile, err)
+			}
+			return err
+		}
 	}
 	return nil
 }

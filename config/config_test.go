@@ -3,6 +3,7 @@
 package config
 
 import (
+	"math"
 	"net/netip"
 	"strings"
 	"testing"
@@ -77,6 +78,30 @@ func TestConfigValidate(t *testing.T) {
 		{"backend class E", func(c *Config) { c.Backends[1].Addr = netip.MustParseAddr("240.0.0.1") }, []string{"not a unicast"}},
 		{"VIP IPv6", func(c *Config) { c.VIP = netip.MustParseAddr("::1") }, []string{"VIP ::1 is not an IPv4 address (--vip, ICMPLB_VIP)"}},
 		{"SNAT multicast", func(c *Config) { c.SNAT = netip.MustParseAddr("224.0.0.1") }, []string{"SNAT address 224.0.0.1", "--snat, ICMPLB_SNAT"}},
+
+		{"outlier window 1s", func(c *Config) { c.Outlier.Window = time.Second }, []string{"--outlier.window 1s (ICMPLB_OUTLIER_WINDOW): must be 2s..300s"}},
+		{"outlier window 301s", func(c *Config) { c.Outlier.Window = 301 * time.Second }, []string{"--outlier.window 301s"}},
+		{"outlier min requests 0", func(c *Config) { c.Outlier.MinRequests = 0 }, []string{"--outlier.min-requests 0 (ICMPLB_OUTLIER_MIN_REQUESTS): must be 1..1000000"}},
+		{"outlier loss ratio negative", func(c *Config) { c.Outlier.MaxLossRatio = -0.1 }, []string{"--outlier.max-loss-ratio -0.1 (ICMPLB_OUTLIER_MAX_LOSS_RATIO): must be 0..1"}},
+		{"outlier loss ratio NaN", func(c *Config) { c.Outlier.MaxLossRatio = math.NaN() }, []string{"--outlier.max-loss-ratio NaN"}},
+		{"outlier p99 at loss timeout", func(c *Config) { c.Outlier.MaxP99RTT = c.LossTimeout }, []string{"--outlier.max-p99-rtt 1s (ICMPLB_OUTLIER_MAX_P99_RTT): must be 0 (off) or at least 1ms and below --loss-timeout 1s"}},
+		{"outlier p99 under 1ms", func(c *Config) { c.Outlier.MaxP99RTT = time.Millisecond - 1 }, []string{"--outlier.max-p99-rtt 999.999µs"}},
+		{"outlier p99 negative", func(c *Config) { c.Outlier.MaxP99RTT = -time.Second }, []string{"--outlier.max-p99-rtt -1s"}},
+		{"outlier base 0", func(c *Config) { c.Outlier.BaseEjectionTime = 0 }, []string{"--outlier.base-ejection-time 0s (ICMPLB_OUTLIER_BASE_EJECTION_TIME): must be 1s..24h"}},
+		{"outlier max 25h", func(c *Config) { c.Outlier.MaxEjectionTime = 25 * time.Hour }, []string{"--outlier.max-ejection-time 25h (ICMPLB_OUTLIER_MAX_EJECTION_TIME): must be 1s..24h"}},
+		{"outlier max below base", func(c *Config) { c.Outlier.MaxEjectionTime = 29 * time.Second }, []string{"--outlier.max-ejection-time 29s (ICMPLB_OUTLIER_MAX_EJECTION_TIME): must be at least --outlier.base-ejection-time 30s"}},
+		{"outlier percent 101", func(c *Config) { c.Outlier.MaxEjectionPercent = 101 }, []string{"--outlier.max-ejection-percent 101 (ICMPLB_OUTLIER_MAX_EJECTION_PERCENT): must be 0..100"}},
+		{"outlier percent negative", func(c *Config) { c.Outlier.MaxEjectionPercent = -1 }, []string{"--outlier.max-ejection-percent -1"}},
+		{"probe interval 99ms", func(c *Config) { c.Probe.Interval = 99 * time.Millisecond }, []string{"--probe.interval 99ms (ICMPLB_PROBE_INTERVAL): must be 100ms..60s (0 disables probes)"}},
+		{"probe interval 61s", func(c *Config) { c.Probe.Interval = 61 * time.Second }, []string{"--probe.interval 61s"}},
+		{"probe interval negative", func(c *Config) { c.Probe.Interval = -time.Second }, []string{"--probe.interval -1s"}},
+		{"probe timeout 9ms", func(c *Config) { c.Probe.Timeout = 9 * time.Millisecond }, []string{"--probe.timeout 9ms (ICMPLB_PROBE_TIMEOUT): must be 10ms..60s"}},
+		{"probe timeout over interval", func(c *Config) { c.Probe.Interval = 500 * time.Millisecond }, []string{"--probe.timeout 1s (ICMPLB_PROBE_TIMEOUT): must be at most --probe.interval 500ms"}},
+		{"probe rise 0", func(c *Config) { c.Probe.Rise = 0 }, []string{"--probe.rise 0 (ICMPLB_PROBE_RISE): must be 1..100"}},
+		{"probe fall 101", func(c *Config) { c.Probe.Fall = 101 }, []string{"--probe.fall 101 (ICMPLB_PROBE_FALL): must be 1..100"}},
+		{"all down empty", func(c *Config) { c.AllDown = "" }, []string{`--all-down "" (ICMPLB_ALL_DOWN): must be fail-open or pass`}},
+		{"probes off leave the rest unchecked", func(c *Config) { c.Probe = Probe{Interval: 0, Timeout: -1, Rise: 0, Fall: 1000} }, nil},
+		{"p99 just below the loss timeout", func(c *Config) { c.Outlier.MaxP99RTT = c.LossTimeout - 1 }, nil},
 
 		{"bounds accepted low", func(c *Config) {
 			c.ConntrackSize, c.InflightSize, c.LossTimeout, c.NATIdle = MinMapSize, MinMapSize, MinLossTimeout, MinNATIdle

@@ -9,7 +9,9 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -25,6 +27,9 @@ import (
 //	      - 10.0.0.2          # weight 1
 //	      - address: 10.0.0.3
 //	        weight: 2         # 0 drains
+//	    outlier: {window: 10s, max_loss_ratio: 0.1}   # optional, each key
+//	    probe: {interval: 1s, rise: 2, fall: 3}       # defaults to its flag
+//	    all_down: fail-open
 type file struct {
 	Services []fileService `yaml:"services"`
 }
@@ -33,6 +38,12 @@ type fileService struct {
 	VIP      string        `yaml:"vip"`
 	SNAT     string        `yaml:"snat"`
 	Backends []fileBackend `yaml:"backends"`
+	// The health settings stay nodes until the service's index is known,
+	// so that an error names its field (services[1].outlier.window) and
+	// an absent key can take its flag's value (decodeHealth).
+	Outlier yaml.Node `yaml:"outlier"`
+	Probe   yaml.Node `yaml:"probe"`
+	AllDown yaml.Node `yaml:"all_down"`
 }
 
 // fileBackend is a backend written as its address alone or as a mapping
@@ -74,21 +85,27 @@ func (b *fileBackend) UnmarshalYAML(n *yaml.Node) error {
 }
 
 // LoadServices reads and checks a services file: each error names the file
-// and the field (services[1].backends[0].weight: must be 0..1000).
-func LoadServices(path string) ([]Service, error) {
+// and the field (services[1].backends[0].weight: must be 0..1000). A
+// health setting the file leaves out takes base's (see ParseServices).
+func LoadServices(path string, base Service) ([]Service, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s (%s): %w", SetFile.Flag, path, SetFile.Env, err)
 	}
-	svcs, err := ParseServices(data)
+	svcs, err := ParseServices(data, base)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return svcs, nil
 }
 
-// ParseServices decodes and checks the contents of a services file.
-func ParseServices(data []byte) ([]Service, error) {
+// ParseServices decodes and checks the contents of a services file. Only
+// base's Outlier, Probe and AllDown are used: they are the values of the
+// health keys a service leaves out, the flags' values as the agent calls
+// it (Config.Service), so that the flags set every service's defaults.
+// outlier.max_p99_rtt is not checked against --loss-timeout here, which
+// the file does not know: Config.Validate does.
+func ParseServices(data []byte, base Service) ([]Service, error) {
 	var f file
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -104,6 +121,10 @@ func ParseServices(data []byte) ([]Service, error) {
 	svcs := make([]Service, len(f.Services))
 	for i, fs := range f.Services {
 		s := &svcs[i]
+		s.Outlier, s.Probe, s.AllDown = base.Outlier, base.Probe, base.AllDown
+		if err := decodeHealth(s, fs, i); err != nil {
+			return nil, err
+		}
 		var err error
 		if s.VIP, err = parseAddr(fs.VIP); err != nil {
 			return nil, fmt.Errorf("services[%d].vip: %w", i, err)
@@ -129,6 +150,100 @@ func ParseServices(data []byte) ([]Service, error) {
 		return nil, err
 	}
 	return svcs, nil
+}
+
+// decodeHealth sets the health keys fs gives, each checked for its type:
+// their bounds are Service.validate's, shared with the flags.
+func decodeHealth(s *Service, fs fileService, i int) error {
+	for _, g := range []struct {
+		name   string
+		node   *yaml.Node
+		fields []healthKey
+	}{
+		{"outlier", &fs.Outlier, s.outlierKeys()},
+		{"probe", &fs.Probe, s.probeKeys()},
+	} {
+		n := deref(g.node)
+		// Absent or empty (every key commented out): the flags' values.
+		if n.Kind == 0 || n.ShortTag() == "!!null" {
+			continue
+		}
+		if n.Kind != yaml.MappingNode {
+			return fmt.Errorf("services[%d].%s: want a mapping of %s", i, g.name, keyNames(g.fields))
+		}
+		seen := map[string]bool{}
+		for k := 0; k+1 < len(n.Content); k += 2 {
+			key := n.Content[k].Value
+			j := slices.IndexFunc(g.fields, func(f healthKey) bool { return f.key == g.name+"."+key })
+			if j < 0 {
+				return fmt.Errorf("services[%d].%s: unknown key %q (want %s)", i, g.name, key, keyNames(g.fields))
+			}
+			path := fmt.Sprintf("services[%d].%s.%s", i, g.name, key)
+			if seen[key] {
+				return fmt.Errorf("%s: given twice", path)
+			}
+			seen[key] = true
+			if err := decodeScalar(n.Content[k+1], path, g.fields[j].dst); err != nil {
+				return err
+			}
+		}
+	}
+	if fs.AllDown.Kind != 0 {
+		return decodeScalar(&fs.AllDown, fmt.Sprintf("services[%d].all_down", i), &s.AllDown)
+	}
+	return nil
+}
+
+func keyNames(keys []healthKey) string {
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		_, names[i], _ = strings.Cut(k.key, ".")
+	}
+	return strings.Join(names, ", ")
+}
+
+func deref(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
+}
+
+// decodeScalar sets *dst from n, refusing what yaml.v3 would convert
+// silently: a float truncated into an int, a bare number of nanoseconds.
+func decodeScalar(n *yaml.Node, path string, dst any) error {
+	n = deref(n)
+	tag := n.ShortTag()
+	if n.Kind != yaml.ScalarNode || tag == "!!null" {
+		return fmt.Errorf("%s: missing or not a single value", path)
+	}
+	switch d := dst.(type) {
+	case *time.Duration:
+		v, err := time.ParseDuration(strings.TrimSpace(n.Value))
+		// A bare number has no unit to read it in (10: seconds?
+		// nanoseconds?); 0 means the same in every unit.
+		if err != nil || (tag != "!!str" && v != 0) {
+			return fmt.Errorf("%s: %s is not a duration; want a duration such as 10s", path, n.Value)
+		}
+		*d = v
+		return nil
+	case *int:
+		if tag != "!!int" {
+			return fmt.Errorf("%s: %s is not a whole number", path, n.Value)
+		}
+	case *float64:
+		if tag != "!!int" && tag != "!!float" {
+			return fmt.Errorf("%s: %s is not a number", path, n.Value)
+		}
+	case *string:
+		if tag != "!!str" {
+			return fmt.Errorf("%s: %s is not a word", path, n.Value)
+		}
+	}
+	if err := n.Decode(dst); err != nil {
+		return fmt.Errorf("%s: %w", path, oneLine(err))
+	}
+	return nil
 }
 
 func parseAddr(s string) (netip.Addr, error) {
@@ -172,6 +287,87 @@ func (w where) errorf(field, what string, set Setting, format string, args ...an
 		tail = ";" + tail
 	}
 	return fmt.Errorf("%s %s (%s, %s)%s", what, msg, set.Flag, set.Env, tail)
+}
+
+// bad reports a bad value of a health setting: "--outlier.window 1s
+// (ICMPLB_OUTLIER_WINDOW): must be 2s..5m" from the flags,
+// "services[1].outlier.window: must be 2s..5m" from the file.
+func (w where) bad(k healthKey, value any, format string, args ...any) error {
+	if w.file {
+		return fmt.Errorf("services[%d].%s: %s", w.svc, k.key, fmt.Sprintf(format, args...))
+	}
+	return k.set.errorf(value, format, args...)
+}
+
+// name is how an error names k beside the setting it is about.
+func (w where) name(k healthKey) string {
+	if w.file {
+		return k.key
+	}
+	return k.set.Flag
+}
+
+// check is w.bad(k, ...) unless ok.
+func (w where) check(ok bool, k healthKey, value any, format string, args ...any) error {
+	if ok {
+		return nil
+	}
+	return w.bad(k, value, format, args...)
+}
+
+func (w where) durationIn(k healthKey, v, lo, hi time.Duration) error {
+	if v < lo || v > hi {
+		return w.bad(k, fmtDuration(v), "must be %s..%s", fmtDuration(lo), fmtDuration(hi))
+	}
+	return nil
+}
+
+func (w where) intIn(k healthKey, v, lo, hi int) error {
+	if v < lo || v > hi {
+		return w.bad(k, v, "must be %d..%d", lo, hi)
+	}
+	return nil
+}
+
+// healthKey is a health setting of a service: its key in the file, its
+// flag, and (in outlierKeys and probeKeys) where its value goes.
+type healthKey struct {
+	key string
+	set Setting
+	dst any
+}
+
+var (
+	keyWindow       = healthKey{key: "outlier.window", set: settingIn[Outlier]("Window")}
+	keyMinRequests  = healthKey{key: "outlier.min_requests", set: settingIn[Outlier]("MinRequests")}
+	keyMaxLoss      = healthKey{key: "outlier.max_loss_ratio", set: settingIn[Outlier]("MaxLossRatio")}
+	keyMaxP99       = healthKey{key: "outlier.max_p99_rtt", set: settingIn[Outlier]("MaxP99RTT")}
+	keyBaseEjection = healthKey{key: "outlier.base_ejection_time", set: settingIn[Outlier]("BaseEjectionTime")}
+	keyMaxEjection  = healthKey{key: "outlier.max_ejection_time", set: settingIn[Outlier]("MaxEjectionTime")}
+	keyMaxEjectPct  = healthKey{key: "outlier.max_ejection_percent", set: settingIn[Outlier]("MaxEjectionPercent")}
+	keyInterval     = healthKey{key: "probe.interval", set: settingIn[Probe]("Interval")}
+	keyTimeout      = healthKey{key: "probe.timeout", set: settingIn[Probe]("Timeout")}
+	keyRise         = healthKey{key: "probe.rise", set: settingIn[Probe]("Rise")}
+	keyFall         = healthKey{key: "probe.fall", set: settingIn[Probe]("Fall")}
+	keyAllDown      = healthKey{key: "all_down", set: settingOf("AllDown")}
+)
+
+func (k healthKey) to(dst any) healthKey { k.dst = dst; return k }
+
+// outlierKeys are the keys of a service's outlier mapping, each bound to
+// its field of s.
+func (s *Service) outlierKeys() []healthKey {
+	o := &s.Outlier
+	return []healthKey{
+		keyWindow.to(&o.Window), keyMinRequests.to(&o.MinRequests), keyMaxLoss.to(&o.MaxLossRatio),
+		keyMaxP99.to(&o.MaxP99RTT), keyBaseEjection.to(&o.BaseEjectionTime),
+		keyMaxEjection.to(&o.MaxEjectionTime), keyMaxEjectPct.to(&o.MaxEjectionPercent),
+	}
+}
+
+func (s *Service) probeKeys() []healthKey {
+	p := &s.Probe
+	return []healthKey{keyInterval.to(&p.Interval), keyTimeout.to(&p.Timeout), keyRise.to(&p.Rise), keyFall.to(&p.Fall)}
 }
 
 // validateServices checks each service and what they must not share.
@@ -254,7 +450,61 @@ func (s Service) validate(w where) error {
 			return w.errorf(field, "backend", SetBackend, "%s is the SNAT address; a backend must be another host", b.Addr)
 		}
 	}
+	return s.validateHealth(w)
+}
+
+// validateHealth checks the bounds of Outlier, Probe and AllDown (bounds in
+// health.go), but for outlier.max_p99_rtt, which depends on --loss-timeout
+// (validateP99).
+func (s Service) validateHealth(w where) error {
+	o, p := s.Outlier, s.Probe
+	err := firstError(
+		w.durationIn(keyWindow, o.Window, MinOutlierWindow, MaxOutlierWindow),
+		w.intIn(keyMinRequests, o.MinRequests, 1, MaxOutlierMinRequests),
+		// Written so that NaN fails too.
+		w.check(o.MaxLossRatio >= 0 && o.MaxLossRatio <= 1, keyMaxLoss, o.MaxLossRatio, "must be 0..1 (1: never eject on loss)"),
+		w.durationIn(keyBaseEjection, o.BaseEjectionTime, MinEjectionTime, MaxEjectionTime),
+		w.durationIn(keyMaxEjection, o.MaxEjectionTime, MinEjectionTime, MaxEjectionTime),
+		w.check(o.MaxEjectionTime >= o.BaseEjectionTime, keyMaxEjection, fmtDuration(o.MaxEjectionTime),
+			"must be at least %s %s", w.name(keyBaseEjection), fmtDuration(o.BaseEjectionTime)),
+		w.intIn(keyMaxEjectPct, o.MaxEjectionPercent, 0, 100),
+		w.check(s.AllDown == AllDownFailOpen || s.AllDown == AllDownPass, keyAllDown, fmt.Sprintf("%q", s.AllDown),
+			"must be %s or %s", AllDownFailOpen, AllDownPass),
+	)
+	// Interval 0 disables probes: their other settings are unused.
+	if err != nil || p.Interval == 0 {
+		return err
+	}
+	if err := w.durationIn(keyInterval, p.Interval, MinProbeInterval, MaxProbeInterval); err != nil {
+		return fmt.Errorf("%w (0 disables probes)", err)
+	}
+	return firstError(
+		w.durationIn(keyTimeout, p.Timeout, MinProbeTimeout, MaxProbeInterval),
+		// A longer timeout would have a backend's probes overlap.
+		w.check(p.Timeout <= p.Interval, keyTimeout, fmtDuration(p.Timeout),
+			"must be at most %s %s", w.name(keyInterval), fmtDuration(p.Interval)),
+		w.intIn(keyRise, p.Rise, 1, MaxProbeCount),
+		w.intIn(keyFall, p.Fall, 1, MaxProbeCount),
+	)
+}
+
+func firstError(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// validateP99 checks outlier.max_p99_rtt against the agent's loss timeout.
+func (s Service) validateP99(w where, lossTimeout time.Duration) error {
+	v := s.Outlier.MaxP99RTT
+	if v == 0 || (v >= MinOutlierMaxP99RTT && v < lossTimeout) {
+		return nil
+	}
+	return w.bad(keyMaxP99, fmtDuration(v), "must be 0 (off) or at least %s and below %s %s: a later reply counts as lost, its RTT is never measured",
+		fmtDuration(MinOutlierMaxP99RTT), setLossTimeout.Flag, fmtDuration(lossTimeout))
 }
 
 func unicastV4(w where, field, what string, s Setting, a netip.Addr) error {
@@ -281,7 +531,7 @@ func (c Config) Reload() (Config, error) {
 	if c.ConfigFile == "" {
 		return c, fmt.Errorf("no services file to reload: the services come from flags; start with %s (%s) to reload them", SetFile.Flag, SetFile.Env)
 	}
-	svcs, err := LoadServices(c.ConfigFile)
+	svcs, err := LoadServices(c.ConfigFile, c.Service)
 	if err != nil {
 		return c, err
 	}

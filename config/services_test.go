@@ -14,12 +14,15 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // svc writes a service as the tests expect it back, defaults applied: snat
-// "" is the VIP, a backend "ADDR" has DefaultWeight and "ADDR=W" weight W.
+// "" is the VIP, a backend "ADDR" has DefaultWeight and "ADDR=W" weight W,
+// the health settings are the flags' defaults.
 func svc(vip, snat string, bes ...string) Service {
-	s := Service{VIP: netip.MustParseAddr(vip), SNAT: netip.MustParseAddr(vip)}
+	s := healthDefaults()
+	s.VIP, s.SNAT = netip.MustParseAddr(vip), netip.MustParseAddr(vip)
 	if snat != "" {
 		s.SNAT = netip.MustParseAddr(snat)
 	}
@@ -38,10 +41,16 @@ func svc(vip, snat string, bes ...string) Service {
 	return s
 }
 
+// healthDefaults is a Service with only the health settings, at their
+// defaults: what the flags give when they give no service.
+func healthDefaults() Service {
+	return Service{Outlier: DefaultOutlier(), Probe: DefaultProbe(), AllDown: DefaultAllDown}
+}
+
 // fileLocation is how an error of a services file says where the problem
 // is: the field's path (services[1].backends[0].weight), or the line when
 // the YAML itself does not decode.
-var fileLocation = regexp.MustCompile(`^(services(\[\d+\]\.[a-z]+(\[\d+\])?(\.[a-z]+)?)?|line \d+): `)
+var fileLocation = regexp.MustCompile(`^(services(\[\d+\]\.[a-z0-9_]+(\[\d+\])?(\.[a-z0-9_]+)?)?|line \d+): `)
 
 // wholeFile are the errors about the file as a whole, which no field or
 // line locates.
@@ -50,7 +59,10 @@ var wholeFile = []string{"more than one YAML document"}
 // Each testdata/services-*.yml is a services file, as data:
 // *.good.yml must load; *.bad.yml must be refused with one line that names
 // the file, says where in it, and contains its first line's `# error: `.
-// Both LoadServices and the command line (--config.file) are checked.
+// Both LoadServices and the command line (--config.file) are checked; a
+// bad file whose second line is `# with: --loss-timeout` breaks a bound
+// that depends on that flag, which LoadServices does not know: it loads,
+// and the command line refuses it.
 func TestServicesTestdata(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.yml")
 	if err != nil || len(files) == 0 {
@@ -60,7 +72,7 @@ func TestServicesTestdata(t *testing.T) {
 	for _, file := range files {
 		t.Run(strings.TrimSuffix(filepath.Base(file), ".yml"), func(t *testing.T) {
 			wantErr := firstLineError(t, file)
-			svcs, err := LoadServices(file)
+			svcs, err := LoadServices(file, Default().Service)
 			c, _, perr := Parse([]string{"--iface", "eth0", "--config.file", file}, nil)
 			switch {
 			case strings.HasSuffix(file, ".good.yml"):
@@ -82,10 +94,19 @@ func TestServicesTestdata(t *testing.T) {
 				if wantErr == "" {
 					t.Fatal("a bad example without its `# error:` line")
 				}
-				if err == nil {
+				switch crossFlag := withFlag(t, file); {
+				case crossFlag != "":
+					if err != nil {
+						t.Errorf("LoadServices refused it, which does not know %s: %v", crossFlag, err)
+					}
+					if !strings.Contains(wantErr, crossFlag) {
+						t.Errorf("the error %q does not name %s", wantErr, crossFlag)
+					}
+				case err == nil:
 					t.Fatalf("accepted: %+v; want %q", svcs, wantErr)
+				default:
+					checkFileError(t, err, file, wantErr)
 				}
-				checkFileError(t, err, file, wantErr)
 				if perr == nil {
 					t.Fatalf("--config.file %s accepted; want %q", file, wantErr)
 				}
@@ -98,6 +119,24 @@ func TestServicesTestdata(t *testing.T) {
 	if good == 0 || bad == 0 {
 		t.Errorf("%d good and %d bad examples; want both", good, bad)
 	}
+}
+
+// withFlag is the flag a second line `# with: --flag` names, or "".
+func withFlag(t *testing.T, file string) string {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitN(string(data), "\n", 3)
+	if len(lines) < 2 {
+		return ""
+	}
+	flag, _ := strings.CutPrefix(lines[1], "# with: ")
+	if flag == lines[1] {
+		return ""
+	}
+	return flag
 }
 
 func firstLineError(t *testing.T, file string) string {
@@ -244,7 +283,7 @@ services:
   - vip: 10.0.0.200
     snat: 10.0.0.201
     backends: [10.0.0.2]
-`))
+`), Default().Service)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +297,7 @@ services:
 }
 
 // --config.file, or its variable, fills Config.Services and leaves the
-// flags' Service empty; ServiceList gives the file's services.
+// flags' Service empty but for its health settings; ServiceList gives the file's services.
 func TestParseConfigFile(t *testing.T) {
 	const file = "testdata/services-snat.good.yml"
 	want := []Service{
@@ -287,8 +326,10 @@ func TestParseConfigFile(t *testing.T) {
 			if got := c.ServiceList(); !reflect.DeepEqual(got, want) {
 				t.Errorf("ServiceList\n%+v\nwant\n%+v", got, want)
 			}
-			if !reflect.DeepEqual(c.Service, Service{}) {
-				t.Errorf("the flags' service is %+v, want none", c.Service)
+			// The flags give no service, only the health settings
+			// that are the file's defaults.
+			if !reflect.DeepEqual(c.Service, healthDefaults()) {
+				t.Errorf("the flags' service is %+v, want none but the health defaults", c.Service)
 			}
 		})
 	}
@@ -351,7 +392,7 @@ func TestParseFileOrFlags(t *testing.T) {
 // gave it.
 func TestLoadServicesMissingFile(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "absent.yml")
-	_, err := LoadServices(file)
+	_, err := LoadServices(file, Default().Service)
 	if err == nil {
 		t.Fatal("a missing file loaded")
 	}
@@ -471,7 +512,7 @@ func TestServicesPage(t *testing.T) {
 	if len(fences) != 1 {
 		t.Fatalf("%s: %d yaml examples, want the one complete file", servicesPage, len(fences))
 	}
-	svcs, err := ParseServices(fences[0][1])
+	svcs, err := ParseServices(fences[0][1], Default().Service)
 	if err != nil {
 		t.Fatalf("%s: the example is refused: %v", servicesPage, err)
 	}
@@ -479,9 +520,11 @@ func TestServicesPage(t *testing.T) {
 		svc("10.0.0.100", "", "10.0.0.2=1", "10.0.0.3=3", "10.0.0.4=0"),
 		svc("10.0.0.200", "10.0.0.201", "10.0.0.3", "10.0.0.5"),
 	}
+	want[1].Outlier.MaxP99RTT, want[1].Probe.Interval, want[1].AllDown = 200*time.Millisecond, 0, AllDownPass
 	if !reflect.DeepEqual(svcs, want) {
 		t.Errorf("%s: the example loads as\n%+v\nwant\n%+v", servicesPage, svcs, want)
 	}
+	checkHealthTable(t, string(data))
 
 	files, err := filepath.Glob("testdata/*.bad.yml")
 	if err != nil {
@@ -503,5 +546,177 @@ func TestServicesPage(t *testing.T) {
 		if !found {
 			t.Errorf("%s quotes %q, the error of no testdata/*.bad.yml", servicesPage, q[1])
 		}
+	}
+}
+
+// The health keys load to what they say; a service without them has the
+// flags' values, and probes off (interval 0) leave their other keys
+// unchecked.
+func TestServicesHealth(t *testing.T) {
+	svcs, err := LoadServices("testdata/services-health.good.yml", Default().Service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want0 := svc("10.0.0.100", "", "10.0.0.2", "10.0.0.3")
+	want0.Outlier = Outlier{
+		Window: 30 * time.Second, MinRequests: 50, MaxLossRatio: 0.05, MaxP99RTT: 200 * time.Millisecond,
+		BaseEjectionTime: 10 * time.Second, MaxEjectionTime: time.Hour, MaxEjectionPercent: 100,
+	}
+	want0.Probe = Probe{Interval: 2 * time.Second, Timeout: 500 * time.Millisecond, Rise: 3, Fall: 5}
+	want0.AllDown = AllDownPass
+	want1 := svc("10.0.0.200", "", "10.0.0.4")
+	want1.Outlier.MaxLossRatio, want1.Outlier.MaxEjectionPercent = 1, 0
+	want1.Probe = Probe{Interval: 0, Timeout: time.Hour, Rise: 0, Fall: DefaultProbeFall}
+	if want := []Service{want0, want1}; !reflect.DeepEqual(svcs, want) {
+		t.Errorf("got\n%+v\nwant\n%+v", svcs, want)
+	}
+}
+
+// The health flags (and their variables) are the defaults of every
+// service of the file: a key the file leaves out takes the flag's value,
+// at start and on reload; a key it gives wins. Without such flags, the
+// values are the constants'.
+func TestServicesHealthDefaults(t *testing.T) {
+	const none = "testdata/services-health-defaults.good.yml"
+	c, _, err := Parse([]string{"--iface", "eth0", "--config.file", none}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range c.Services {
+		if s.Outlier != c.Outlier || s.Probe != c.Probe || s.AllDown != c.AllDown {
+			t.Errorf("services[%d] health %+v %+v %q, want the flags' %+v %+v %q", i, s.Outlier, s.Probe, s.AllDown, c.Outlier, c.Probe, c.AllDown)
+		}
+		if s.Outlier != DefaultOutlier() || s.Probe != DefaultProbe() || s.AllDown != DefaultAllDown {
+			t.Errorf("services[%d] health %+v %+v %q, want the defaults", i, s.Outlier, s.Probe, s.AllDown)
+		}
+	}
+
+	const some = "testdata/services-health.good.yml"
+	c, _, err = Parse([]string{"--iface", "eth0", "--config.file", some, "--outlier.window", "20s", "--probe.fall", "7"},
+		map[string]string{"ICMPLB_ALL_DOWN": AllDownPass})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string, svcs []Service) {
+		t.Helper()
+		// services[0] gives every key; services[1] none of these.
+		if o := svcs[0].Outlier.Window; o != 30*time.Second {
+			t.Errorf("%s: services[0].outlier.window %v, want the file's 30s", when, o)
+		}
+		if o := svcs[1].Outlier.Window; o != 20*time.Second {
+			t.Errorf("%s: services[1].outlier.window %v, want --outlier.window 20s", when, o)
+		}
+		if f := svcs[1].Probe.Fall; f != 7 {
+			t.Errorf("%s: services[1].probe.fall %d, want --probe.fall 7", when, f)
+		}
+		if f := svcs[0].Probe.Fall; f != 5 {
+			t.Errorf("%s: services[0].probe.fall %d, want the file's 5", when, f)
+		}
+		if a := svcs[1].AllDown; a != AllDownFailOpen {
+			t.Errorf("%s: services[1].all_down %q, want the file's fail-open", when, a)
+		}
+		if a := svcs[0].AllDown; a != AllDownPass {
+			t.Errorf("%s: services[0].all_down %q, want the file's pass", when, a)
+		}
+	}
+	check("start", c.Services)
+	n, err := c.Reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("reload", n.Services)
+
+	c, _, err = Parse([]string{"--iface", "eth0", "--config.file", none, "--outlier.window", "20s"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range c.Services {
+		if s.Outlier.Window != 20*time.Second {
+			t.Errorf("services[%d].outlier.window %v, want --outlier.window 20s", i, s.Outlier.Window)
+		}
+	}
+}
+
+// A file value that breaks a bound only with an inherited flag value is
+// the file's error, and a flag out of bounds is the flag's, though the
+// file sets every service's value itself.
+func TestServicesHealthFlagAndFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "services.yml")
+	for _, tc := range []struct {
+		name, data string
+		args       []string
+		want       string
+	}{
+		{name: "file interval below the flag's timeout",
+			data: "services:\n  - vip: 10.0.0.100\n    backends: [10.0.0.2]\n    probe: {interval: 500ms}\n",
+			want: file + ": services[0].probe.timeout: must be at most probe.interval 500ms"},
+		{name: "file base above the flag's max",
+			data: "services:\n  - vip: 10.0.0.100\n    backends: [10.0.0.2]\n    outlier: {base_ejection_time: 1h}\n",
+			want: file + ": services[0].outlier.max_ejection_time: must be at least outlier.base_ejection_time 1h"},
+		{name: "flag p99 over the loss timeout, file's own p99",
+			data: "services:\n  - vip: 10.0.0.100\n    backends: [10.0.0.2]\n    outlier: {max_p99_rtt: 100ms}\n",
+			args: []string{"--outlier.max-p99-rtt", "1s"},
+			want: "--outlier.max-p99-rtt 1s (ICMPLB_OUTLIER_MAX_P99_RTT): must be 0 (off) or at least 1ms and below --loss-timeout 1s"},
+		{name: "flag rise 0, file's own rise",
+			data: "services:\n  - vip: 10.0.0.100\n    backends: [10.0.0.2]\n    probe: {rise: 2}\n",
+			args: []string{"--probe.rise", "0"},
+			want: "--probe.rise 0 (ICMPLB_PROBE_RISE): must be 1..100"},
+		{name: "p99 over a longer loss timeout in the second service",
+			data: "services:\n  - vip: 10.0.0.100\n    backends: [10.0.0.2]\n    outlier: {max_p99_rtt: 2s}\n" +
+				"  - vip: 10.0.0.200\n    backends: [10.0.0.3]\n    outlier: {max_p99_rtt: 3s}\n",
+			args: []string{"--loss-timeout", "3s", "--nat-idle", "6s"},
+			want: file + ": services[1].outlier.max_p99_rtt: must be 0 (off) or at least 1ms and below --loss-timeout 3s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(file, []byte(tc.data), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := Parse(append([]string{"--iface", "eth0", "--config.file", file}, tc.args...), nil)
+			if err == nil {
+				t.Fatalf("accepted; want %q", tc.want)
+			}
+			if !strings.HasPrefix(err.Error(), tc.want) {
+				t.Errorf("error %q does not start with %q", err, tc.want)
+			}
+		})
+	}
+}
+
+var healthRow = regexp.MustCompile("^\\| `([a-z0-9_.]+)` \\| `--([a-z0-9.-]+)`, `([^`]*)`")
+
+// checkHealthTable checks the page's table of health keys: a row per key
+// of the file, each naming its flag and that flag's default.
+func checkHealthTable(t *testing.T, page string) {
+	t.Helper()
+	var s Service
+	keys := map[string]healthKey{keyAllDown.key: keyAllDown}
+	for _, k := range append(s.outlierKeys(), s.probeKeys()...) {
+		keys[k.key] = k
+	}
+	defaults := map[string]string{}
+	for _, f := range Flags() {
+		defaults["--"+f.Name] = f.Default
+	}
+	for line := range strings.SplitSeq(page, "\n") {
+		m := healthRow.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		k, ok := keys[m[1]]
+		if !ok {
+			t.Errorf("%s: a row for %s, which is no health key", servicesPage, m[1])
+			continue
+		}
+		delete(keys, m[1])
+		if flag := "--" + m[2]; flag != k.set.Flag {
+			t.Errorf("%s: %s's flag %s, want %s", servicesPage, m[1], flag, k.set.Flag)
+		}
+		if d := defaults[k.set.Flag]; m[3] != d {
+			t.Errorf("%s: %s's default `%s`, want `%s`", servicesPage, m[1], m[3], d)
+		}
+	}
+	for key := range keys {
+		t.Errorf("%s: no row for the health key %s", servicesPage, key)
 	}
 }

@@ -7,7 +7,7 @@ package dashboards
 // exporter exports (or a recording rule, up, ALERTS), that every label named
 // in a matcher, by/without, on/ignoring or group_left/right is on the series
 // at that point of the expression, and that label values of the exporter's
-// fixed label sets (verdict, reason, map, stage, status) exist.
+// fixed label sets (verdict, reason, map, stage, status, state) exist.
 
 import (
 	"context"
@@ -40,7 +40,7 @@ var targetLabels = []string{"job", "instance"}
 
 // closedLabels are the exporter's labels with a fixed set of values; a
 // matcher on one of them must be able to match one of those values.
-var closedLabels = []string{"verdict", "reason", "map", "stage", "status"}
+var closedLabels = []string{"verdict", "reason", "map", "stage", "status", "state"}
 
 // metricInfo is what a query may ask of one metric name.
 type metricInfo struct {
@@ -69,7 +69,14 @@ func exportedMetrics(t testing.TB) map[string]*metricInfo {
 		Backends: []telemetry.Backend{{
 			VIP: netip.MustParseAddr("10.0.0.100"), Addr: netip.MustParseAddr("10.0.0.2"), Up: true, Weight: 1, Sessions: 1,
 			Requests: 3, RequestBytes: 294, Replies: 2, ReplyBytes: 196, Lost: 1,
-			RTT: telemetry.Histogram{Schema: bpf.RTTSchema, Offset: bpf.RTTBucketOffset, Buckets: make([]uint64, bpf.RTTBuckets)},
+			RTT:   telemetry.Histogram{Schema: bpf.RTTSchema, Offset: bpf.RTTBucketOffset, Buckets: make([]uint64, bpf.RTTBuckets)},
+			State: telemetry.StateUp,
+			// Every reason, so that the checker knows each value of the
+			// ejections' reason label.
+			Ejections:     map[string]uint64{telemetry.EjectLoss: 1, telemetry.EjectLatency: 0, telemetry.EjectProbe: 0},
+			SessionsMoved: 1,
+			Probe: &telemetry.Probe{Requests: 2, Replies: 1, Lost: 1,
+				RTT: telemetry.Histogram{Schema: bpf.RTTSchema, Offset: bpf.RTTBucketOffset, Buckets: make([]uint64, bpf.RTTBuckets)}},
 		}},
 		Verdicts:  slices.Clone(balancer.Verdicts),
 		Conntrack: telemetry.Conntrack{Known: true, Sessions: 1, Capacity: 65536, InFlight: 1, InFlightCapacity: 262144},

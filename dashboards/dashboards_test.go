@@ -370,6 +370,7 @@ func TestCheckerCatchesMistakes(t *testing.T) {
 		{"quantile without le", "sum by (vip, backend, le)", "sum by (vip, backend)", "histogram_quantile over series without le"},
 		{"fixed label value", "rate(icmplb_trace_events_dropped_total[", `rate(icmplb_trace_events_dropped_total{stage="ringbuf"}[`, `matches none of the values [kernel pipeline]`},
 		{"one value of a list", "|session_mac_mismatch", "|session_mac_mismach", `lists "session_mac_mismach"`},
+		{"one state of a list", "|probe_failed|", "|probe_fail|", `lists "probe_fail"`},
 		{"multi-value variable", `vip=~"$vip"`, `vip="$vip"`, "use =~ or !~"},
 		{"one to one", "icmplb_conntrack_entries / icmplb_conntrack_capacity", "icmplb_conntrack_entries / icmplb_backend_up", "sides differ"},
 		{"threshold in a dashboard", "sum(rate(icmplb_backend_lost_total", "0.05 < sum(rate(icmplb_backend_lost_total", ""},
@@ -437,8 +438,8 @@ func TestDashboardStructure(t *testing.T) {
 					t.Errorf("%s: id also used by %q", name, other)
 				}
 				ids[p.ID] = p.Title
-				if !slices.Contains([]string{"timeseries", "heatmap", "stat"}, p.Type) {
-					t.Errorf("%s: type %q, want timeseries, heatmap or stat", name, p.Type)
+				if !slices.Contains([]string{"timeseries", "heatmap", "stat", "state-timeline"}, p.Type) {
+					t.Errorf("%s: type %q, want timeseries, heatmap, stat or state-timeline", name, p.Type)
 				}
 				if len(p.Panels) > 0 {
 					t.Errorf("%s: nested panels are not checked; keep the layout flat", name)
@@ -776,7 +777,8 @@ func TestRunbooks(t *testing.T) {
 	as := alerts(rgs)
 	want := []string{"IcmplbBackendLoss", "IcmplbBackendDown", "IcmplbAllBackendsDown",
 		"IcmplbBackendRTTRegression", "IcmplbConntrackNearFull", "IcmplbBalancerOverloaded",
-		"IcmplbSpoofedTraffic", "IcmplbConfigReloadFailed", "IcmplbExporterDown"}
+		"IcmplbSpoofedTraffic", "IcmplbConfigReloadFailed", "IcmplbExporterDown",
+		"IcmplbBackendFlapping", "IcmplbServiceAllBackendsUnhealthy"}
 	var got []string
 	for _, a := range as {
 		got = append(got, a.Alert)

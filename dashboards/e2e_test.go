@@ -322,6 +322,13 @@ type lab struct {
 	begin, promStart, ready, traffic time.Time
 }
 
+// labHealth are the agent's health flags in the lab unless agentArgs set
+// them: probes on (their panels must get data) but never failing h3, whose
+// responder loses 40% of every ping, probes included (0.4^100 never
+// happens); no outlier ejection, which would take h3 out within seconds
+// and stop the traffic whose loss IcmplbBackendLoss must see.
+var labHealth = []string{"--probe.fall", "100", "--outlier.max-ejection-percent", "0"}
+
 // startLab starts the lab, the agent with agentArgs added to its flags.
 func startLab(t *testing.T, agentArgs ...string) *lab {
 	testenv.Privileged(t)
@@ -366,7 +373,7 @@ func startLab(t *testing.T, agentArgs ...string) *lab {
 	agentAddr, promAddr := addrs[0], addrs[1]
 	agent := agenttest.Start(t, "icmplb", topo.Command(lb, bin, append([]string{"run", "--iface", "eth0", "--vip", vip,
 		"--backend", goodBackend, "--backend", lossy,
-		"--web.listen-address", agentAddr, "--trace.sample", "10"}, agentArgs...)...),
+		"--web.listen-address", agentAddr, "--trace.sample", "10"}, withDefaults(agentArgs, labHealth)...)...),
 		agenttest.Env("OTEL_EXPORTER_OTLP_ENDPOINT=http://"+otlp.Addr().String(), "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"))
 	t.Cleanup(func() { stopFirst(agent) })
 	agent.WaitLog(t, "msg=attached", time.Minute) // a deadline for a hang, not a speed target
@@ -436,6 +443,18 @@ scrape_configs:
 		}
 	}
 	return &lab{api: api, conntrackKnown: conntrackKnown, begin: begin, promStart: promStart, ready: ready, traffic: time.Now()}
+}
+
+// withDefaults returns args with each flag of defaults (flag, value pairs)
+// that args does not set.
+func withDefaults(args, defaults []string) []string {
+	out := slices.Clone(args)
+	for i := 0; i+1 < len(defaults); i += 2 {
+		if !slices.Contains(args, defaults[i]) {
+			out = append(out, defaults[i], defaults[i+1])
+		}
+	}
+	return out
 }
 
 // TestEndToEnd checks, in the lab, what a Grafana user would see: the

@@ -71,8 +71,11 @@ const (
 
 // requiredCaps are the capabilities icmplb gets, everywhere: in the
 // Dockerfile's setcap, compose's cap_add and the manifests' capabilities.add.
-// Why these three is explained in the Dockerfile and docs/containers-and-kubernetes.md.
-var requiredCaps = []string{"BPF", "NET_ADMIN", "PERFMON"}
+// They must agree because the setcap list is also the least a container may
+// grant (exec fails on a file capability outside the bounding set), so
+// NET_RAW, which only the backend probes use, is in every grant. Why each is
+// needed is explained in the Dockerfile and docs/containers-and-kubernetes.md.
+var requiredCaps = []string{"BPF", "NET_ADMIN", "NET_RAW", "PERFMON"}
 
 // otelVars are the OTEL_* variables icmplb's trace pipeline honours: those
 // the OTLP trace exporters (otlptracehttp, otlptracegrpc), the resource

@@ -9,6 +9,7 @@ package exporter
 
 import (
 	"math"
+	"net/netip"
 	"runtime"
 	"sync"
 
@@ -42,6 +43,9 @@ type Collector struct {
 	requests, replies, lost, late, unmatched *prometheus.Desc
 	requestBytes, replyBytes                 *prometheus.Desc
 	rtt, up, weight, sessions                *prometheus.Desc
+	state, ejections, moved, allDown         *prometheus.Desc
+	probeRequests, probeReplies, probeLost   *prometheus.Desc
+	probeRTT                                 *prometheus.Desc
 	packets, ctEntries, ctCapacity           *prometheus.Desc
 	balancerLost                             *prometheus.Desc
 	traceDropped, traceSpans                 *prometheus.Desc
@@ -61,32 +65,41 @@ func NewCollector(src Source, tracer *Tracer, version string) *Collector {
 	}
 	return &Collector{
 		src: src, tracer: tracer, info: []string{version, runtime.Version()},
-		requests:     d("icmplb_backend_requests_total", "Echo requests forwarded to the backend.", bl...),
-		replies:      d("icmplb_backend_replies_total", "Echo replies from the backend returned to clients.", bl...),
-		lost:         d("icmplb_backend_lost_total", "Echo requests the backend did not answer within the loss timeout.", bl...),
-		late:         d("icmplb_backend_late_replies_total", "Replies that came after the loss timeout (up to twice it); their requests count as lost.", bl...),
-		unmatched:    d("icmplb_backend_unmatched_replies_total", "Replies from the backend that answered no request awaited (duplicates, or later than twice the loss timeout); passed to the kernel, not returned to a client.", bl...),
-		requestBytes: d("icmplb_backend_request_bytes_total", "Bytes of echo requests forwarded to the backend (Ethernet frames).", bl...),
-		replyBytes:   d("icmplb_backend_reply_bytes_total", "Bytes of echo replies from the backend (Ethernet frames).", bl...),
-		rtt:          d("icmplb_backend_rtt_seconds", "Time from a request leaving the balancer to its reply arriving, for replies within the loss timeout.", bl...),
-		up:           d("icmplb_backend_up", "1 while the backend's next hop is resolved, else 0 (then it takes no new session). A draining backend (icmplb_backend_weight 0) may be up.", bl...),
-		weight:       d("icmplb_backend_weight", "The backend's configured share of the service's new sessions; 0 while it drains (weight 0, or removed by a reload until its sessions end).", bl...),
-		sessions:     d("icmplb_backend_sessions", "Ping sessions of the service on the backend: clients heard from within the NAT idle time.", bl...),
-		balancerLost: d("icmplb_balancer_lost_requests_total", "Echo requests to the VIP the balancer itself failed, by reason: nat_exhausted (no free NAT id), nat_collision (its NAT id and sequence still awaited by another client's request) or inflight_full (no room to track it). Never counted as a backend's loss.", "vip", "reason"),
-		packets:      d("icmplb_packets_total", "Packets seen by the XDP program, by verdict (tx, pass, drop) and reason.", "verdict", "reason"),
-		ctEntries:    d("icmplb_conntrack_entries", "Entries in a conntrack map: sessions (client, echo id) active within the NAT idle time, or inflight requests (sent within twice the loss timeout and not answered yet).", "map"),
-		ctCapacity:   d("icmplb_conntrack_capacity", "Capacity of a conntrack LRU map; at capacity the oldest entries are evicted.", "map"),
-		traceDropped: d("icmplb_trace_events_dropped_total", "Sampled exchanges not traced because the pipeline fell behind: stage kernel (ring buffer full) or pipeline (too many requests awaiting replies).", "stage"),
-		traceSpans:   d("icmplb_trace_spans_total", "Spans emitted, by status: ok (answered) or error (lost).", "status"),
-		scrapeErrors: d("icmplb_exporter_scrape_errors_total", "Scrapes that failed to read the data plane's maps."),
-		buildInfo:    d("icmplb_build_info", "Always 1; labels carry the build.", "version", "goversion"),
+		requests:      d("icmplb_backend_requests_total", "Echo requests forwarded to the backend.", bl...),
+		replies:       d("icmplb_backend_replies_total", "Echo replies from the backend returned to clients.", bl...),
+		lost:          d("icmplb_backend_lost_total", "Echo requests the backend did not answer within the loss timeout.", bl...),
+		late:          d("icmplb_backend_late_replies_total", "Replies that came after the loss timeout (up to twice it); their requests count as lost.", bl...),
+		unmatched:     d("icmplb_backend_unmatched_replies_total", "Replies from the backend that answered no request awaited (duplicates, or later than twice the loss timeout); passed to the kernel, not returned to a client.", bl...),
+		requestBytes:  d("icmplb_backend_request_bytes_total", "Bytes of echo requests forwarded to the backend (Ethernet frames).", bl...),
+		replyBytes:    d("icmplb_backend_reply_bytes_total", "Bytes of echo replies from the backend (Ethernet frames).", bl...),
+		rtt:           d("icmplb_backend_rtt_seconds", "Time from a request leaving the balancer to its reply arriving, for replies within the loss timeout.", bl...),
+		up:            d("icmplb_backend_up", "1 while the backend's next hop is resolved, else 0 (then it takes no new session). A draining backend (icmplb_backend_weight 0) may be up.", bl...),
+		weight:        d("icmplb_backend_weight", "The backend's configured share of the service's new sessions; 0 while it drains (weight 0, or removed by a reload until its sessions end).", bl...),
+		sessions:      d("icmplb_backend_sessions", "Ping sessions of the service on the backend: clients heard from within the NAT idle time.", bl...),
+		state:         d("icmplb_backend_state", "1 for the backend's state, 0 for the others: up (takes new sessions), draining (weight 0 or removed), ejected (loss or latency too high), probe_failed (the agent's probes failed), unresolved (no ARP answer).", append(bl, "state")...),
+		ejections:     d("icmplb_backend_ejections_total", "Times the backend was taken out of its service for its health, by reason: loss, latency (outlier ejection) or probe (probes failed).", append(bl, "reason")...),
+		moved:         d("icmplb_backend_sessions_moved_total", "Running sessions moved off the backend to another one because it left the service's pool (ejected, probes failed, next hop lost).", bl...),
+		allDown:       d("icmplb_service_all_down", "1 while no backend of the service is healthy, so that its --all-down mode (fail-open or pass) is in effect.", "vip"),
+		probeRequests: d("icmplb_probe_requests_total", "Echo requests the agent sent to the backend to probe it.", bl...),
+		probeReplies:  d("icmplb_probe_replies_total", "Probe replies received within the probe timeout.", bl...),
+		probeLost:     d("icmplb_probe_lost_total", "Probes unanswered within the probe timeout.", bl...),
+		probeRTT:      d("icmplb_probe_rtt_seconds", "Round trip of the agent's probes of the backend (same buckets as icmplb_backend_rtt_seconds, to compare with real traffic).", bl...),
+		balancerLost:  d("icmplb_balancer_lost_requests_total", "Echo requests to the VIP the balancer itself failed, by reason: nat_exhausted (no free NAT id), nat_collision (its NAT id and sequence still awaited by another client's request) or inflight_full (no room to track it). Never counted as a backend's loss.", "vip", "reason"),
+		packets:       d("icmplb_packets_total", "Packets seen by the XDP program, by verdict (tx, pass, drop) and reason.", "verdict", "reason"),
+		ctEntries:     d("icmplb_conntrack_entries", "Entries in a conntrack map: sessions (client, echo id) active within the NAT idle time, or inflight requests (sent within twice the loss timeout and not answered yet).", "map"),
+		ctCapacity:    d("icmplb_conntrack_capacity", "Capacity of a conntrack LRU map; at capacity the oldest entries are evicted.", "map"),
+		traceDropped:  d("icmplb_trace_events_dropped_total", "Sampled exchanges not traced because the pipeline fell behind: stage kernel (ring buffer full) or pipeline (too many requests awaiting replies).", "stage"),
+		traceSpans:    d("icmplb_trace_spans_total", "Spans emitted, by status: ok (answered) or error (lost).", "status"),
+		scrapeErrors:  d("icmplb_exporter_scrape_errors_total", "Scrapes that failed to read the data plane's maps."),
+		buildInfo:     d("icmplb_build_info", "Always 1; labels carry the build.", "version", "goversion"),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.replies, c.lost, c.late, c.unmatched,
-		c.requestBytes, c.replyBytes, c.rtt, c.up, c.weight, c.sessions, c.balancerLost, c.packets, c.ctEntries, c.ctCapacity,
+		c.requestBytes, c.replyBytes, c.rtt, c.up, c.weight, c.sessions, c.state, c.ejections, c.moved, c.allDown,
+		c.probeRequests, c.probeReplies, c.probeLost, c.probeRTT, c.balancerLost, c.packets, c.ctEntries, c.ctCapacity,
 		c.traceDropped, c.traceSpans, c.scrapeErrors, c.buildInfo} {
 		ch <- d
 	}
@@ -131,12 +144,36 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, vip, be)
 		ch <- prometheus.MustNewConstMetric(c.weight, prometheus.GaugeValue, float64(b.Weight), vip, be)
 		ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(b.Sessions), vip, be)
-		ch <- c.histogram(b, vip, be)
+		ch <- c.histogram(c.rtt, &b.RTT, b.Addr, vip, be, true)
+		if b.State != "" {
+			for _, st := range telemetry.States {
+				v := 0.0
+				if st == b.State {
+					v = 1
+				}
+				ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, v, vip, be, st)
+			}
+		}
+		for _, r := range telemetry.EjectReasons {
+			counter(c.ejections, b.Ejections[r], vip, be, r)
+		}
+		counter(c.moved, b.SessionsMoved, vip, be)
+		if p := b.Probe; p != nil {
+			counter(c.probeRequests, p.Requests, vip, be)
+			counter(c.probeReplies, p.Replies, vip, be)
+			counter(c.probeLost, p.Lost, vip, be)
+			ch <- c.histogram(c.probeRTT, &p.RTT, b.Addr, vip, be, false)
+		}
 	}
 	for _, v := range snap.Verdicts {
 		counter(c.packets, v.Packets, v.Verdict, v.Reason)
 	}
 	for _, svc := range snap.Services {
+		down := 0.0
+		if svc.AllDown {
+			down = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.allDown, prometheus.GaugeValue, down, svc.VIP.String())
 		for _, v := range snap.Verdicts {
 			if v.BalancerLoss {
 				counter(c.balancerLost, svc.BalancerLost[v.Reason], svc.VIP.String(), v.Reason)
@@ -162,8 +199,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 // bucket, in the schema the snapshot carries; at least 1, so that every
 // classic bound below is a native one) and classic buckets summed exactly
 // from them.
-func (c *Collector) histogram(b *telemetry.Backend, vip, backend string) prometheus.Metric {
-	rtt := &b.RTT
+func (c *Collector) histogram(desc *prometheus.Desc, rtt *telemetry.Histogram, addr netip.Addr, vip, backend string, exemplars bool) prometheus.Metric {
 	var zero uint64
 	if len(rtt.Buckets) > 0 {
 		zero = rtt.Buckets[0]
@@ -177,8 +213,8 @@ func (c *Collector) histogram(b *telemetry.Backend, vip, backend string) prometh
 	// Native buckets as spans of consecutive indexes, counts delta-encoded.
 	var prevCount int64
 	lastIdx := math.MinInt32
-	for k := 1; k < len(b.RTT.Buckets); k++ {
-		n := b.RTT.Buckets[k]
+	for k := 1; k < len(rtt.Buckets); k++ {
+		n := rtt.Buckets[k]
 		if n == 0 {
 			continue
 		}
@@ -201,7 +237,7 @@ func (c *Collector) histogram(b *telemetry.Backend, vip, backend string) prometh
 		h.PositiveSpan = []*dto.BucketSpan{{Offset: new(int32(0)), Length: new(uint32(0))}}
 	}
 	h.SampleCount = new(total)
-	h.SampleSum = new(b.RTT.Sum.Seconds())
+	h.SampleSum = new(rtt.Sum.Seconds())
 
 	// One allocation per array rather than three per bucket: a scrape of
 	// 1000 backends builds 37 000 of them.
@@ -215,16 +251,16 @@ func (c *Collector) histogram(b *telemetry.Backend, vip, backend string) prometh
 		// Classic bound i, 2^((classicFirst+i)/2) s, is the bound of native
 		// index (classicFirst+i)·2^schema/2.
 		for ; k < len(rtt.Buckets) && rtt.Index(k) <= (classicFirst+i)<<rtt.Schema>>1; k++ {
-			cum += b.RTT.Buckets[k]
+			cum += rtt.Buckets[k]
 		}
 		counts[i] = cum
 		buckets[i] = dto.Bucket{UpperBound: &classicBounds[i], CumulativeCount: &counts[i]}
 		h.Bucket[i] = &buckets[i]
 	}
 
-	var m prometheus.Metric = &constHistogram{desc: c.rtt, labels: prometheus.MakeLabelPairs(c.rtt, []string{vip, backend}), h: h}
-	if c.tracer != nil {
-		if ex, ok := c.tracer.exemplars.get(b.Addr); ok {
+	var m prometheus.Metric = &constHistogram{desc: desc, labels: prometheus.MakeLabelPairs(desc, []string{vip, backend}), h: h}
+	if exemplars && c.tracer != nil {
+		if ex, ok := c.tracer.exemplars.get(addr); ok {
 			if withEx, err := prometheus.NewMetricWithExemplars(m, ex); err == nil {
 				m = withEx
 			}

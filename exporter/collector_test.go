@@ -352,3 +352,49 @@ func labelsOfPairs(ls []*dto.LabelPair) string {
 	slices.Sort(parts)
 	return strings.Join(parts, ",")
 }
+
+// Health: one state series per state with the backend's at 1, ejections
+// by every reason (zeros too), moved sessions, the probe families only for
+// a probed backend, and the service's all-down gauge.
+func TestCollectorHealth(t *testing.T) {
+	snap := snapshotWith(nil)
+	b := &snap.Backends[0]
+	b.State, b.Ejections, b.SessionsMoved = telemetry.StateEjected, map[string]uint64{telemetry.EjectLoss: 2}, 9
+	b.Probe = &telemetry.Probe{Requests: 10, Replies: 7, Lost: 3, RTT: newRTT()}
+	b.Probe.RTT.Buckets[bucketOf(&b.Probe.RTT, 3*time.Millisecond)] = 7
+	b.Probe.RTT.Sum = 21 * time.Millisecond
+	snap.Backends[1].State = telemetry.StateUp
+	snap.Services[0].AllDown = true
+	mfs := gather(t, NewCollector(&fakeSource{snap: snap}, nil, "v"))
+	for _, st := range telemetry.States {
+		want := 0.0
+		if st == telemetry.StateEjected {
+			want = 1
+		}
+		if got := value(t, mfs, "icmplb_backend_state", "backend=10.0.0.2,state="+st+",vip=10.0.0.100"); got != want {
+			t.Errorf("state %s of 10.0.0.2 = %v, want %v", st, got, want)
+		}
+	}
+	if got := value(t, mfs, "icmplb_backend_ejections_total", "backend=10.0.0.2,reason=loss,vip=10.0.0.100"); got != 2 {
+		t.Errorf("ejections{loss} = %v, want 2", got)
+	}
+	if got := value(t, mfs, "icmplb_backend_ejections_total", "backend=10.0.0.2,reason=probe,vip=10.0.0.100"); got != 0 {
+		t.Errorf("ejections{probe} = %v, want a 0 series", got)
+	}
+	if got := value(t, mfs, "icmplb_backend_sessions_moved_total", "backend=10.0.0.2,vip=10.0.0.100"); got != 9 {
+		t.Errorf("sessions moved = %v, want 9", got)
+	}
+	if got := value(t, mfs, "icmplb_probe_lost_total", "backend=10.0.0.2,vip=10.0.0.100"); got != 3 {
+		t.Errorf("probe lost = %v, want 3", got)
+	}
+	if n := len(mfs["icmplb_probe_requests_total"].GetMetric()); n != 1 {
+		t.Errorf("%d probe series, want only the probed backend's", n)
+	}
+	h := mfs["icmplb_probe_rtt_seconds"].GetMetric()[0].GetHistogram()
+	if h.GetSampleCount() != 7 || h.GetSampleSum() != 0.021 || h.GetSchema() != 3 {
+		t.Errorf("probe RTT histogram: count %d, sum %v, schema %d", h.GetSampleCount(), h.GetSampleSum(), h.GetSchema())
+	}
+	if got := value(t, mfs, "icmplb_service_all_down", "vip=10.0.0.100"); got != 1 {
+		t.Errorf("all down = %v, want 1", got)
+	}
+}

@@ -38,6 +38,7 @@ type StatusBackend struct {
 	Address  netip.Addr `json:"address"`
 	Weight   int        `json:"weight"`
 	State    string     `json:"state"`
+	Reason   string     `json:"reason,omitempty"`
 	Sessions uint64     `json:"sessions"`
 	Requests uint64     `json:"requests"`
 	Replies  uint64     `json:"replies"`
@@ -54,14 +55,21 @@ type StatusHistogram struct {
 	Buckets []uint64 `json:"buckets"`
 }
 
-// Backend states, as `icmplb status` shows them.
+// Backend states, as `icmplb status` shows them (telemetry.States).
 const (
-	StateUp         = "up"
-	StateDraining   = "draining"   // weight 0, or removed until its sessions end
-	StateUnresolved = "unresolved" // next hop does not answer ARP
+	StateUp          = telemetry.StateUp
+	StateDraining    = telemetry.StateDraining
+	StateUnresolved  = telemetry.StateUnresolved
+	StateEjected     = telemetry.StateEjected
+	StateProbeFailed = telemetry.StateProbeFailed
 )
 
+// backendState is the balancer's state of b, or, for a snapshot without
+// one, what its weight and next hop say.
 func backendState(b *telemetry.Backend) string {
+	if b.State != "" {
+		return b.State
+	}
 	switch {
 	case b.Weight == 0 || b.Removed:
 		return StateDraining
@@ -95,7 +103,7 @@ func NewStatus(snap *telemetry.Snapshot, now time.Time) *Status {
 			}
 		}
 		st.Services[j].Backends = append(st.Services[j].Backends, StatusBackend{
-			Address: b.Addr, Weight: b.Weight, State: backendState(b), Sessions: b.Sessions,
+			Address: b.Addr, Weight: b.Weight, State: backendState(b), Reason: b.StateReason, Sessions: b.Sessions,
 			Requests: b.Requests, Replies: b.Replies, Lost: b.Lost,
 			RTT: StatusHistogram{Schema: b.RTT.Schema, Offset: b.RTT.Offset, Buckets: b.RTT.Buckets[:last]},
 		})
@@ -126,11 +134,12 @@ type StatusRow struct {
 	Backend  netip.Addr `json:"backend"`
 	Weight   int        `json:"weight"`
 	State    string     `json:"state"`
+	Reason   string     `json:"reason,omitempty"`
 	Sessions uint64     `json:"sessions"`
 	// RequestsPerSecond is the rate of requests forwarded in the window.
 	RequestsPerSecond float64 `json:"requests_per_second"`
 	// LossRatio is lost / (replies + lost) of the window's settled
-	// requests; null without any.
+	// requests; null without any, or without a request in the window.
 	LossRatio *float64 `json:"loss_ratio"`
 	// P50 and P99 are RTT quantiles of the window's replies, in seconds:
 	// the upper bound of the bucket holding the quantile (at most 9% above
@@ -159,12 +168,15 @@ func Window(prev, cur *Status) []StatusRow {
 			if p == nil || p.Requests > b.Requests {
 				p = &StatusBackend{}
 			}
-			r := StatusRow{VIP: s.VIP, Backend: b.Address, Weight: b.Weight, State: b.State, Sessions: b.Sessions}
+			r := StatusRow{VIP: s.VIP, Backend: b.Address, Weight: b.Weight, State: b.State, Reason: b.Reason, Sessions: b.Sessions}
 			if secs > 0 {
 				r.RequestsPerSecond = float64(b.Requests-p.Requests) / secs
 			}
 			replies, lost := b.Replies-min(p.Replies, b.Replies), b.Lost-min(p.Lost, b.Lost)
-			if replies+lost > 0 {
+			// Losses settle a loss timeout after their requests: a backend
+			// that got none in the window (ejected, drained) only shows the
+			// tail of what came before, which is no ratio of this window.
+			if replies+lost > 0 && b.Requests > p.Requests {
 				v := float64(lost) / float64(replies+lost)
 				r.LossRatio = &v
 			}
@@ -183,23 +195,12 @@ func Window(prev, cur *Status) []StatusRow {
 	return rows
 }
 
-// quantile is the upper bound of the bucket holding quantile q, or nil for
-// an empty histogram.
+// quantile is Histogram.Quantile as JSON wants it: nil for no replies.
 func quantile(h *telemetry.Histogram, q float64) *float64 {
-	total := h.Count()
-	if total == 0 {
+	v, ok := h.Quantile(q)
+	if !ok {
 		return nil
 	}
-	rank := q * float64(total)
-	var seen uint64
-	for k, n := range h.Buckets {
-		seen += n
-		if float64(seen) >= rank && n > 0 {
-			v := h.UpperBound(k)
-			return &v
-		}
-	}
-	v := h.UpperBound(len(h.Buckets) - 1)
 	return &v
 }
 
@@ -211,7 +212,18 @@ func WriteTable(w io.Writer, rows []StatusRow) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%.1f\t%s\t%s\t%s\t\n", r.VIP, r.Backend, r.Weight, r.State, r.Sessions,
 			r.RequestsPerSecond, ratio(r.LossRatio), seconds(r.P50), seconds(r.P99))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// Reasons are sentences: below the table, not in a column.
+	for _, r := range rows {
+		if r.Reason != "" {
+			if _, err := fmt.Fprintf(w, "%s of %s is %s: %s\n", r.Backend, r.VIP, r.State, r.Reason); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func ratio(v *float64) string {

@@ -69,14 +69,15 @@ func run(bin string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// h3 answers pings itself, late and lossy, so that the metrics show two
-	// different backends.
+	// different backends, and the agent ejects it (30% loss is more than
+	// the default --outlier.max-loss-ratio).
 	if err := responder.DisableKernelEcho(topo, topology.SeedBackend2); err != nil {
 		return err
 	}
 	var slow *responder.Responder
 	if err := topo.InNS(topology.SeedBackend2, func() error {
 		var err error
-		slow, err = responder.Listen(responder.Config{Delay: 20 * time.Millisecond, Loss: 0.1, Seed: 1})
+		slow, err = responder.Listen(responder.Config{Delay: 20 * time.Millisecond, Loss: 0.3, Seed: 1})
 		return err
 	}); err != nil {
 		return err
@@ -135,43 +136,104 @@ func run(bin string) error {
 	return showStatus(topo, bin)
 }
 
-// showStatus runs `icmplb status` while h1 pings, as an operator would.
+// showStatus keeps h1 pinging until the agent ejects the lossy h3, then
+// runs `icmplb status`, as an operator would, to see it and why.
 func showStatus(topo *topology.Topology, bin string) error {
-	args := []string{"status", "--agent", "http://" + metricsAddr, "--interval", "2s"}
-	step("while h1 pings: %s %s (in the lb namespace)", bin, strings.Join(args, " "))
+	step("h1 keeps pinging: h3 loses 30%% of its replies, more than --outlier.max-loss-ratio (10%%), within --outlier.window (10s)")
+	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Go(func() {
-			topo.Run(topology.SeedClient, "ping", "-e", strconv.Itoa(5000+i), "-c", "120", "-i", "0.05", "-W", "1", topology.SeedVIP.String())
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				topo.Run(topology.SeedClient, "ping", "-e", strconv.Itoa(5000+i), "-c", "20", "-i", "0.05", "-W", "1", topology.SeedVIP.String())
+			}
 		})
 	}
-	// A request counts as lost once its loss timeout has passed (about
-	// 2.3 s later): start the window after that, so that its losses are
-	// those of requests it saw.
-	time.Sleep(2500 * time.Millisecond)
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	start := time.Now()
+	state := ""
+	for time.Since(start) < 30*time.Second && state != "ejected" && state != "probe_failed" {
+		time.Sleep(500 * time.Millisecond)
+		state = backendState(topo, topology.SeedH3.String())
+	}
+	if state != "ejected" && state != "probe_failed" {
+		return fmt.Errorf("h3 is still %q after %v of 30%% loss: no ejection", state, time.Since(start).Round(time.Second))
+	}
+	fmt.Printf("  h3 is %s after %v (the agent's log line above has the figures)\n", state, time.Since(start).Round(100*time.Millisecond))
+	args := []string{"status", "--agent", "http://" + metricsAddr, "--interval", "2s"}
+	step("%s %s (in the lb namespace)", bin, strings.Join(args, " "))
 	out, err := topo.Run(topology.SeedBalancer, bin, args...)
 	fmt.Print(indent(out))
-	wg.Wait()
 	if err != nil {
 		return fmt.Errorf("icmplb status: %w", err)
 	}
 	return nil
 }
 
-// showMetrics scrapes the agent and prints what it measured per backend.
-func showMetrics(topo *topology.Topology, slow *responder.Responder) error {
-	client := topo.HTTPClient(topology.SeedBalancer)
-	get := func(accept string) ([]byte, error) {
-		req, _ := http.NewRequest("GET", "http://"+metricsAddr+"/metrics", nil)
-		req.Header.Set("Accept", accept)
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("scrape the agent: %w", err)
-		}
-		defer resp.Body.Close()
-		return io.ReadAll(resp.Body)
+// backendState reads a backend's icmplb_backend_state from the agent.
+func backendState(topo *topology.Topology, backend string) string {
+	mfs, err := scrape(topo)
+	if err != nil {
+		return ""
 	}
-	text, err := get("text/plain")
+	for _, m := range mfs["icmplb_backend_state"].GetMetric() {
+		var be, st string
+		for _, l := range m.GetLabel() {
+			switch l.GetName() {
+			case "backend":
+				be = l.GetValue()
+			case "state":
+				st = l.GetValue()
+			}
+		}
+		if be == backend && m.GetGauge().GetValue() == 1 {
+			return st
+		}
+	}
+	return ""
+}
+
+// showMetrics scrapes the agent and prints what it measured per backend.
+// get scrapes the agent's /metrics in the format accept names.
+func get(topo *topology.Topology, accept string) ([]byte, error) {
+	req, _ := http.NewRequest("GET", "http://"+metricsAddr+"/metrics", nil)
+	req.Header.Set("Accept", accept)
+	resp, err := topo.HTTPClient(topology.SeedBalancer).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape the agent: %w", err)
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
+}
+
+// scrape reads the agent's metric families.
+func scrape(topo *topology.Topology) (map[string]*dto.MetricFamily, error) {
+	pb, err := get(topo, "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited")
+	if err != nil {
+		return nil, err
+	}
+	mfs := map[string]*dto.MetricFamily{}
+	dec := expfmt.NewDecoder(bytes.NewReader(pb), expfmt.NewFormat(expfmt.TypeProtoDelim))
+	for {
+		mf := &dto.MetricFamily{}
+		if err := dec.Decode(mf); err != nil {
+			break
+		}
+		mfs[mf.GetName()] = mf
+	}
+	return mfs, nil
+}
+
+func showMetrics(topo *topology.Topology, slow *responder.Responder) error {
+	text, err := get(topo, "text/plain")
 	if err != nil {
 		return err
 	}
@@ -183,18 +245,9 @@ func showMetrics(topo *topology.Topology, slow *responder.Responder) error {
 		}
 	}
 
-	pb, err := get("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited")
+	mfs, err := scrape(topo)
 	if err != nil {
 		return err
-	}
-	mfs := map[string]*dto.MetricFamily{}
-	dec := expfmt.NewDecoder(bytes.NewReader(pb), expfmt.NewFormat(expfmt.TypeProtoDelim))
-	for {
-		mf := &dto.MetricFamily{}
-		if err := dec.Decode(mf); err != nil {
-			break
-		}
-		mfs[mf.GetName()] = mf
 	}
 	value := func(name, backend string) float64 {
 		for _, m := range mfs[name].GetMetric() {
@@ -224,7 +277,7 @@ func showMetrics(topo *topology.Topology, slow *responder.Responder) error {
 	var problems []string
 	for _, b := range []struct{ host, how string }{
 		{topology.SeedBackend1, "kernel (fast, no loss)"},
-		{topology.SeedBackend2, "responder: 20ms, 10% loss"},
+		{topology.SeedBackend2, "responder: 20ms, 30% loss"},
 	} {
 		addr := topo.Addr(b.host).String()
 		req, rep, lost := value("icmplb_backend_requests_total", addr), value("icmplb_backend_replies_total", addr), value("icmplb_backend_lost_total", addr)

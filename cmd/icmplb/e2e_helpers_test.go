@@ -10,6 +10,7 @@ import (
 	"net"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -50,13 +51,30 @@ type agent = agenttest.Proc
 // attached; env adds to a hermetic environment.
 func startAgent(t *testing.T, topo *topology.Topology, env []string, args ...string) *agent {
 	t.Helper()
-	p := agenttest.Start(t, "icmplb", topo.Command(topology.SeedBalancer, agenttest.Binary(t), args...), agenttest.Env(env...))
+	p := agenttest.Start(t, "icmplb", topo.Command(topology.SeedBalancer, agenttest.Binary(t), healthOff(args)...), agenttest.Env(env...))
 	// Runs before agenttest's own cleanup, whose Stop then finds the agent
 	// gone: that one kills after 5s, which a loaded machine exceeds (the
 	// detach waits for RCU grace periods).
 	t.Cleanup(func() { stopAgent(p) })
 	p.WaitLog(t, "msg=attached", attachTimeout)
 	return p
+}
+
+// healthOff turns the agent's probes and outlier ejection off unless args
+// set them: the tests that count packets at the backends or judge the
+// measurement of lossy backends must see only clients' traffic, and keep
+// every backend in service. The health tests turn them on.
+func healthOff(args []string) []string {
+	if len(args) == 0 || args[0] != "run" {
+		return args
+	}
+	out := slices.Clone(args)
+	for _, f := range []string{"--probe.interval", "--outlier.max-ejection-percent"} {
+		if !slices.Contains(args, f) {
+			out = append(out, f, "0")
+		}
+	}
+	return out
 }
 
 // stopAgent is agent.Stop with the generous stopTimeout: it sends SIGTERM

@@ -313,7 +313,12 @@ func TestStartupErrors(t *testing.T) {
 			prefix: []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
 				"--inh-caps=-all,+bpf,+net_admin", "--ambient-caps=-all,+bpf,+net_admin"},
 			argv: append([]string{nobodyBin, "run"}, good...),
-			want: []string{"lacks CAP_PERFMON)"}},
+			want: []string{"lacks CAP_PERFMON, CAP_NET_RAW"}},
+		{name: "NoNetRaw",
+			prefix: []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+				"--inh-caps=-all,+bpf,+net_admin,+perfmon", "--ambient-caps=-all,+bpf,+net_admin,+perfmon"},
+			argv: append([]string{nobodyBin, "run"}, good...),
+			want: []string{"lacks CAP_NET_RAW (or disable probes: --probe.interval 0)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			stdout, stderr, code := lbRun(t, topo, tc.prefix, tc.argv...)
@@ -377,10 +382,13 @@ func worldReadableBinary(t *testing.T) string {
 func TestLeastPrivilege(t *testing.T) {
 	testenv.Privileged(t)
 	topo := topology.NewT(t, topology.Seed())
-	caps := "-all,+bpf,+perfmon,+net_admin"
+	// NET_RAW is the probes' raw socket. One probe at start, then none for
+	// a minute: the packet count below sees only the clients' pings.
+	caps := "-all,+bpf,+perfmon,+net_admin,+net_raw"
 	cmd := topo.Command(topology.SeedBalancer, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
 		"--inh-caps="+caps, "--ambient-caps="+caps, "--bounding-set="+caps,
-		worldReadableBinary(t), "run", "--iface", "eth0", "--vip", vip, "--backend", backend1, "--backend", backend2)
+		worldReadableBinary(t), "run", "--iface", "eth0", "--vip", vip, "--backend", backend1, "--backend", backend2,
+		"--probe.interval", "60s")
 	a := agenttest.Start(t, "icmplb as nobody", cmd, agenttest.Env())
 	t.Cleanup(func() { stopAgent(a) })
 	a.WaitLog(t, "msg=attached", attachTimeout)

@@ -431,7 +431,7 @@ func TestRestartHitless(t *testing.T) {
 	// An agent started while another runs waits for it to exit, then
 	// takes over. With "detach" it takes the program and the pins away.
 	thirdArgs := append(append([]string{}, args...), "--bpffs.on-exit", "detach", "--web.listen-address", "127.0.0.1:10048")
-	third := agenttest.Start(t, "icmplb", topo.Command(topology.SeedBalancer, agenttest.Binary(t), thirdArgs...), agenttest.Env())
+	third := agenttest.Start(t, "icmplb", topo.Command(topology.SeedBalancer, agenttest.Binary(t), healthOff(thirdArgs)...), agenttest.Env())
 	t.Cleanup(func() { stopAgent(third) })
 	third.WaitLog(t, "waiting for it to exit", attachTimeout)
 	if _, err := stopAgent(second); err != nil {

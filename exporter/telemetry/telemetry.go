@@ -37,6 +37,9 @@ type Service struct {
 	// BalancerLost counts the VIP's requests failed by the balancer, by
 	// the reason of a Verdict with BalancerLoss.
 	BalancerLost map[string]uint64
+	// AllDown is true while no backend of the service is healthy, so that
+	// its all-down mode (fail-open or pass) is in effect.
+	AllDown bool
 }
 
 // Backend is what the data plane measured for one backend of one service.
@@ -55,9 +58,25 @@ type Backend struct {
 	Removed bool
 	// Sessions is the backend's live sessions of this service (clients
 	// heard from within the NAT idle time), as of the last sweep.
-	Sessions     uint64
-	Requests     uint64
+	Sessions uint64
+	// State is one of States: why the backend does or does not take new
+	// sessions.
+	State string
+	// StateReason says why, with the figures that decided it (e.g. "loss
+	// 52% of 40 requests in 10s > 10%"); empty when up.
+	StateReason string
+	// Ejections counts the times the backend was taken out for its
+	// health, by reason: EjectLoss, EjectLatency, EjectProbe.
+	Ejections map[string]uint64
+	// SessionsMoved counts the running sessions the data plane moved off
+	// the backend because it left the service's pool (ejected, probes
+	// failed, next hop lost).
+	SessionsMoved uint64
+	// Probe is what the agent's own probes of the backend measured; nil
+	// when the service does not probe.
+	Probe        *Probe
 	RequestBytes uint64
+	Requests     uint64
 	Replies      uint64
 	ReplyBytes   uint64
 	// Lost counts requests with no reply within the loss timeout, settled
@@ -69,6 +88,44 @@ type Backend struct {
 	// remembers (duplicates, or later than it waits).
 	Unmatched uint64
 	RTT       Histogram
+}
+
+// States of a backend (Backend.State), in the order they take precedence.
+const (
+	// StateDraining: weight 0, or removed by a reload; running sessions
+	// stay, no new ones.
+	StateDraining = "draining"
+	// StateUnresolved: the next hop does not answer ARP.
+	StateUnresolved = "unresolved"
+	// StateProbeFailed: the agent's probes failed Fall times in a row.
+	StateProbeFailed = "probe_failed"
+	// StateEjected: its measured loss or latency was too high; it returns
+	// after its ejection time.
+	StateEjected = "ejected"
+	// StateUp: takes new sessions.
+	StateUp = "up"
+)
+
+// States lists every backend state.
+var States = []string{StateUp, StateDraining, StateEjected, StateProbeFailed, StateUnresolved}
+
+// Reasons a backend is taken out for its health (Backend.Ejections).
+const (
+	EjectLoss    = "loss"
+	EjectLatency = "latency"
+	EjectProbe   = "probe"
+)
+
+// EjectReasons lists every reason of Backend.Ejections.
+var EjectReasons = []string{EjectLoss, EjectLatency, EjectProbe}
+
+// Probe is what the agent's probes of one backend measured, cumulative.
+type Probe struct {
+	Requests uint64
+	Replies  uint64
+	// Lost counts probes unanswered within the probe timeout.
+	Lost uint64
+	RTT  Histogram
 }
 
 // Histogram holds round-trip times as a native (exponential) histogram of
@@ -98,6 +155,25 @@ func (h *Histogram) Index(k int) int { return k - h.Offset }
 // zero threshold.
 func (h *Histogram) UpperBound(k int) float64 {
 	return math.Exp2(float64(h.Index(k)) / float64(int(1)<<h.Schema))
+}
+
+// Quantile is the upper bound, in seconds, of the bucket holding quantile q
+// (0 < q <= 1): at most one bucket's width (9% at schema 3) above the true
+// value, never below it. ok is false for an empty histogram.
+func (h *Histogram) Quantile(q float64) (v float64, ok bool) {
+	total := h.Count()
+	if total == 0 {
+		return 0, false
+	}
+	rank := q * float64(total)
+	var seen uint64
+	for k, n := range h.Buckets {
+		seen += n
+		if float64(seen) >= rank && n > 0 {
+			return h.UpperBound(k), true
+		}
+	}
+	return h.UpperBound(len(h.Buckets) - 1), true
 }
 
 // ZeroThreshold is the upper bound of the zero bucket in seconds.
