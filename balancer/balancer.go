@@ -63,17 +63,28 @@ type Balancer struct {
 	loss *lossLedger
 	// prober pings backends; nil until a service probes.
 	prober *prober
+	// staleSNATs are SNAT addresses no service uses any more, kept in the
+	// data plane until replies to them can no longer come.
+	staleSNATs map[uint32]time.Time
+	// gen changes when a slot changes owner, so that a read of the
+	// counters racing with it is done again.
+	gen uint64
+	// closed is set by Close: nothing touches the maps after it.
+	closed bool
 	// Helpers run from userspace (BPF_PROG_RUN), loaded apart from the data
 	// plane because they need newer kernels: nil where they did not load.
 	ctCount struct {
 		Prog    *ebpf.Program `ebpf:"conntrack_count"`
 		Entries *ebpf.Map     `ebpf:"conntrack_entries"`
 	}
-	sweep struct {
+	sweepProg struct {
 		Prog *ebpf.Program `ebpf:"sweep"`
 	}
-	snapMu  sync.Mutex // guards scratch
-	scratch scratch
+	// When each group of maps is next due for a sweep.
+	nextInflightSweep, nextSessionSweep time.Time
+	snapMu                              sync.Mutex // guards scratch
+	scratch                             scratch
+	ctMu                                sync.Mutex // one run of ctCount at a time: its result map is shared
 }
 
 // dataPlane is what the balancer loads of the BPF object: all maps and the
@@ -176,8 +187,10 @@ func New(cfg config.Config, log *slog.Logger) (*Balancer, error) {
 func newBalancer(cfg config.Config, log *slog.Logger) *Balancer {
 	return &Balancer{cfg: cfg, log: log,
 		services: map[netip.Addr]*service{}, slots: map[slotKey]*slot{}, byIdx: map[uint32]slotKey{},
-		hosts: map[netip.Addr]*backendState{}}
+		hosts: map[netip.Addr]*backendState{}, staleSNATs: map[uint32]time.Time{}}
 }
+
+var errClosed = errors.New("the balancer is closed")
 
 func (b *Balancer) load() error {
 	spec, err := bpf.NewSpec(bpf.Config{
@@ -222,7 +235,7 @@ func (b *Balancer) load() error {
 	}
 	// The in-flight map is not an LRU: without the sweeper it would fill
 	// with lost requests and then refuse every new one.
-	if err := ctSpec.LoadAndAssign(&b.sweep, helperOpts); err != nil {
+	if err := ctSpec.LoadAndAssign(&b.sweepProg, helperOpts); err != nil {
 		return fmt.Errorf("load the conntrack sweeper (needs Linux 5.14+ for bpf_for_each_map_elem): %w", err)
 	}
 	if err := b.writeLayout(spec); err != nil {
@@ -288,7 +301,7 @@ func (b *Balancer) Run(ctx context.Context) error {
 			if err := b.settleLoss(); err != nil {
 				b.log.Warn("settle lost requests", "err", err)
 			}
-			if err := b.sweepSessions(); err != nil {
+			if err := b.sweep(time.Now()); err != nil {
 				b.log.Warn("sweep expired conntrack entries", "err", err)
 			}
 		}
@@ -299,11 +312,18 @@ func (b *Balancer) Run(ctx context.Context) error {
 // detaches the program and frees its maps; with it, the pinned link keeps
 // the program attached for the next agent (see Detach).
 func (b *Balancer) Close() error {
-	var errs []error
-	if b.prober != nil {
-		b.prober.close()
-		b.prober = nil
+	// The prober's goroutines report to probeResult, which takes b.mu:
+	// stop them, without it, before taking it for the rest.
+	b.mu.Lock()
+	p := b.prober
+	b.prober, b.closed = nil, true
+	b.mu.Unlock()
+	if p != nil {
+		p.close()
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var errs []error
 	if b.link != nil {
 		if err := b.link.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach XDP from %s: %w", b.iface.Name, err))
@@ -322,8 +342,8 @@ func (b *Balancer) Close() error {
 		b.ctCount.Prog.Close()
 		b.ctCount.Entries.Close()
 	}
-	if b.sweep.Prog != nil {
-		b.sweep.Prog.Close()
+	if b.sweepProg.Prog != nil {
+		b.sweepProg.Prog.Close()
 	}
 	if b.pinLock != nil {
 		b.pinLock.Close() // the next agent may take over

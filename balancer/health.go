@@ -139,13 +139,19 @@ func (b *Balancer) refreshService(vip netip.Addr) error {
 // outliers a service may spare, and returns those whose time is up. It
 // runs once a second.
 func (b *Balancer) judge() error {
-	snap, err := b.Snapshot()
+	if !b.judging() {
+		return nil
+	}
+	snap, err := b.snapshot(false)
 	if err != nil {
 		return err
 	}
 	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
 	changed := map[netip.Addr]bool{}
 	type candidate struct {
 		k           slotKey
@@ -209,12 +215,30 @@ func (b *Balancer) judge() error {
 	return nil
 }
 
+// judging is whether judge has work: a service that ejects, or a backend
+// ejected that must come back.
+func (b *Balancer) judging() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, s := range b.services {
+		if s.cfg.Outlier.MaxEjectionPercent > 0 {
+			return true
+		}
+	}
+	for _, sl := range b.slots {
+		if sl.out.ejected || sl.out.multiplier > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // probeResult takes one probe's outcome for slot k.
 func (b *Balancer) probeResult(k slotKey, ok bool, rtt time.Duration) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	sl, svc := b.slots[k], b.services[k.vip]
-	if sl == nil || svc == nil {
+	if b.closed || sl == nil || svc == nil {
 		return
 	}
 	cfg := svc.cfg.Probe

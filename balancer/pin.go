@@ -72,21 +72,33 @@ func (b *Balancer) pinning(spec *ebpf.CollectionSpec) (*ebpf.CollectionOptions, 
 // before the first has exited (a rolling update with surge, a supervisor's
 // overlap) waits for it rather than fight over the same maps.
 func (b *Balancer) lockPins(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open pin directory: %w", err)
-	}
-	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-	if errors.Is(err, unix.EWOULDBLOCK) {
-		b.log.Info("another agent is using the pins; waiting for it to exit to take over", "pins", dir)
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-	}
-	if err != nil {
+	for range 3 {
+		f, err := os.Open(dir)
+		if err != nil {
+			return fmt.Errorf("open pin directory: %w", err)
+		}
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			b.log.Info("another agent is using the pins; waiting for it to exit to take over", "pins", dir)
+			err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		}
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("lock pin directory %s: %w", dir, err)
+		}
+		// The agent we waited for may have detached and removed the
+		// directory: lock the one that is there now.
+		var held, now unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &held) == nil && unix.Stat(dir, &now) == nil && held.Ino == now.Ino && held.Dev == now.Dev {
+			b.pinLock = f
+			return nil
+		}
 		f.Close()
-		return fmt.Errorf("lock pin directory %s: %w", dir, err)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create pin directory: %w", err)
+		}
 	}
-	b.pinLock = f
-	return nil
+	return fmt.Errorf("lock pin directory %s: it keeps being replaced", dir)
 }
 
 // PinDir is where an agent on iface pins its maps and link under bpffs.

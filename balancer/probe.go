@@ -13,10 +13,11 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/bpf"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 
-	"github.com/icmplb/icmplb/bpf"
+	ebpf "github.com/icmplb/icmplb/bpf"
 	"github.com/icmplb/icmplb/config"
 )
 
@@ -24,7 +25,7 @@ import (
 // hands it out as a NAT id and passes replies carrying it to the kernel
 // (reason probe_reply), so a probe's reply cannot be a session's nor the
 // reverse.
-const probeID = int(bpf.IcmplbLayoutPROBE_ECHO_ID)
+const probeID = int(ebpf.IcmplbLayoutPROBE_ECHO_ID)
 
 // probeToken is the random data a probe carries: its reply must echo it,
 // so that nobody on the segment can keep a dead backend up by answering
@@ -37,6 +38,7 @@ type prober struct {
 	conn   *icmp.PacketConn
 	result func(k slotKey, ok bool, rtt time.Duration)
 
+	wg      sync.WaitGroup // the reader and the senders
 	mu      sync.Mutex
 	seq     uint16
 	pending map[uint16]*probeReq
@@ -63,10 +65,35 @@ func newProber(result func(k slotKey, ok bool, rtt time.Duration)) (*prober, err
 		return nil, fmt.Errorf("open the probe socket (raw ICMP needs CAP_NET_RAW; or disable probes with %s 0): %w",
 			"--probe.interval", err)
 	}
+	// A raw ICMP socket gets a copy of every ICMP message to this host: a
+	// flood of them would bury the probes' replies in its queue. The
+	// kernel keeps only echo replies with the probes' id.
+	if err := conn.IPv4PacketConn().SetBPF(probeFilter); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("filter the probe socket: %w", err)
+	}
 	p := &prober{conn: conn, result: result, pending: map[uint16]*probeReq{}, targets: map[slotKey]probeTarget{}}
-	go p.read()
+	p.wg.Go(p.read)
 	return p, nil
 }
+
+// probeFilter accepts ICMP echo replies (type 0) with the probes' echo id;
+// the socket sees each from its IPv4 header on.
+var probeFilter = func() []bpf.RawInstruction {
+	raw, err := bpf.Assemble([]bpf.Instruction{
+		bpf.LoadMemShift{Off: 0},                                              // X = IPv4 header length
+		bpf.LoadIndirect{Off: 0, Size: 1},                                     // ICMP type
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: 0, SkipTrue: 3},               // not an echo reply
+		bpf.LoadIndirect{Off: 4, Size: 2},                                     // echo id
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(probeID), SkipTrue: 1}, // not a probe's
+		bpf.RetConstant{Val: 0xffff},
+		bpf.RetConstant{Val: 0},
+	})
+	if err != nil {
+		panic(fmt.Sprintf("probe filter: %v", err)) // fixed program: a bug
+	}
+	return raw
+}()
 
 // set makes targets the probed backends: new ones start, gone ones stop,
 // and one whose settings changed restarts.
@@ -85,13 +112,15 @@ func (p *prober) set(targets map[slotKey]config.Probe) {
 		}
 		ctx, stop := context.WithCancel(context.Background())
 		p.targets[k] = probeTarget{cfg: cfg, stop: stop}
-		go p.run(ctx, k, cfg)
+		p.wg.Go(func() { p.run(ctx, k, cfg) })
 	}
 }
 
+// close stops every probe and waits until none can report any more.
 func (p *prober) close() {
 	p.set(nil)
 	p.conn.Close()
+	p.wg.Wait()
 }
 
 // run probes one backend every interval until ctx ends.

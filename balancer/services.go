@@ -75,6 +75,9 @@ func (b *Balancer) Apply(cfg config.Config) error {
 func (b *Balancer) apply(svcs []config.Service, resolve time.Duration) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return errClosed
+	}
 
 	// Checks first: routes of new hosts, slots and tables available.
 	want := map[slotKey]int{}
@@ -131,6 +134,21 @@ func (b *Balancer) apply(svcs []config.Service, resolve time.Duration) error {
 		usedTables[next] = true
 	}
 
+	// The probe socket is the last thing that can be refused (it needs
+	// CAP_NET_RAW): open it before anything changes.
+	if b.prober == nil {
+		for _, svc := range svcs {
+			if svc.Probe.Interval > 0 {
+				p, err := newProber(func(k slotKey, ok bool, rtt time.Duration) { b.probeResult(k, ok, rtt) })
+				if err != nil {
+					return err
+				}
+				b.prober = p
+				break
+			}
+		}
+	}
+
 	// New hosts: resolve their next hops before they take sessions.
 	for addr, hop := range newHosts {
 		b.hosts[addr] = &backendState{nextHop: hop}
@@ -147,6 +165,9 @@ func (b *Balancer) apply(svcs []config.Service, resolve time.Duration) error {
 		if _, live := b.slots[k]; !live && !slices.Contains(renewed, idx) {
 			renewed = append(renewed, idx)
 		}
+	}
+	if len(renewed) > 0 {
+		b.gen++ // a concurrent read of the counters must not mix owners
 	}
 	for _, idx := range renewed {
 		if err := b.renewSlot(idx); err != nil {
@@ -199,6 +220,9 @@ func (b *Balancer) apply(svcs []config.Service, resolve time.Duration) error {
 		delete(b.services, vip)
 		b.log.Info("service removed", "vip", vip)
 	}
+	if err := b.writeSNATs(svcs); err != nil {
+		return err
+	}
 	for _, svc := range svcs {
 		s, ok := b.services[svc.VIP]
 		if !ok {
@@ -210,32 +234,31 @@ func (b *Balancer) apply(svcs []config.Service, resolve time.Duration) error {
 			b.log.Info("service added", "vip", svc.VIP, "snat", svc.SNAT, "backends", len(svc.Backends))
 		}
 		s.cfg = svc
+		if svc.Probe.Interval == 0 {
+			// Probes turned off: what they said no longer holds.
+			for k, sl := range b.slots {
+				if k.vip == svc.VIP {
+					sl.probeUp, sl.probeOK, sl.probeKO, sl.probeWhy = true, 0, 0, ""
+				}
+			}
+		}
 		if err := b.refreshService(svc.VIP); err != nil {
 			return err
 		}
 	}
-	if err := b.writeSNATs(); err != nil {
+	if err := b.writeSNATs(nil); err != nil {
 		return err
 	}
 	b.cfg.Services = slices.Clone(svcs)
 	return b.startProbes()
 }
 
-// startProbes points the prober at the slots to probe, opening its socket
-// the first time one is.
+// startProbes points the prober, opened by apply's checks when a service
+// probes, at the slots to probe.
 func (b *Balancer) startProbes() error {
-	targets := b.probeTargets()
-	if b.prober == nil {
-		if len(targets) == 0 {
-			return nil
-		}
-		p, err := newProber(func(k slotKey, ok bool, rtt time.Duration) { b.probeResult(k, ok, rtt) })
-		if err != nil {
-			return err
-		}
-		b.prober = p
+	if b.prober != nil {
+		b.prober.set(b.probeTargets())
 	}
-	b.prober.set(targets)
 	return nil
 }
 
@@ -338,10 +361,43 @@ func (b *Balancer) indexAddrs() error {
 
 // writeSNATs makes snat_addrs the services' SNAT addresses, each with the
 // number of services using it.
-func (b *Balancer) writeSNATs() error {
+// incoming's are added too, so that a reload lists every new SNAT address
+// before any service sends from it. An address no service uses any more
+// stays until replies to requests sent from it can no longer come (twice
+// the loss timeout), so that the last of them still find their clients.
+func (b *Balancer) writeSNATs(incoming []config.Service) error {
+	now := time.Now()
 	want := map[uint32]uint32{}
 	for _, s := range b.services {
 		want[bpf.Addr(s.cfg.SNAT)]++
+	}
+	for _, s := range incoming {
+		if a := bpf.Addr(s.SNAT); want[a] == 0 {
+			want[a] = 1
+		}
+	}
+	var k, v uint32
+	it := b.objs.SnatAddrs.Iterate()
+	for it.Next(&k, &v) {
+		if _, ok := want[k]; !ok {
+			if _, retiring := b.staleSNATs[k]; !retiring {
+				b.staleSNATs[k] = now.Add(2*b.cfg.LossTimeout + time.Second)
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read SNAT addresses: %w", err)
+	}
+	for a, until := range b.staleSNATs {
+		_, used := want[a]
+		switch {
+		case used:
+			delete(b.staleSNATs, a)
+		case now.Before(until):
+			want[a] = 0
+		default:
+			delete(b.staleSNATs, a)
+		}
 	}
 	return syncAddrMap(b.objs.SnatAddrs, want, "SNAT addresses")
 }
@@ -418,30 +474,73 @@ func (b *Balancer) rebuildTable(vip netip.Addr) error {
 	return nil
 }
 
-// sweepSessions runs the sweeper, which also counts each slot's live
-// sessions, and retires removed slots that have none left.
-func (b *Balancer) sweepSessions() error {
+// sweep expires what is due at now: requests in flight every
+// bpf.SweepInflightEvery, sessions (and their counts per slot, and the
+// retirement of drained backends) every bpf.SweepSessionsEvery. A group
+// whose maps are empty is not walked: an idle agent walks nothing.
+func (b *Balancer) sweep(now time.Time) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	if len(b.staleSNATs) > 0 {
+		if err := b.writeSNATs(nil); err != nil {
+			return err
+		}
+	}
 	n := b.nslots
 	if n == 0 {
 		return nil
 	}
-	keys := make([]uint32, n)
-	zeros := make([]uint32, n)
-	for i := range keys {
-		keys[i] = uint32(i)
+	inflightDue, sessions := !now.Before(b.nextInflightSweep), !now.Before(b.nextSessionSweep)
+	if !inflightDue && !sessions {
+		return nil
 	}
-	if _, err := b.objs.SlotSessions.BatchUpdate(keys, zeros, nil); err != nil {
-		return fmt.Errorf("clear session counts: %w", err)
-	}
-	if _, err := b.sweep.Prog.Run(&ebpf.RunOptions{}); err != nil {
+	c, known, err := b.countEntries()
+	if err != nil {
 		return err
 	}
+	var what bpf.IcmplbSweepWhat
+	if inflightDue {
+		b.nextInflightSweep = now.Add(bpf.SweepInflightEvery)
+		if !known || c.inflight > 0 {
+			what |= bpf.IcmplbSweepWhatSWEEP_INFLIGHT
+		}
+	}
+	if sessions {
+		b.nextSessionSweep = now.Add(bpf.SweepSessionsEvery)
+		if !known || c.fwd > 0 || c.rev > 0 {
+			what |= bpf.IcmplbSweepWhatSWEEP_SESSIONS
+		}
+	}
 	counts := make([]uint32, n)
-	var cursor ebpf.MapBatchCursor
-	if _, err := b.objs.SlotSessions.BatchLookup(&cursor, keys, counts, nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("read session counts: %w", err)
+	if what&bpf.IcmplbSweepWhatSWEEP_SESSIONS != 0 {
+		keys := make([]uint32, n)
+		for i := range keys {
+			keys[i] = uint32(i)
+		}
+		if _, err := b.objs.SlotSessions.BatchUpdate(keys, make([]uint32, n), nil); err != nil {
+			return fmt.Errorf("clear session counts: %w", err)
+		}
+	}
+	if what != 0 {
+		if _, err := b.sweepProg.Prog.Run(bpf.SweepRun(what)); err != nil {
+			return err
+		}
+	}
+	if !sessions {
+		return nil
+	}
+	if what&bpf.IcmplbSweepWhatSWEEP_SESSIONS != 0 {
+		var cursor ebpf.MapBatchCursor
+		keys := make([]uint32, n)
+		for i := range keys {
+			keys[i] = uint32(i)
+		}
+		if _, err := b.objs.SlotSessions.BatchLookup(&cursor, keys, counts, nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("read session counts: %w", err)
+		}
 	}
 	b.sessions = counts
 	b.sweeps++
@@ -462,6 +561,9 @@ func (b *Balancer) sweepSessions() error {
 func (b *Balancer) retire(k slotKey) error {
 	s := b.slots[k]
 	v := bpf.IcmplbBackend{Addr: bpf.Addr(k.addr), Vip: bpf.Addr(k.vip)}
+	// Its MAC stays: a late reply still comes from it, and is unmatched,
+	// not spoofed.
+	copy(v.Mac[:], b.hosts[k.addr].mac)
 	if err := b.objs.Backends.Put(s.idx, v); err != nil {
 		return fmt.Errorf("retire backend %s of %s: %w", k.addr, k.vip, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -271,9 +272,38 @@ func TestApplyRemovedService(t *testing.T) {
 		inner.Close()
 		t.Errorf("maglev_tables[%d] kept after its service's removal", tableB)
 	}
+	// Its SNAT address stays while replies to it may still come, then goes.
 	var n uint32
+	if err := b.objs.SnatAddrs.Lookup(bpf.Addr(snatB), &n); err != nil {
+		t.Errorf("snat_addrs[%s] gone at once: replies in flight to it would be lost (%v)", snatB, err)
+	}
+	until, ok := b.staleSNATs[bpf.Addr(snatB)]
+	if !ok || time.Until(until) < 2*b.cfg.LossTimeout {
+		t.Errorf("%s retires at %v, want twice the loss timeout (%v) from now", snatB, until, 2*b.cfg.LossTimeout)
+	}
+	b.staleSNATs[bpf.Addr(snatB)] = time.Now().Add(-time.Second)
+	if err := b.sweepSessions(); err != nil {
+		t.Fatal(err)
+	}
 	if err := b.objs.SnatAddrs.Lookup(bpf.Addr(snatB), &n); !errors.Is(err, ebpf.ErrKeyNotExist) {
-		t.Errorf("snat_addrs[%s] after its service's removal: %d, %v", snatB, n, err)
+		t.Errorf("snat_addrs[%s] once retired: %d, %v", snatB, n, err)
+	}
+}
+
+// A reload that changes a service's SNAT address lists the new address
+// (apply writes it before the service that sends from it) and keeps the old
+// one while replies to it may still come.
+func TestApplySNATChange(t *testing.T) {
+	b := newServices(t, svc(vipA, vipA, be(beX, 1)))
+	newSNAT := netip.MustParseAddr("10.0.0.103")
+	if err := b.apply([]config.Service{svc(vipA, newSNAT, be(beX, 1))}, 0); err != nil {
+		t.Fatal(err)
+	}
+	var n uint32
+	for _, a := range []netip.Addr{newSNAT, vipA} {
+		if err := b.objs.SnatAddrs.Lookup(bpf.Addr(a), &n); err != nil {
+			t.Errorf("snat_addrs[%s] after the reload: %v", a, err)
+		}
 	}
 }
 
@@ -342,4 +372,12 @@ func TestApplyAtTheLimits(t *testing.T) {
 	if len(snap.Services) != config.MaxServices || len(snap.Backends) != config.MaxBackends {
 		t.Errorf("snapshot of %d services, %d backends; want %d, %d", len(snap.Services), len(snap.Backends), config.MaxServices, config.MaxBackends)
 	}
+}
+
+// sweepSessions sweeps every map now, whatever is due.
+func (b *Balancer) sweepSessions() error {
+	b.mu.Lock()
+	b.nextInflightSweep, b.nextSessionSweep = time.Time{}, time.Time{}
+	b.mu.Unlock()
+	return b.sweep(time.Now())
 }

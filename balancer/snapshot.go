@@ -13,7 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/icmplb/icmplb/bpf"
-	"github.com/icmplb/icmplb/config"
 	"github.com/icmplb/icmplb/exporter/telemetry"
 )
 
@@ -73,25 +72,49 @@ type scratch struct {
 
 // Snapshot reads the data plane's maps. It is safe for concurrent use; a
 // scrape reads a few batched syscalls' worth, independent of traffic.
-func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) {
+func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) { return b.snapshot(true) }
+
+// snapshot reads the backends' counters and, when full, the rest a scrape
+// shows (verdicts, conntrack, trace drops), which the health judge does not
+// need.
+func (b *Balancer) snapshot(full bool) (*telemetry.Snapshot, error) {
 	b.snapMu.Lock()
 	defer b.snapMu.Unlock()
+	// A slot given to another backend between the read of the counters
+	// and their attribution would credit one with the other's: read again.
+	for try := 0; ; try++ {
+		snap, stale, err := b.read(full)
+		if err != nil || !stale || try == 2 {
+			return snap, err
+		}
+	}
+}
+
+// read is one snapshot; stale is true when a slot changed owner meanwhile.
+func (b *Balancer) read(full bool) (_ *telemetry.Snapshot, stale bool, err error) {
 	b.mu.Lock()
+	gen := b.gen
 	n := b.nslots
+	// Service counters up to the highest table in use: the rest are zero.
+	tables := 0
+	for _, svc := range b.services {
+		tables = max(tables, int(svc.table)+1)
+	}
 	b.mu.Unlock()
 	s := &b.scratch
 	snap := &telemetry.Snapshot{}
 
 	if err := readPerCPU(b.objs.BackendStats, n, &s.keys, &s.counters, b.ncpu); err != nil {
-		return nil, fmt.Errorf("read backend counters: %w", err)
+		return nil, false, fmt.Errorf("read backend counters: %w", err)
 	}
 	if err := readPerCPU(b.objs.RttHist, n*bpf.RTTBuckets, &s.keys, &s.hist, b.ncpu); err != nil {
-		return nil, fmt.Errorf("read RTT histograms: %w", err)
+		return nil, false, fmt.Errorf("read RTT histograms: %w", err)
 	}
-	if err := readPerCPU(b.objs.SvcStats, config.MaxServices*len(Verdicts), &s.keys, &s.svcStats, b.ncpu); err != nil {
-		return nil, fmt.Errorf("read service counters: %w", err)
+	if err := readPerCPU(b.objs.SvcStats, tables*len(Verdicts), &s.keys, &s.svcStats, b.ncpu); err != nil {
+		return nil, false, fmt.Errorf("read service counters: %w", err)
 	}
 	b.mu.Lock()
+	stale = b.gen != gen
 	keys := slices.SortedFunc(maps.Keys(b.slots), slotKey.compare)
 	snap.Backends = make([]telemetry.Backend, 0, len(keys))
 	idxs := make([]uint32, 0, len(keys))
@@ -158,8 +181,11 @@ func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) {
 	}
 	b.loss.mu.Unlock()
 
+	if !full {
+		return snap, stale, nil
+	}
 	if err := readPerCPU(b.objs.Stats, len(Verdicts), &s.keys, &s.stats, b.ncpu); err != nil {
-		return nil, fmt.Errorf("read verdict counters: %w", err)
+		return nil, false, fmt.Errorf("read verdict counters: %w", err)
 	}
 	snap.Verdicts = make([]telemetry.Verdict, len(Verdicts))
 	for r, v := range Verdicts {
@@ -170,27 +196,45 @@ func (b *Balancer) Snapshot() (*telemetry.Snapshot, error) {
 	}
 
 	if err := readPerCPU(b.objs.TraceDropped, 1, &s.keys, &s.stats, b.ncpu); err != nil {
-		return nil, fmt.Errorf("read trace drop counter: %w", err)
+		return nil, false, fmt.Errorf("read trace drop counter: %w", err)
 	}
 	for cpu := 0; cpu < b.ncpu; cpu++ {
 		snap.TraceEventsDropped += s.stats[cpu]
 	}
 
 	snap.Conntrack = telemetry.Conntrack{Capacity: b.cfg.ConntrackSize, InFlightCapacity: b.cfg.InflightSize}
-	if b.ctCount.Prog != nil {
-		if _, err := b.ctCount.Prog.Run(&ebpf.RunOptions{}); err != nil {
-			return nil, fmt.Errorf("count conntrack entries: %w", err)
-		}
-		var fwd, inflight int64
-		if err := b.ctCount.Entries.Lookup(uint32(0), &fwd); err != nil {
-			return nil, fmt.Errorf("read conntrack count: %w", err)
-		}
-		if err := b.ctCount.Entries.Lookup(uint32(2), &inflight); err != nil {
-			return nil, fmt.Errorf("read in-flight count: %w", err)
-		}
-		snap.Conntrack.Known, snap.Conntrack.Sessions, snap.Conntrack.InFlight = true, fwd, inflight
+	c, ok, err := b.countEntries()
+	if err != nil {
+		return nil, false, err
 	}
-	return snap, nil
+	if ok {
+		snap.Conntrack.Known, snap.Conntrack.Sessions, snap.Conntrack.InFlight = true, c.fwd, c.inflight
+	}
+	return snap, stale, nil
+}
+
+// entries is the occupancy of the conntrack maps.
+type entries struct{ fwd, rev, inflight int64 }
+
+// countEntries asks the kernel how many entries each conntrack map holds:
+// one program run, not a walk. ok is false where the kernel cannot count
+// (before Linux 6.6).
+func (b *Balancer) countEntries() (entries, bool, error) {
+	if b.ctCount.Prog == nil {
+		return entries{}, false, nil
+	}
+	b.ctMu.Lock()
+	defer b.ctMu.Unlock()
+	if _, err := b.ctCount.Prog.Run(&ebpf.RunOptions{}); err != nil {
+		return entries{}, false, fmt.Errorf("count conntrack entries: %w", err)
+	}
+	var e entries
+	for i, v := range []*int64{&e.fwd, &e.rev, &e.inflight} {
+		if err := b.ctCount.Entries.Lookup(uint32(i), v); err != nil {
+			return entries{}, false, fmt.Errorf("read conntrack count %d: %w", i, err)
+		}
+	}
+	return e, true, nil
 }
 
 // readPerCPU reads entries [0, n) of a per-CPU array map in batches into

@@ -187,6 +187,16 @@ struct inflight_val {
 	__be32 snat; /* the reply must come back to it */
 };
 
+/* The sweep program's argument: which maps to sweep. */
+enum sweep_what : __u32 {
+	SWEEP_INFLIGHT = 0x1, /* requests past twice the loss timeout */
+	SWEEP_SESSIONS = 0x2, /* sessions idle past the NAT idle time, and their counts */
+};
+
+struct sweep_args {
+	enum sweep_what what;
+};
+
 enum trace_kind {
 	TRACE_REQUEST = 1,
 	TRACE_REPLY = 2,

@@ -97,6 +97,8 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	__be32 snat = svc->snat;
 	__u32 table = svc->table;
 	__u32 moved_from = NO_SLOT;
+	struct rev_key old_rk = {};
+	int moving = 0;
 	__u8 client_mac[ETH_ALEN];
 	struct backend *be = NULL;
 	struct fwd_val *fv;
@@ -137,11 +139,13 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 				cur->last_seen_ns = now;
 				goto forward;
 			}
-			/* Its backend left the pool: the session moves, and its
-			 * old NAT id is free at once. */
+			/* Its backend left the pool: the session moves. Its old
+			 * NAT id is freed once the move succeeded; until then the
+			 * session stays bound to its MAC. */
 			if (be && be->addr == fv->backend && be->vip == vip)
 				moved_from = idx;
-			bpf_map_delete_elem(&ct_rev, &rk);
+			old_rk = rk;
+			moving = 1;
 		}
 	}
 
@@ -177,6 +181,8 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 		__builtin_memcpy(nv.client_mac, client_mac, ETH_ALEN);
 		bpf_map_update_elem(&ct_fwd, &fk, &nv, BPF_ANY);
 	}
+	if (moving)
+		bpf_map_delete_elem(&ct_rev, &old_rk);
 	if (moved_from != NO_SLOT) {
 		struct backend_counters *old = bpf_map_lookup_elem(&backend_stats, &moved_from);
 
@@ -369,19 +375,24 @@ static long sweep_fwd(void *map, struct fwd_key *k, struct fwd_val *v, __u64 *no
 	return 0;
 }
 
-/* Run by the agent every few hundred milliseconds (BPF_PROG_RUN): removes
- * requests that can no longer be answered and sessions idle for longer than
- * cfg_nat_idle_ns, so that the maps' occupancy is live state, not history
- * waiting for LRU eviction. ct_rev goes first: a session's ct_fwd entry is
- * kept exactly while its ct_rev entry is. */
+/* Run by the agent (BPF_PROG_RUN): removes requests that can no longer be
+ * answered and sessions idle for longer than cfg_nat_idle_ns, so that the
+ * maps' occupancy is live state, not history waiting for LRU eviction.
+ * ct_rev goes first: a session's ct_fwd entry is kept exactly while its
+ * ct_rev entry is. A walk costs every bucket of a map, full or not: args
+ * say which maps are due, so that each is walked as often as its own
+ * timeout needs. */
 SEC("syscall")
-int sweep(void *ctx)
+int sweep(struct sweep_args *args)
 {
 	__u64 now = bpf_ktime_get_ns();
 
-	bpf_for_each_map_elem(&inflight, sweep_inflight, &now, 0);
-	bpf_for_each_map_elem(&ct_rev, sweep_rev, &now, 0);
-	bpf_for_each_map_elem(&ct_fwd, sweep_fwd, &now, 0);
+	if (args->what & SWEEP_INFLIGHT)
+		bpf_for_each_map_elem(&inflight, sweep_inflight, &now, 0);
+	if (args->what & SWEEP_SESSIONS) {
+		bpf_for_each_map_elem(&ct_rev, sweep_rev, &now, 0);
+		bpf_for_each_map_elem(&ct_fwd, sweep_fwd, &now, 0);
+	}
 	return 0;
 }
 

@@ -172,6 +172,18 @@ const (
 	IcmplbServiceFlagsSERVICE_F_PASS IcmplbServiceFlags = 1
 )
 
+type IcmplbSweepArgs struct {
+	_    structs.HostLayout
+	What IcmplbSweepWhat
+}
+
+type IcmplbSweepWhat uint32
+
+const (
+	IcmplbSweepWhatSWEEP_INFLIGHT IcmplbSweepWhat = 1
+	IcmplbSweepWhatSWEEP_SESSIONS IcmplbSweepWhat = 2
+)
+
 type IcmplbTraceEvent struct {
 	_          structs.HostLayout
 	SentNs     uint64

@@ -731,7 +731,7 @@ func (h *harness) requireInflight(t *testing.T, req packet, be backendInfo, natI
 // sweep runs the sweeper program once, as the agent does periodically.
 func (h *harness) sweep(t testing.TB) {
 	t.Helper()
-	if _, err := h.objs.Sweep.Run(&ebpf.RunOptions{}); err != nil {
+	if _, err := h.objs.Sweep.Run(SweepRun(SweepAll)); err != nil {
 		t.Fatalf("run sweep: %v", err)
 	}
 }

@@ -129,3 +129,22 @@ func Host16(v uint16) uint16 {
 	binary.NativeEndian.PutUint16(b[:], v)
 	return binary.BigEndian.Uint16(b[:])
 }
+
+// How often the agent sweeps each group of maps. A sweep walks every bucket
+// of a map, so each is swept only as often as its timeout needs: requests
+// in flight expire twice the loss timeout (1 s at least) after they were
+// sent, a quarter of which is late enough; sessions expire after the NAT
+// idle time (1 s at least), and the sessions gauge and the retirement of
+// drained backends can wait the same.
+const (
+	SweepInflightEvery = 500 * time.Millisecond
+	SweepSessionsEvery = 2 * time.Second
+)
+
+// SweepAll is the sweep program's argument for every map.
+const SweepAll = IcmplbSweepWhatSWEEP_INFLIGHT | IcmplbSweepWhatSWEEP_SESSIONS
+
+// SweepRun is one run of the sweep program over the maps of what.
+func SweepRun(what IcmplbSweepWhat) *ebpf.RunOptions {
+	return &ebpf.RunOptions{Context: IcmplbSweepArgs{What: what}}
+}
