@@ -395,6 +395,17 @@ func loadTestObjects(t testing.TB) *IcmplbTestObjects {
 	if err := spec.Variables[IcmplbTestVarCfgRttBounds].Set(RTTBounds()); err != nil {
 		t.Fatalf("set %s: %v", IcmplbTestVarCfgRttBounds, err)
 	}
+	// The stateless DNAT serves the harness's VIP with backends A and B.
+	for name, v := range map[string]any{
+		IcmplbTestVarDnatVip:     Addr(vip),
+		IcmplbTestVarDnatSnat:    Addr(vip),
+		IcmplbTestVarDnatBackend: [2]uint32{Addr(backendA.addr), Addr(backendB.addr)},
+		IcmplbTestVarDnatMac:     [2][6]byte{backendA.mac, backendB.mac},
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			t.Fatalf("set %s: %v", name, err)
+		}
+	}
 	var objs IcmplbTestObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
 		t.Fatalf("load test programs: %v", err)

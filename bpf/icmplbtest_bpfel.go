@@ -27,8 +27,13 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	IcmplbTestProgRttBucketProbe = "rtt_bucket_probe"
+	IcmplbTestProgStatelessDnat  = "stateless_dnat"
 	IcmplbTestProgXdpPass        = "xdp_pass"
 	IcmplbTestVarCfgRttBounds    = "cfg_rtt_bounds"
+	IcmplbTestVarDnatBackend     = "dnat_backend"
+	IcmplbTestVarDnatMac         = "dnat_mac"
+	IcmplbTestVarDnatSnat        = "dnat_snat"
+	IcmplbTestVarDnatVip         = "dnat_vip"
 	IcmplbTestVarUnusedXdpAction = "unused_xdp_action"
 )
 
@@ -75,6 +80,7 @@ type IcmplbTestSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type IcmplbTestProgramSpecs struct {
 	RttBucketProbe *ebpf.ProgramSpec `ebpf:"rtt_bucket_probe"`
+	StatelessDnat  *ebpf.ProgramSpec `ebpf:"stateless_dnat"`
 	XdpPass        *ebpf.ProgramSpec `ebpf:"xdp_pass"`
 }
 
@@ -89,6 +95,10 @@ type IcmplbTestMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type IcmplbTestVariableSpecs struct {
 	CfgRttBounds    *ebpf.VariableSpec `ebpf:"cfg_rtt_bounds"`
+	DnatBackend     *ebpf.VariableSpec `ebpf:"dnat_backend"`
+	DnatMac         *ebpf.VariableSpec `ebpf:"dnat_mac"`
+	DnatSnat        *ebpf.VariableSpec `ebpf:"dnat_snat"`
+	DnatVip         *ebpf.VariableSpec `ebpf:"dnat_vip"`
 	UnusedXdpAction *ebpf.VariableSpec `ebpf:"unused_xdp_action"`
 }
 
@@ -123,6 +133,10 @@ func (m *IcmplbTestMaps) Close() error {
 // It can be passed to LoadIcmplbTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type IcmplbTestVariables struct {
 	CfgRttBounds    *ebpf.Variable `ebpf:"cfg_rtt_bounds"`
+	DnatBackend     *ebpf.Variable `ebpf:"dnat_backend"`
+	DnatMac         *ebpf.Variable `ebpf:"dnat_mac"`
+	DnatSnat        *ebpf.Variable `ebpf:"dnat_snat"`
+	DnatVip         *ebpf.Variable `ebpf:"dnat_vip"`
 	UnusedXdpAction *ebpf.Variable `ebpf:"unused_xdp_action"`
 }
 
@@ -131,12 +145,14 @@ type IcmplbTestVariables struct {
 // It can be passed to LoadIcmplbTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type IcmplbTestPrograms struct {
 	RttBucketProbe *ebpf.Program `ebpf:"rtt_bucket_probe"`
+	StatelessDnat  *ebpf.Program `ebpf:"stateless_dnat"`
 	XdpPass        *ebpf.Program `ebpf:"xdp_pass"`
 }
 
 func (p *IcmplbTestPrograms) Close() error {
 	return _IcmplbTestClose(
 		p.RttBucketProbe,
+		p.StatelessDnat,
 		p.XdpPass,
 	)
 }

@@ -8,6 +8,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "parse.h"
 #include "rtt.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
@@ -37,4 +38,33 @@ SEC("xdp")
 int xdp_pass(struct xdp_md *ctx)
 {
 	return XDP_PASS;
+}
+
+/* The seed's approach, kept to benchmark against: a stateless DNAT of echo
+ * requests to dnat_vip, with the data plane's own parsing and no
+ * conntrack, NAT ids or measurement: a hash of (client, echo id) picks one
+ * of two backends, and the request leaves from dnat_snat. */
+volatile const __be32 dnat_vip;
+volatile const __be32 dnat_snat;
+volatile const __be32 dnat_backend[2];
+volatile const __u8 dnat_mac[2][ETH_ALEN];
+
+SEC("xdp")
+int stateless_dnat(struct xdp_md *ctx)
+{
+	struct icmp_pkt p;
+	__u32 sum, i;
+
+	if (parse_icmp(ctx, &p) != PARSED || p.icmp->type != ICMP_ECHO || p.ip->daddr != dnat_vip)
+		return XDP_PASS;
+	i = (p.ip->saddr ^ p.icmp->id) & 1;
+	__builtin_memcpy(p.eth->h_source, p.eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(p.eth->h_dest, (const void *)dnat_mac[i], ETH_ALEN);
+	sum = (__u16)~p.ip->check;
+	sum = csum_add32(sum, p.ip->saddr, dnat_snat);
+	sum = csum_add32(sum, p.ip->daddr, dnat_backend[i]);
+	p.ip->check = ~csum_fold(sum);
+	p.ip->saddr = dnat_snat;
+	p.ip->daddr = dnat_backend[i];
+	return XDP_TX;
 }
