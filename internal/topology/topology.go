@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -74,6 +75,7 @@ type Topology struct {
 
 	mu      sync.Mutex
 	created []string // namespaces this topology made, in creation order
+	clients map[string]*http.Client
 }
 
 const (
@@ -358,6 +360,10 @@ func (t *Topology) checkPorts() error {
 func (t *Topology) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	for _, c := range t.clients {
+		c.CloseIdleConnections()
+	}
+	clear(t.clients)
 	var left []string
 	for _, ns := range t.created {
 		if nsExists(ns) {
