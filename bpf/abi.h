@@ -38,6 +38,34 @@ enum reason {
 	REASON_MAX,
 };
 
+/* Sizes shared with Go.
+ *
+ * RTT histogram: bucket k counts RTTs in (bound[k-1], bound[k]] ns where
+ * bound[k] = floor(1e9 * 2^((k - RTT_BUCKET_OFFSET) / 8)), so bucket k is
+ * bucket k - RTT_BUCKET_OFFSET of a Prometheus native histogram of seconds
+ * with schema 3. Bucket 0 is the zero bucket, [0, bound[0]].
+ *
+ * Requests are counted in epochs of 2^EPOCH_SHIFT ns (about 1.07 s) so that
+ * userspace can count the lost ones once an epoch's loss timeout has passed,
+ * with a ring of EPOCHS slots per backend instead of a scan of all requests.
+ *
+ * The ICMP checksum is verified for messages of up to ICMP_MAX_LEN bytes
+ * (jumbo frames); longer ones are malformed to the program. */
+enum layout {
+	RTT_BUCKETS = 256,
+	RTT_BUCKET_OFFSET = 160,
+	RTT_SCHEMA = 3,
+	EPOCH_SHIFT = 30,
+	EPOCHS = 32,
+	ICMP_MAX_LEN = 9000,
+	/* The echo identifier of the agent's probes: never a NAT id, so that
+	 * a probe's reply is never taken for a session's, nor the reverse. */
+	PROBE_ECHO_ID = 0xfffe,
+	/* Requests of a session awaiting replies in its ct_rev entry, slot
+	 * seq % INFLIGHT_RING (a power of two). */
+	INFLIGHT_RING = 4,
+};
+
 /* struct backend's flags. The fixed underlying type (a clang extension in C
  * before C23) keeps the field two bytes wide and gives Go a typed field. */
 enum backend_flags : __u16 {
@@ -96,14 +124,38 @@ struct rev_key {
 	__u16 pad;
 };
 
-/* ct_rev value: which session holds a NAT id, and since when it is idle. */
+/* One request of a session awaiting its reply, in the session's ring. */
+struct ring_slot {
+	__u64 sent_ns;      /* 0: free; taken back by the reply that answers it */
+	__be32 snat;        /* the reply must come back to it */
+	__be16 seq;
+	__sum16 reply_csum; /* what the reply's ICMP checksum must be */
+};
+
+/* rev_val's flags. */
+enum rev_flags : __u16 {
+	/* The session moved to another backend, or went idle with requests
+	 * still awaited: the entry only waits for the replies of its ring,
+	 * then the sweeper frees it. */
+	REV_F_RETIRED = 0x1,
+};
+
+/* ct_rev value: which session holds a NAT id, since when it is idle, and
+ * its requests awaiting replies. A request and its reply then touch no map
+ * but the session's: the requests that do not fit the ring (more than
+ * INFLIGHT_RING at once, or two sequences a multiple of it apart) go to
+ * the inflight map. */
 struct rev_val {
 	__be32 client;
 	__be16 echo_id;
-	__u16 pad;
+	__u8 client_mac[ETH_ALEN]; /* replies go back to it */
 	__u32 backend_idx;
-	__be32 vip;
+	__be32 vip; /* replies leave from it */
+	enum rev_flags flags;
+	__u8 sampled; /* bit i: ring[i]'s exchange is traced */
+	__u8 pad;
 	__u64 last_seen_ns;
+	struct ring_slot ring[INFLIGHT_RING];
 };
 
 /* nat_pools[idx]: NAT ids of one backend are a keyed permutation of a
@@ -126,30 +178,6 @@ struct backend_counters {
 	__u64 moved;        /* running sessions moved off it: it left the pool */
 };
 
-/* Sizes shared with Go.
- *
- * RTT histogram: bucket k counts RTTs in (bound[k-1], bound[k]] ns where
- * bound[k] = floor(1e9 * 2^((k - RTT_BUCKET_OFFSET) / 8)), so bucket k is
- * bucket k - RTT_BUCKET_OFFSET of a Prometheus native histogram of seconds
- * with schema 3. Bucket 0 is the zero bucket, [0, bound[0]].
- *
- * Requests are counted in epochs of 2^EPOCH_SHIFT ns (about 1.07 s) so that
- * userspace can count the lost ones once an epoch's loss timeout has passed,
- * with a ring of EPOCHS slots per backend instead of a scan of all requests.
- *
- * The ICMP checksum is verified for messages of up to ICMP_MAX_LEN bytes
- * (jumbo frames); longer ones are malformed to the program. */
-enum layout {
-	RTT_BUCKETS = 256,
-	RTT_BUCKET_OFFSET = 160,
-	RTT_SCHEMA = 3,
-	EPOCH_SHIFT = 30,
-	EPOCHS = 32,
-	ICMP_MAX_LEN = 9000,
-	/* The echo identifier of the agent's probes: never a NAT id, so that
-	 * a probe's reply is never taken for a session's, nor the reverse. */
-	PROBE_ECHO_ID = 0xfffe,
-};
 
 /* epochs[idx * EPOCHS + epoch % EPOCHS], per CPU. */
 struct epoch_count {

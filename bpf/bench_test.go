@@ -189,26 +189,35 @@ func BenchmarkPath(b *testing.B) {
 	b.Run("request_nat_collision", func(b *testing.B) {
 		long := cfg
 		long.LossTimeout = MaxLossTimeout // the owner's request stays young
-		long.NATIdle = 0
 		h := readyHarness(b, long)
-		h.forceNATID(b, backendA.idx, 0x4242)
-		if v, _ := h.runRaw(b, echoRequest(client1, hop1MAC, 7, 1).frame()); v != xdpTX {
-			b.Fatalf("setup: verdict %d", v)
+		send := func(p packet) {
+			b.Helper()
+			if v, _ := h.runRaw(b, p.frame()); v != xdpTX {
+				b.Fatalf("setup: verdict %d", v)
+			}
 		}
+		// The owner's sequence 5 waits in the inflight map (slot 1 of its
+		// ring holds sequence 1); then the owner is evicted and its NAT id
+		// given to the newcomer, whose sequence 5 then meets it there.
 		h.forceNATID(b, backendA.idx, 0x4242)
-		if v, _ := h.runRaw(b, echoRequest(client2, hop2MAC, 7, 2).frame()); v != xdpTX {
-			b.Fatalf("setup: verdict %d", v)
-		}
-		bench(b, h, fixed(echoRequest(client2, hop2MAC, 7, 1).frame()), xdpDrop, IcmplbReasonREASON_NAT_COLLISION, nil)
+		send(echoRequest(client1, hop1MAC, 7, 1))
+		send(echoRequest(client1, hop1MAC, 7, 5))
+		h.evict(b, backendA, 0x4242)
+		h.forceNATID(b, backendA.idx, 0x4242)
+		send(echoRequest(client2, hop2MAC, 7, 1))
+		bench(b, h, fixed(echoRequest(client2, hop2MAC, 7, 5).frame()), xdpDrop, IcmplbReasonREASON_NAT_COLLISION, nil)
 	})
 	b.Run("request_inflight_full", func(b *testing.B) {
 		small := cfg
 		small.InflightSize = 1
 		h := readyHarness(b, small)
-		if v, _ := h.runRaw(b, echoRequest(client1, hop1MAC, 7, 1).frame()); v != xdpTX {
-			b.Fatalf("setup: verdict %d", v)
+		// Sequence 1 takes slot 1 of the ring, 5 the map's one entry.
+		for _, seq := range []uint16{1, 5} {
+			if v, _ := h.runRaw(b, echoRequest(client1, hop1MAC, 7, seq).frame()); v != xdpTX {
+				b.Fatalf("setup: verdict %d", v)
+			}
 		}
-		bench(b, h, fixed(echoRequest(client1, hop1MAC, 7, 2).frame()), xdpDrop, IcmplbReasonREASON_INFLIGHT_FULL, nil)
+		bench(b, h, fixed(echoRequest(client1, hop1MAC, 7, 9).frame()), xdpDrop, IcmplbReasonREASON_INFLIGHT_FULL, nil)
 	})
 	b.Run("reply_matched", func(b *testing.B) {
 		h := readyHarness(b, cfg)

@@ -93,38 +93,35 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	__be32 vip = ip->daddr;
 	struct fwd_key fk = { .client = ip->saddr, .vip = vip, .echo_id = icmp->id };
 	struct rev_key rk = {};
-	struct rev_val rv = { .client = ip->saddr, .echo_id = icmp->id, .vip = vip };
+	struct rev_key old_rk = {};
 	__be32 snat = svc->snat;
 	__u32 table = svc->table;
 	__u32 moved_from = NO_SLOT;
-	struct rev_key old_rk = {};
 	int moving = 0;
 	__u8 client_mac[ETH_ALEN];
-	struct backend *be = NULL;
+	struct rev_val *cur;
+	struct backend *be;
 	struct fwd_val *fv;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now;
 	__u32 idx;
 
 	if (svc->flags & SERVICE_F_PASS)
 		return count_svc(table, REASON_ALL_DOWN, XDP_PASS);
-	if (bogus_source(eth, ip->saddr))
-		return count_svc(table, REASON_BOGUS_SOURCE, XDP_PASS);
 	if (ip->ttl == 0)
 		return count_svc(table, REASON_TTL_ZERO, XDP_PASS);
 	if (!icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
 		return count_svc(table, REASON_MALFORMED, XDP_PASS);
 
 	__builtin_memcpy(client_mac, eth->h_source, ETH_ALEN);
-	rv.last_seen_ns = now;
+	now = bpf_ktime_get_ns();
 
 	fv = bpf_map_lookup_elem(&ct_fwd, &fk);
 	if (fv) {
-		struct rev_val *cur;
-
 		rk.backend = fv->backend;
 		rk.nat_id = fv->nat_id;
 		cur = bpf_map_lookup_elem(&ct_rev, &rk);
-		if (cur && cur->client == fk.client && cur->echo_id == fk.echo_id && cur->vip == vip) {
+		if (cur && cur->client == fk.client && cur->echo_id == fk.echo_id && cur->vip == vip &&
+		    !(cur->flags & REV_F_RETIRED)) {
 			/* The session is live: it belongs to the MAC that opened it.
 			 * Anyone else on the segment could otherwise take its
 			 * replies by sending one request with its address. */
@@ -140,8 +137,9 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 				goto forward;
 			}
 			/* Its backend left the pool: the session moves. Its old
-			 * NAT id is freed once the move succeeded; until then the
-			 * session stays bound to its MAC. */
+			 * entry keeps waiting for the replies of its ring once the
+			 * move succeeded; until then the session stays bound to
+			 * its MAC. */
 			if (be && be->addr == fv->backend && be->vip == vip)
 				moved_from = idx;
 			old_rk = rk;
@@ -149,6 +147,10 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 		}
 	}
 
+	/* A session's source was checked when it opened: a known session's
+	 * address is one a client had. */
+	if (bogus_source(eth, ip->saddr))
+		return count_svc(table, REASON_BOGUS_SOURCE, XDP_PASS);
 	{
 		__u32 slot = session_hash(fk.client, fk.echo_id) % cfg_maglev_size;
 		void *tbl = bpf_map_lookup_elem(&maglev_tables, &table);
@@ -172,8 +174,22 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 		return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
 
 	rk.backend = be->addr;
-	rv.backend_idx = idx;
-	if (!nat_alloc(idx, &rk, &rv, now))
+	{
+		struct rev_val rv = {
+			.client = fk.client,
+			.echo_id = fk.echo_id,
+			.backend_idx = idx,
+			.vip = vip,
+			.last_seen_ns = now,
+		};
+
+		__builtin_memcpy(rv.client_mac, client_mac, ETH_ALEN);
+		if (!nat_alloc(idx, &rk, &rv, now))
+			return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
+	}
+	cur = bpf_map_lookup_elem(&ct_rev, &rk);
+	/* Evicted at once by a full map's other CPU: no NAT id after all. */
+	if (!cur)
 		return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
 	{
 		struct fwd_val nv = { .backend = be->addr, .backend_idx = idx, .nat_id = rk.nat_id };
@@ -181,8 +197,13 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 		__builtin_memcpy(nv.client_mac, client_mac, ETH_ALEN);
 		bpf_map_update_elem(&ct_fwd, &fk, &nv, BPF_ANY);
 	}
-	if (moving)
-		bpf_map_delete_elem(&ct_rev, &old_rk);
+	if (moving) {
+		/* Looked up again: the update above may have evicted it. */
+		struct rev_val *old = bpf_map_lookup_elem(&ct_rev, &old_rk);
+
+		if (old && old->client == fk.client && old->echo_id == fk.echo_id && old->vip == vip)
+			old->flags |= REV_F_RETIRED;
+	}
 	if (moved_from != NO_SLOT) {
 		struct backend_counters *old = bpf_map_lookup_elem(&backend_stats, &moved_from);
 
@@ -192,7 +213,7 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 
 forward:
 	rewrite(eth, ip, icmp, be->mac, snat, be->addr, rk.nat_id);
-	switch (track_request(be, idx, &fk, snat, client_mac, icmp, now)) {
+	switch (track_request(be, idx, cur, &fk, snat, client_mac, icmp, now)) {
 	case TRACK_COLLISION:
 		return count_svc(table, REASON_NAT_COLLISION, XDP_DROP);
 	case TRACK_FULL:
@@ -234,24 +255,62 @@ static __always_inline int reply_unmatched(struct ethhdr *eth, struct iphdr *ip)
 	return count(REASON_CONNTRACK_MISS, XDP_PASS);
 }
 
-static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
-					struct icmp_echo *icmp)
+/* Sends a matched reply back to its client, measured: the exchange's
+ * request was taken off the ring or the inflight map by this CPU. */
+static __always_inline int reply_return(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
+					struct icmp_echo *icmp, __u32 idx, __u64 sent, __u16 sampled,
+					const __u8 *client_mac, __be32 vip, __be32 client, __be16 echo_id, __u64 now)
 {
-	struct inflight_key ik = { .backend = ip->saddr, .nat_id = icmp->id, .seq = icmp->seq };
-	struct inflight_val *found, iv;
-	struct backend_counters *bs;
-	struct backend *be;
-	__u64 now;
-	__u32 idx;
+	struct backend_counters *bs = bpf_map_lookup_elem(&backend_stats, &idx);
 
+	if (bs) {
+		bs->replies++;
+		bs->reply_bytes += ctx->data_end - ctx->data;
+		reply_measured(bs, idx, sent, sampled, client, echo_id, ip->saddr, icmp->seq, now);
+	}
+	rewrite(eth, ip, icmp, client_mac, vip, client, echo_id);
+	/* An incremental update writes 0x0000 both for a message whose other
+	 * words sum to 0xffff, where it is right, and for one whose other words
+	 * are all zero (id 0, seq 0, zero data), which only 0xffff verifies:
+	 * the rare zero is settled by verifying it. */
+	if (icmp->checksum == 0 && !icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
+		icmp->checksum = 0xffff;
+	return count(REASON_REPLY_RETURNED, XDP_TX);
+}
+
+/* Checks common to every reply to a SNAT address, before its request is
+ * looked for: returns the reason to pass it, or PARSED. */
+static __always_inline enum reason reply_sane(struct xdp_md *ctx, struct iphdr *ip, struct icmp_echo *icmp)
+{
 	if (ip->ttl == 0)
-		return count(REASON_TTL_ZERO, XDP_PASS);
+		return REASON_TTL_ZERO;
 	if (!icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
-		return count(REASON_MALFORMED, XDP_PASS);
+		return REASON_MALFORMED;
 	/* The agent's own probe: its socket takes it (no NAT id is ever
 	 * PROBE_ECHO_ID, so this is no session's). */
 	if (icmp->id == bpf_htons(PROBE_ECHO_ID))
-		return count(REASON_PROBE_REPLY, XDP_PASS);
+		return REASON_PROBE_REPLY;
+	return PARSED;
+}
+
+/* A reply whose request is not in its session's ring: in the inflight map,
+ * or no one's. */
+static __always_inline int reply_overflow(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
+					  struct icmp_echo *icmp)
+{
+	struct inflight_key ik = { .backend = ip->saddr, .nat_id = icmp->id, .seq = icmp->seq };
+	__be32 daddr = ip->daddr;
+	struct inflight_val *found, iv;
+	struct backend *be;
+	enum reason r;
+	__u64 now;
+	__u32 idx;
+
+	if (!bpf_map_lookup_elem(&snat_addrs, &daddr))
+		return count(REASON_NOT_VIP, XDP_PASS);
+	r = reply_sane(ctx, ip, icmp);
+	if (r != PARSED)
+		return count(r, XDP_PASS);
 	found = bpf_map_lookup_elem(&inflight, &ik);
 	if (!found)
 		return reply_unmatched(eth, ip);
@@ -266,28 +325,71 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	if (found->reply_csum != csum_norm(icmp->checksum) || found->snat != ip->daddr)
 		return count(REASON_REPLY_MISMATCH, XDP_PASS);
 	now = bpf_ktime_get_ns();
-	if (found->sent_ns + 2 * cfg_loss_timeout_ns < now)
+	if (!awaited(found->sent_ns, now))
 		return reply_unmatched(eth, ip);
 	iv = *found;
 	/* Of two copies of a reply racing on two CPUs, only the one that
 	 * deletes the request is returned and measured. */
 	if (bpf_map_delete_elem(&inflight, &ik))
 		return reply_unmatched(eth, ip);
+	return reply_return(ctx, eth, ip, icmp, idx, iv.sent_ns, iv.sampled, iv.client_mac, iv.vip, iv.client,
+			    iv.echo_id, now);
+}
 
-	bs = bpf_map_lookup_elem(&backend_stats, &idx);
-	if (bs) {
-		bs->replies++;
-		bs->reply_bytes += ctx->data_end - ctx->data;
-		reply_measured(bs, &iv, ip->saddr, icmp->seq, now);
-	}
-	rewrite(eth, ip, icmp, iv.client_mac, iv.vip, iv.client, iv.echo_id);
-	/* An incremental update writes 0x0000 both for a message whose other
-	 * words sum to 0xffff, where it is right, and for one whose other words
-	 * are all zero (id 0, seq 0, zero data), which only 0xffff verifies:
-	 * the rare zero is settled by verifying it. */
-	if (icmp->checksum == 0 && !icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
-		icmp->checksum = 0xffff;
-	return count(REASON_REPLY_RETURNED, XDP_TX);
+static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
+					struct icmp_echo *icmp)
+{
+	struct rev_key rk = { .backend = ip->saddr, .nat_id = icmp->id };
+	struct ring_slot *slot;
+	struct rev_val *rv;
+	struct backend *be;
+	__u8 client_mac[ETH_ALEN];
+	__be32 vip, client;
+	__be16 echo_id;
+	__u64 now, sent;
+	__u16 sampled;
+	int other_snat;
+	enum reason r;
+	__u32 idx, i;
+
+	rv = bpf_map_lookup_elem(&ct_rev, &rk);
+	if (!rv)
+		return reply_overflow(ctx, eth, ip, icmp);
+	i = bpf_ntohs(icmp->seq) & (INFLIGHT_RING - 1);
+	slot = &rv->ring[i];
+	sent = slot->sent_ns;
+	/* Read before the rest of the slot: see track_request. */
+	barrier();
+	if (!sent || slot->seq != icmp->seq)
+		return reply_overflow(ctx, eth, ip, icmp);
+	/* Its request went from another address than the reply comes to. */
+	other_snat = slot->snat != ip->daddr;
+	if (other_snat && !bpf_map_lookup_elem(&snat_addrs, &ip->daddr))
+		return count(REASON_NOT_VIP, XDP_PASS);
+	r = reply_sane(ctx, ip, icmp);
+	if (r != PARSED)
+		return count(r, XDP_PASS);
+	idx = rv->backend_idx;
+	be = bpf_map_lookup_elem(&backends, &idx);
+	if (!be || be->addr != ip->saddr)
+		return count(REASON_CONNTRACK_MISS, XDP_PASS);
+	if (!mac_eq(be->mac, eth->h_source))
+		return count(REASON_REPLY_SPOOFED, XDP_PASS);
+	if (other_snat || slot->reply_csum != csum_norm(icmp->checksum))
+		return count(REASON_REPLY_MISMATCH, XDP_PASS);
+	now = bpf_ktime_get_ns();
+	if (!awaited(sent, now))
+		return reply_unmatched(eth, ip);
+	sampled = (rv->sampled >> i) & 1;
+	client = rv->client;
+	echo_id = rv->echo_id;
+	vip = rv->vip;
+	__builtin_memcpy(client_mac, rv->client_mac, ETH_ALEN);
+	/* Of two copies of a reply racing on two CPUs, only the one that takes
+	 * the slot back is returned and measured. */
+	if (__sync_val_compare_and_swap(&slot->sent_ns, sent, 0) != sent)
+		return reply_unmatched(eth, ip);
+	return reply_return(ctx, eth, ip, icmp, idx, sent, sampled, client_mac, vip, client, echo_id, now);
 }
 
 SEC("xdp")
@@ -306,13 +408,10 @@ int icmplb(struct xdp_md *ctx)
 			return count(REASON_NOT_VIP, XDP_PASS);
 		return handle_request(ctx, p.eth, p.ip, p.icmp, svc);
 	}
-	if (p.icmp->type == ICMP_ECHOREPLY && p.icmp->code == 0) {
-		__be32 daddr = p.ip->daddr;
-
-		if (!bpf_map_lookup_elem(&snat_addrs, &daddr))
-			return count(REASON_NOT_VIP, XDP_PASS);
+	/* Whether a reply is to a SNAT address is known from its session's
+	 * ring, or else looked up. */
+	if (p.icmp->type == ICMP_ECHOREPLY && p.icmp->code == 0)
 		return handle_reply(ctx, p.eth, p.ip, p.icmp);
-	}
 	return count(REASON_NOT_ECHO, XDP_PASS);
 }
 
@@ -338,13 +437,10 @@ int conntrack_count(void *ctx)
 	return 0;
 }
 
-/* Entries of requests older than this are lost even to late replies. */
-#define INFLIGHT_MAX_AGE(timeout) (2 * (timeout))
-
 static long sweep_inflight(void *map, struct inflight_key *k, struct inflight_val *v, __u64 *now)
 {
 	/* Entries stamped after the sweep began are newer than *now. */
-	if (v->sent_ns + INFLIGHT_MAX_AGE(cfg_loss_timeout_ns) < *now)
+	if (!awaited(v->sent_ns, *now))
 		bpf_map_delete_elem(&inflight, k);
 	return 0;
 }
@@ -354,8 +450,19 @@ static long sweep_rev(void *map, struct rev_key *k, struct rev_val *v, __u64 *no
 	__u32 idx = v->backend_idx;
 	__u32 *n;
 
+	/* A retired entry only waits for the replies of its ring. */
+	if (v->flags & REV_F_RETIRED) {
+		if (!ring_awaited(v, *now))
+			bpf_map_delete_elem(&ct_rev, k);
+		return 0;
+	}
 	if (v->last_seen_ns + cfg_nat_idle_ns < *now) {
-		bpf_map_delete_elem(&ct_rev, k);
+		/* The session ends (sweep_fwd drops it) but its NAT id stays
+		 * held while its requests may still be answered. */
+		if (ring_awaited(v, *now))
+			v->flags |= REV_F_RETIRED;
+		else
+			bpf_map_delete_elem(&ct_rev, k);
 		return 0;
 	}
 	/* The agent zeroes the counts before each sweep. */
@@ -370,7 +477,8 @@ static long sweep_fwd(void *map, struct fwd_key *k, struct fwd_val *v, __u64 *no
 	struct rev_key rk = { .backend = v->backend, .nat_id = v->nat_id };
 	struct rev_val *rv = bpf_map_lookup_elem(&ct_rev, &rk);
 
-	if (!rv || rv->client != k->client || rv->echo_id != k->echo_id || rv->vip != k->vip)
+	if (!rv || rv->client != k->client || rv->echo_id != k->echo_id || rv->vip != k->vip ||
+	    (rv->flags & REV_F_RETIRED))
 		bpf_map_delete_elem(&ct_fwd, k);
 	return 0;
 }

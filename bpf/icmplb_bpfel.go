@@ -96,6 +96,7 @@ const (
 	IcmplbLayoutEPOCHS            IcmplbLayout = 32
 	IcmplbLayoutICMP_MAX_LEN      IcmplbLayout = 9000
 	IcmplbLayoutPROBE_ECHO_ID     IcmplbLayout = 65534
+	IcmplbLayoutINFLIGHT_RING     IcmplbLayout = 4
 )
 
 type IcmplbLossState struct {
@@ -141,6 +142,12 @@ const (
 	IcmplbReasonREASON_MAX                  IcmplbReason = 24
 )
 
+type IcmplbRevFlags uint16
+
+const (
+	IcmplbRevFlagsREV_F_RETIRED IcmplbRevFlags = 1
+)
+
 type IcmplbRevKey struct {
 	_       structs.HostLayout
 	Backend uint32
@@ -152,10 +159,22 @@ type IcmplbRevVal struct {
 	_          structs.HostLayout
 	Client     uint32
 	EchoId     uint16
-	Pad        uint16
+	ClientMac  [6]uint8
 	BackendIdx uint32
 	Vip        uint32
+	Flags      IcmplbRevFlags
+	Sampled    uint8
+	Pad        uint8
 	LastSeenNs uint64
+	Ring       [4]IcmplbRingSlot
+}
+
+type IcmplbRingSlot struct {
+	_         structs.HostLayout
+	SentNs    uint64
+	Snat      uint32
+	Seq       uint16
+	ReplyCsum uint16
 }
 
 type IcmplbService struct {

@@ -699,8 +699,39 @@ func inflightKey(be backendInfo, natID, seq uint16) IcmplbInflightKey {
 	return IcmplbInflightKey{Backend: Addr(be.addr), NatId: Net16(natID), Seq: Net16(seq)}
 }
 
-// inflight returns the in-flight entry of request (be, natID, seq), if any.
+// ringOf returns the ring slot of request (be, natID, seq) in its session's
+// ct_rev entry, with the entry, if the request is there and not older than
+// twice the loss timeout (past that it is forgotten where it lies).
+func (h *harness) ringOf(t testing.TB, be backendInfo, natID, seq uint16) (IcmplbRevVal, int, bool) {
+	t.Helper()
+	var rv IcmplbRevVal
+	err := h.objs.CtRev.Lookup(IcmplbRevKey{Backend: Addr(be.addr), NatId: Net16(natID)}, &rv)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return rv, 0, false
+	}
+	if err != nil {
+		t.Fatalf("ct_rev[%v, %#04x]: %v", be.addr, natID, err)
+	}
+	i := int(seq) & (int(IcmplbLayoutINFLIGHT_RING) - 1)
+	s := rv.Ring[i]
+	return rv, i, s.SentNs != 0 && Host16(s.Seq) == seq && s.SentNs+2*uint64(h.cfg.LossTimeout) >= monotonicNow(t)
+}
+
+// inflight returns request (be, natID, seq) awaiting its reply, if any, from
+// its session's ring or else the inflight map, as an inflight map value.
 func (h *harness) inflight(t testing.TB, be backendInfo, natID, seq uint16) (IcmplbInflightVal, bool) {
+	t.Helper()
+	if rv, i, ok := h.ringOf(t, be, natID, seq); ok {
+		s := rv.Ring[i]
+		return IcmplbInflightVal{SentNs: s.SentNs, BackendIdx: rv.BackendIdx, Client: rv.Client, EchoId: rv.EchoId,
+			ReplyCsum: s.ReplyCsum, ClientMac: rv.ClientMac, Sampled: uint16(rv.Sampled>>i) & 1, Vip: rv.Vip, Snat: s.Snat}, true
+	}
+	return h.overflowed(t, be, natID, seq)
+}
+
+// overflowed returns request (be, natID, seq) from the inflight map, where
+// requests that found their ring slot taken wait.
+func (h *harness) overflowed(t testing.TB, be backendInfo, natID, seq uint16) (IcmplbInflightVal, bool) {
 	t.Helper()
 	var iv IcmplbInflightVal
 	err := h.objs.Inflight.Lookup(inflightKey(be, natID, seq), &iv)
@@ -747,13 +778,16 @@ func (h *harness) sweep(t testing.TB) {
 	}
 }
 
-// inflightCount counts the requests awaiting replies.
+// inflightCount counts the requests awaiting replies: in the inflight map,
+// and in the sessions' rings those not older than twice the loss timeout.
 func (h *harness) inflightCount(t testing.TB) int {
 	t.Helper()
 	var (
-		k IcmplbInflightKey
-		v IcmplbInflightVal
-		n int
+		k  IcmplbInflightKey
+		v  IcmplbInflightVal
+		rk IcmplbRevKey
+		rv IcmplbRevVal
+		n  int
 	)
 	it := h.objs.Inflight.Iterate()
 	for it.Next(&k, &v) {
@@ -762,6 +796,18 @@ func (h *harness) inflightCount(t testing.TB) int {
 	if err := it.Err(); err != nil {
 		t.Fatalf("iterate inflight: %v", err)
 	}
+	now := monotonicNow(t)
+	rit := h.objs.CtRev.Iterate()
+	for rit.Next(&rk, &rv) {
+		for _, s := range rv.Ring {
+			if s.SentNs != 0 && s.SentNs+2*uint64(h.cfg.LossTimeout) >= now {
+				n++
+			}
+		}
+	}
+	if err := rit.Err(); err != nil {
+		t.Fatalf("iterate ct_rev: %v", err)
+	}
 	return n
 }
 
@@ -769,7 +815,14 @@ func (h *harness) inflightCount(t testing.TB) int {
 // that tests of the loss timeouts need not sleep through them.
 func (h *harness) backdate(t testing.TB, be backendInfo, natID, seq uint16, d time.Duration) {
 	t.Helper()
-	iv, ok := h.inflight(t, be, natID, seq)
+	if rv, i, ok := h.ringOf(t, be, natID, seq); ok {
+		rv.Ring[i].SentNs -= uint64(d)
+		if err := h.objs.CtRev.Put(IcmplbRevKey{Backend: Addr(be.addr), NatId: Net16(natID)}, rv); err != nil {
+			t.Fatalf("backdate ring: %v", err)
+		}
+		return
+	}
+	iv, ok := h.overflowed(t, be, natID, seq)
 	if !ok {
 		t.Fatalf("no in-flight entry for %v nat id %#04x seq %d to backdate", be.addr, natID, seq)
 	}

@@ -52,98 +52,104 @@ func TestRequestResentInFlight(t *testing.T) {
 	}
 }
 
-// TestNATCollision: a session that got a NAT id whose previous owner still
-// awaits a reply for some sequence number must not take that request over:
-// the reply would go to the new session.
+// evict removes a session's ct_rev entry as conntrack pressure does: the
+// LRU map drops it without the program knowing.
+func (h *harness) evict(t testing.TB, be backendInfo, natID uint16) {
+	t.Helper()
+	if err := h.objs.CtRev.Delete(IcmplbRevKey{Backend: Addr(be.addr), NatId: Net16(natID)}); err != nil {
+		t.Fatalf("evict ct_rev[%v, %#04x]: %v", be.addr, natID, err)
+	}
+}
+
+// TestNATCollision: a session that got the NAT id of an evicted session,
+// whose request still awaits a reply in the inflight map, must not take
+// that request over: the reply would go to the new session.
 func TestNATCollision(t *testing.T) {
 	cfg := testConfig(vip)
-	cfg.NATIdle = 0 // ids are free to reuse at once; requests in flight are not
 	h := readyHarness(t, cfg)
 
 	const natID = 0x4242
 	h.forceNATID(t, backendA.idx, natID)
 	owner := echoRequest(client1, hop1MAC, 0x0101, 1)
 	h.forward(t, owner)
+	// Sequence 5 finds slot 1 of the ring taken by sequence 1.
+	owner5 := echoRequest(client1, hop1MAC, 0x0101, 5)
+	h.forward(t, owner5)
+	if _, ok := h.overflowed(t, backendA, natID, 5); !ok {
+		t.Fatal("setup: sequence 5 is not in the inflight map")
+	}
+	h.evict(t, backendA, natID)
 
 	h.forceNATID(t, backendA.idx, natID)
 	newcomer := echoRequest(client2, hop2MAC, 0x0202, 1)
-	h.run(t, newcomer.frame(), xdpDrop, IcmplbReasonREASON_NAT_COLLISION)
-	h.requireConntrack(t, client2, 0x0202, hop2MAC, backendA, natID)
-	h.requireInflight(t, owner, backendA, natID)
-	requireRequests(t, h, backendA, 1)
-
-	// Other sequence numbers of the same NAT id are free.
-	next := echoRequest(client2, hop2MAC, 0x0202, 2)
-	if _, got := h.forward(t, next); got != natID {
-		t.Fatalf("newcomer's next request got NAT id %#04x, want %#04x", got, natID)
+	if _, got := h.forward(t, newcomer); got != natID {
+		t.Fatalf("setup: newcomer got NAT id %#04x, want the evicted %#04x", got, natID)
 	}
-	h.returnReply(t, replyTo(owner, backendA, vip, natID), client1, 0x0101, hop1MAC)
-	h.returnReply(t, replyTo(next, backendA, vip, natID), client2, 0x0202, hop2MAC)
+	newcomer5 := echoRequest(client2, hop2MAC, 0x0202, 5)
+	h.run(t, newcomer5.frame(), xdpDrop, IcmplbReasonREASON_NAT_COLLISION)
+	h.requireInflight(t, owner5, backendA, natID)
+	requireRequests(t, h, backendA, 3)
+
+	h.returnReply(t, replyTo(owner5, backendA, vip, natID), client1, 0x0101, hop1MAC)
+	h.returnReply(t, replyTo(newcomer, backendA, vip, natID), client2, 0x0202, hop2MAC)
 
 	// A request older than twice the loss timeout is lost for good: its
 	// key may be taken over.
-	stale := echoRequest(client1, hop1MAC, 0x0303, 7)
-	h.forceNATID(t, backendA.idx, natID)
-	h.forward(t, stale)
-	h.backdate(t, backendA, natID, 7, 2*cfg.LossTimeout+time.Second)
-	taker := echoRequest(client2, hop2MAC, 0x0202, 7)
-	h.forceNATID(t, backendA.idx, natID)
+	owner9 := echoRequest(client1, hop1MAC, 0x0303, 9)
+	h.forceNATID(t, backendA.idx, natID^1)
+	_, ownerNAT := h.forward(t, owner9)
+	owner13 := echoRequest(client1, hop1MAC, 0x0303, 13)
+	h.forward(t, owner13)
+	h.backdate(t, backendA, ownerNAT, 13, 2*cfg.LossTimeout+time.Second)
+	h.backdate(t, backendA, ownerNAT, 9, 2*cfg.LossTimeout+time.Second)
+	h.evict(t, backendA, ownerNAT)
+	h.forceNATID(t, backendA.idx, ownerNAT)
+	taker := echoRequest(client2, hop2MAC, 0x0404, 9)
 	h.forward(t, taker)
-	h.requireInflight(t, taker, backendA, natID)
-	h.returnReply(t, replyTo(taker, backendA, vip, natID), client2, 0x0202, hop2MAC)
+	taker13 := echoRequest(client2, hop2MAC, 0x0404, 13)
+	h.forward(t, taker13)
+	h.requireInflight(t, taker13, backendA, ownerNAT)
+	h.returnReply(t, replyTo(taker13, backendA, vip, ownerNAT), client2, 0x0404, hop2MAC)
 }
 
-// TestWrongClientUnderEviction: conntrack pressure evicts session A while
-// its request is in flight, and a new session B is given A's NAT id. A's
-// reply must still go to A, and B must not take over A's request.
-func TestWrongClientUnderEviction(t *testing.T) {
+// TestSessionsFull: when the sessions map is full, a new session is
+// refused (passed to the kernel and counted as the balancer's own loss)
+// while running sessions go on, their requests in flight answered to their
+// own clients; sessions freed by the sweeper make room again.
+func TestSessionsFull(t *testing.T) {
 	cfg := testConfig(vip)
 	cfg.ConntrackSize = 64
-	cfg.InflightSize = 64 * 64 // the fillers' requests stay in flight
+	cfg.NATIdle = 0
+	cfg.LossTimeout = 100 * time.Millisecond
 	h := readyHarness(t, cfg)
 
 	a := echoRequest(client1, hop1MAC, 0x0a0a, 1)
 	_, natA := h.forward(t, a)
-	revA := IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(natA)}
-	evicted := false
-	for i := 0; i < 64*int(cfg.ConntrackSize) && !evicted; i++ {
+	for i := 1; i < int(cfg.ConntrackSize); i++ {
 		client := netip.AddrFrom4([4]byte{10, 4, byte(i >> 8), byte(i)})
-		if v, _ := h.runRaw(t, echoRequest(client, hop2MAC, 1, 1).frame()); v != xdpTX {
-			t.Fatalf("filler session %d: verdict %d, stats %v", i, v, h.stats(t))
-		}
-		if b, err := h.objs.CtRev.LookupBytes(revA); err != nil {
-			t.Fatal(err)
-		} else {
-			evicted = b == nil
-		}
+		h.forward(t, echoRequest(client, hop2MAC, 1, 1))
 	}
-	if !evicted {
-		t.Fatalf("session A's ct_rev entry survived %d new sessions in a map of %d", 64*cfg.ConntrackSize, cfg.ConntrackSize)
-	}
-	h.requireInflight(t, a, backendA, natA)
+	refused := echoRequest(client2, hop2MAC, 0x0b0b, 1)
+	h.requireUntouched(t, refused.frame(), xdpPass, IcmplbReasonREASON_NAT_EXHAUSTED)
+	h.requireNoSession(t, client2, 0x0b0b)
 
-	h.forceNATID(t, backendA.idx, natA)
-	b := echoRequest(client2, hop2MAC, 0x0b0b, 2)
-	if _, natB := h.forward(t, b); natB != natA {
-		t.Fatalf("setup: session B got NAT id %#04x, want A's %#04x", natB, natA)
-	}
-	h.requireConntrack(t, client2, 0x0b0b, hop2MAC, backendA, natA)
-	h.run(t, echoRequest(client2, hop2MAC, 0x0b0b, 1).frame(), xdpDrop, IcmplbReasonREASON_NAT_COLLISION)
-
-	h.returnReply(t, replyTo(a, backendA, vip, natA), client1, 0x0a0a, hop1MAC)
-	h.returnReply(t, replyTo(b, backendA, vip, natA), client2, 0x0b0b, hop2MAC)
-
-	// A comes back: its NAT id is B's now, so it gets another.
 	a2 := echoRequest(client1, hop1MAC, 0x0a0a, 2)
-	_, natA2 := h.forward(t, a2)
-	if natA2 == natA {
-		t.Fatalf("returning session A took NAT id %#04x from B", natA)
+	if _, nat := h.forward(t, a2); nat != natA {
+		t.Fatalf("running session A changed NAT id from %#04x to %#04x", natA, nat)
 	}
-	h.returnReply(t, replyTo(a2, backendA, vip, natA2), client1, 0x0a0a, hop1MAC)
+	h.returnReply(t, replyTo(a, backendA, vip, natA), client1, 0x0a0a, hop1MAC)
+	h.returnReply(t, replyTo(a2, backendA, vip, natA), client1, 0x0a0a, hop1MAC)
+
+	// Idle past the NAT idle time, nothing awaited any more: swept.
+	time.Sleep(3 * cfg.LossTimeout)
+	h.sweep(t)
+	h.forward(t, refused)
 }
 
-// TestInflightFull: when no request can be remembered, none is sent, so a
-// reply never arrives that could not be matched, and none is counted.
+// TestInflightFull: a session's requests beyond its ring wait in the
+// inflight map; when it is full, such a request is not sent, so a reply
+// never arrives that could not be matched, and none is counted. Sessions
+// with room in their rings go on.
 func TestInflightFull(t *testing.T) {
 	cfg := testConfig(vip)
 	cfg.InflightSize = 4
@@ -151,23 +157,32 @@ func TestInflightFull(t *testing.T) {
 
 	var natID uint16
 	reqs := map[uint16]packet{}
-	for seq := uint16(1); seq <= 4; seq++ {
+	ring := uint16(IcmplbLayoutINFLIGHT_RING)
+	for seq := uint16(1); seq <= ring+4; seq++ {
 		reqs[seq] = echoRequest(client1, hop1MAC, 0x3c3c, seq)
 		_, natID = h.forward(t, reqs[seq])
 	}
-	h.run(t, echoRequest(client1, hop1MAC, 0x3c3c, 5).frame(), xdpDrop, IcmplbReasonREASON_INFLIGHT_FULL)
-	h.run(t, echoRequest(client2, hop2MAC, 0x3c3c, 1).frame(), xdpDrop, IcmplbReasonREASON_INFLIGHT_FULL)
-	requireRequests(t, h, backendA, 4)
-	// A resent request needs no room: its first copy holds it.
-	h.forward(t, reqs[2])
-	requireRequests(t, h, backendA, 4)
-	if n := h.inflightCount(t); n != 4 {
-		t.Errorf("%d requests in flight, want 4", n)
+	for seq := ring + 1; seq <= ring+4; seq++ {
+		if _, ok := h.overflowed(t, backendA, natID, seq); !ok {
+			t.Fatalf("sequence %d is not in the inflight map", seq)
+		}
 	}
+	h.run(t, echoRequest(client1, hop1MAC, 0x3c3c, ring+5).frame(), xdpDrop, IcmplbReasonREASON_INFLIGHT_FULL)
+	requireRequests(t, h, backendA, uint64(ring)+4)
+	// A resent request needs no room: its first copy holds it, in the
+	// ring or in the map.
+	h.forward(t, reqs[2])
+	h.forward(t, reqs[ring+2])
+	requireRequests(t, h, backendA, uint64(ring)+4)
+	if n := h.inflightCount(t); n != int(ring)+4 {
+		t.Errorf("%d requests in flight, want %d", n, ring+4)
+	}
+	h.forward(t, echoRequest(client2, hop2MAC, 0x3c3c, 1))
+	requireRequests(t, h, backendA, uint64(ring)+5)
 
-	h.returnReply(t, replyTo(reqs[1], backendA, vip, natID), client1, 0x3c3c, hop1MAC)
-	h.forward(t, echoRequest(client1, hop1MAC, 0x3c3c, 5))
-	requireRequests(t, h, backendA, 5)
+	h.returnReply(t, replyTo(reqs[ring+1], backendA, vip, natID), client1, 0x3c3c, hop1MAC)
+	h.forward(t, echoRequest(client1, hop1MAC, 0x3c3c, ring+5))
+	requireRequests(t, h, backendA, uint64(ring)+6)
 }
 
 // A session's request of a sequence number whose previous request is older

@@ -83,7 +83,8 @@ struct {
 	__uint(max_entries, 256);
 } src_deny SEC(".maps");
 
-/* ct_fwd: (client, echo id) -> (backend, NAT id, client's MAC). */
+/* ct_fwd: (client, echo id) -> (backend, NAT id, client's MAC). An LRU:
+ * losing an entry only makes its session open again with another NAT id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct fwd_key);
@@ -91,9 +92,15 @@ struct {
 	__uint(max_entries, 1);
 } ct_fwd SEC(".maps");
 
-/* ct_rev: (backend, NAT id) -> the session holding it. */
+/* ct_rev: (backend, NAT id) -> the session holding it, with its requests
+ * awaiting replies. A plain hash, not an LRU, for the inflight map's
+ * reason: evicting a session would forget its requests in flight, turning
+ * the balancer's shortage into a backend's loss, and free its NAT id for
+ * another client while replies are on the way. When full, new sessions are
+ * refused (nat_exhausted) and running ones go on; the sweeper frees the
+ * sessions idle for the NAT idle time. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct rev_key);
 	__type(value, struct rev_val);
 	__uint(max_entries, 1);

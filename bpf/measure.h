@@ -53,11 +53,31 @@ enum track {
 	TRACK_FULL,
 };
 
-/* Remembers a forwarded request (already rewritten) until its reply, and
- * counts it in its epoch. Never overwrites another session's request: its
- * reply would then go to the wrong client. */
-static __always_inline enum track track_request(struct backend *be, __u32 idx, struct fwd_key *fk, __be32 snat,
-						const __u8 *client_mac, struct icmp_echo *icmp, __u64 now)
+/* Requests older than this are lost even to late replies: their ring slots
+ * and inflight entries may be taken over. */
+#define INFLIGHT_MAX_AGE (2 * cfg_loss_timeout_ns)
+
+/* Compares by addition: another CPU may have stamped sent after our now. */
+static __always_inline int awaited(__u64 sent, __u64 now)
+{
+	return sent && sent + INFLIGHT_MAX_AGE >= now;
+}
+
+/* Whether any request in a session's ring still awaits its reply. */
+static __always_inline int ring_awaited(const struct rev_val *rv, __u64 now)
+{
+#pragma unroll
+	for (int i = 0; i < INFLIGHT_RING; i++)
+		if (awaited(rv->ring[i].sent_ns, now))
+			return 1;
+	return 0;
+}
+
+/* Keeps a request that found its ring slot taken in the inflight map. Never
+ * overwrites another session's request: its reply would then go to the
+ * wrong client. */
+static __always_inline enum track overflow(struct backend *be, __u32 idx, struct fwd_key *fk, __be32 snat,
+					   const __u8 *client_mac, struct icmp_echo *icmp, __u16 sampled, __u64 now)
 {
 	struct inflight_key ik = { .backend = be->addr, .nat_id = icmp->id, .seq = icmp->seq };
 	struct inflight_val iv = {
@@ -66,14 +86,13 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 		.client = fk->client,
 		.echo_id = fk->echo_id,
 		.reply_csum = reply_csum_of(icmp->checksum),
+		.sampled = sampled,
 		.vip = fk->vip,
 		.snat = snat,
 	};
-	struct epoch_count *ep;
 	long err;
 
 	__builtin_memcpy(iv.client_mac, client_mac, ETH_ALEN);
-	iv.sampled = cfg_trace_sample && bpf_get_prandom_u32() % cfg_trace_sample == 0;
 	err = bpf_map_update_elem(&inflight, &ik, &iv, BPF_NOEXIST);
 	if (err == -17 /* EEXIST */) {
 		struct inflight_val *old = bpf_map_lookup_elem(&inflight, &ik);
@@ -81,15 +100,47 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 		/* A request older than the sweeper's horizon is already lost: its
 		 * key may be taken over, by its own session too (the sequence
 		 * wrapped), which makes a new, counted request. */
-		if (old && old->sent_ns + 2 * cfg_loss_timeout_ns >= now) {
+		if (old && awaited(old->sent_ns, now)) {
 			if (old->client == fk->client && old->echo_id == fk->echo_id && old->vip == fk->vip)
 				return TRACK_DUP;
 			return TRACK_COLLISION;
 		}
 		err = bpf_map_update_elem(&inflight, &ik, &iv, BPF_ANY);
 	}
-	if (err)
-		return TRACK_FULL;
+	return err ? TRACK_FULL : TRACK_NEW;
+}
+
+/* Remembers a forwarded request (already rewritten) until its reply, in its
+ * session's ring (rv) or else the inflight map, and counts it in its epoch. */
+static __always_inline enum track track_request(struct backend *be, __u32 idx, struct rev_val *rv, struct fwd_key *fk,
+						__be32 snat, const __u8 *client_mac, struct icmp_echo *icmp, __u64 now)
+{
+	__u32 i = bpf_ntohs(icmp->seq) & (INFLIGHT_RING - 1);
+	struct ring_slot *slot = &rv->ring[i];
+	__u16 sampled = cfg_trace_sample && bpf_get_prandom_u32() % cfg_trace_sample == 0;
+	struct epoch_count *ep;
+
+	if (awaited(slot->sent_ns, now)) {
+		enum track t;
+
+		if (slot->seq == icmp->seq)
+			return TRACK_DUP;
+		t = overflow(be, idx, fk, snat, client_mac, icmp, sampled, now);
+		if (t != TRACK_NEW)
+			return t;
+	} else {
+		slot->snat = snat;
+		slot->seq = icmp->seq;
+		slot->reply_csum = reply_csum_of(icmp->checksum);
+		if (sampled)
+			rv->sampled |= 1 << i;
+		else
+			rv->sampled &= ~(1 << i);
+		/* A reply reads sent_ns before the rest and takes the slot only if
+		 * sent_ns is still what it read: the rest must be written first. */
+		barrier();
+		slot->sent_ns = now;
+	}
 
 	ep = epoch_slot(idx, now >> EPOCH_SHIFT);
 	if (ep) {
@@ -100,18 +151,16 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 		}
 		ep->sent++;
 	}
-	if (iv.sampled)
+	if (sampled)
 		trace(TRACE_REQUEST, now, 0, fk->client, be->addr, fk->echo_id, icmp->seq, idx, 0);
 	return TRACK_NEW;
 }
 
 /* Counts a matched reply: RTT into the histogram and answer into the
  * request's epoch, or late when past the loss timeout. */
-static __always_inline void reply_measured(struct backend_counters *bs, struct inflight_val *iv, __be32 backend,
-					   __be16 seq, __u64 now)
+static __always_inline void reply_measured(struct backend_counters *bs, __u32 idx, __u64 sent, __u16 sampled,
+					   __be32 client, __be16 echo_id, __be32 backend, __be16 seq, __u64 now)
 {
-	__u32 idx = iv->backend_idx;
-	__u64 sent = iv->sent_ns;
 	__u64 rtt = now - sent;
 	__u32 late = rtt > cfg_loss_timeout_ns;
 
@@ -135,6 +184,6 @@ static __always_inline void reply_measured(struct backend_counters *bs, struct i
 				ep->answered++;
 		}
 	}
-	if (iv->sampled)
-		trace(TRACE_REPLY, sent, rtt, iv->client, backend, iv->echo_id, seq, idx, late);
+	if (sampled)
+		trace(TRACE_REPLY, sent, rtt, client, backend, echo_id, seq, idx, late);
 }

@@ -11,6 +11,7 @@
 #include "abi.h"
 #include "csum.h"
 #include "maps.h"
+#include "measure.h"
 #include "proto.h"
 
 #define NAT_ID_TRIES 8
@@ -55,7 +56,8 @@ static __always_inline __u16 nat_permute(const struct nat_pool *p, __u16 x)
 	return ((__u16)l << 8) | r;
 }
 
-/* Gives the session a NAT id no live session holds at this backend, or 0. */
+/* Gives the session a NAT id no live session holds at this backend, or 0
+ * when none of the ids tried is free or the sessions map is full. */
 static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_val *rv, __u64 now)
 {
 	struct nat_pool *pool = bpf_map_lookup_elem(&nat_pools, &idx);
@@ -66,17 +68,24 @@ static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_v
 	for (int i = 0; i < NAT_ID_TRIES; i++) {
 		__u16 cand = nat_permute(pool, (__u16)__sync_fetch_and_add(&pool->next, 1));
 		struct rev_val *old;
+		long err;
 
 		if (cand == PROBE_ECHO_ID)
 			continue;
 		rk->nat_id = bpf_htons(cand);
 		old = bpf_map_lookup_elem(&ct_rev, rk);
 		/* Another CPU may have stamped the entry after our `now`: compare
-		 * by addition, since now - last_seen would wrap around. */
-		if (old && old->last_seen_ns + cfg_nat_idle_ns > now)
+		 * by addition, since now - last_seen would wrap around. An id
+		 * whose holder still awaits a reply is not free either, whatever
+		 * the idle time: the reply would be taken for the new session's. */
+		if (old && (old->last_seen_ns + cfg_nat_idle_ns > now || ring_awaited(old, now)))
 			continue;
-		if (bpf_map_update_elem(&ct_rev, rk, rv, BPF_ANY) == 0)
+		err = bpf_map_update_elem(&ct_rev, rk, rv, BPF_ANY);
+		if (err == 0)
 			return 1;
+		/* The sessions map is full: no other id has room either. */
+		if (err == -7 /* E2BIG */)
+			return 0;
 	}
 	return 0;
 }

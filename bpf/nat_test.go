@@ -242,9 +242,10 @@ func TestNATIDSkipsBusyReusesIdle(t *testing.T) {
 	h.returnReply(t, replyTo(req, backendA, vip, idleID), client1, 5, hop1MAC)
 }
 
-// An idle session's NAT id may go to a new session; when the old session
-// wakes up it must get a fresh id instead of hijacking the new owner's, and
-// the reply to its request still in flight must come back to it.
+// An idle session's NAT id may go to a new session once no request of it
+// awaits a reply (the reply would be taken for the new session's); when the
+// old session wakes up it must get a fresh id instead of hijacking the new
+// owner's.
 func TestNATIDReusedByAnotherSession(t *testing.T) {
 	requireRoot(t)
 	tests := []struct {
@@ -267,8 +268,13 @@ func TestNATIDReusedByAnotherSession(t *testing.T) {
 			first := echoRequest(client1, hop1MAC, 5, 1)
 			h.forward(t, first)
 			h.forceNATID(t, backendA.idx, natID)
-			// Sequence 2: sequence 1 of NAT id 40 is still awaited by
-			// client1 (TestNATCollision sends that one).
+			early := echoRequest(netip.MustParseAddr("10.4.0.9"), hop2MAC, 9, 1)
+			if _, got := h.forward(t, early); got == natID {
+				t.Fatalf("a session got NAT id %d while its idle holder awaits a reply", natID)
+			}
+			h.returnReply(t, replyTo(first, backendA, vip, natID), client1, 5, hop1MAC)
+
+			h.forceNATID(t, backendA.idx, natID)
 			thiefReq := echoRequest(tt.thief, tt.thiefHop, tt.thiefEchoID, 2)
 			if _, got := h.forward(t, thiefReq); got != natID {
 				t.Fatalf("setup: second session got NAT id %d, want the idle %d", got, natID)
@@ -283,7 +289,6 @@ func TestNATIDReusedByAnotherSession(t *testing.T) {
 			h.requireConntrack(t, tt.thief, tt.thiefEchoID, tt.thiefHop, backendA, natID)
 			h.returnReply(t, replyTo(thiefReq, backendA, vip, natID), tt.thief, tt.thiefEchoID, tt.thiefHop)
 			h.returnReply(t, replyTo(req, backendA, vip, got), client1, 5, hop1MAC)
-			h.returnReply(t, replyTo(first, backendA, vip, natID), client1, 5, hop1MAC)
 		})
 	}
 }

@@ -179,7 +179,9 @@ func TestServiceAllDownPass(t *testing.T) {
 }
 
 // A session whose backend becomes unhealthy moves to another backend: the
-// move is counted on the backend it left, and its old NAT id is freed.
+// move is counted on the backend it left, the reply to its request still
+// on the way from there reaches the client, and its old NAT id is freed
+// once no reply is awaited.
 func TestSessionMovesOffUnhealthyBackend(t *testing.T) {
 	h := newHarness(t, testConfig(vip))
 	h.setBackend(t, backendA, backendReady)
@@ -209,8 +211,16 @@ func TestSessionMovesOffUnhealthyBackend(t *testing.T) {
 		t.Errorf("backend A counted %d sessions moved off it, want 1", moved)
 	}
 	var rv IcmplbRevVal
-	if err := h.objs.CtRev.Lookup(IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(nat)}, &rv); !errors.Is(err, ebpf.ErrKeyNotExist) {
-		t.Errorf("the old NAT id %#04x at A is still held: %+v, %v", nat, rv, err)
+	oldKey := IcmplbRevKey{Backend: Addr(backendA.addr), NatId: Net16(nat)}
+	if err := h.objs.CtRev.Lookup(oldKey, &rv); err != nil || rv.Flags&IcmplbRevFlagsREV_F_RETIRED == 0 {
+		t.Errorf("the old NAT id %#04x at A: %+v, %v; want it retired, awaiting the reply of sequence 1", nat, rv, err)
+	}
+	first := req
+	first.seq = 1
+	h.returnReply(t, replyTo(first, backendA, vip, nat), client1, 0x51, hop1MAC)
+	h.sweep(t)
+	if err := h.objs.CtRev.Lookup(oldKey, &rv); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("the old NAT id %#04x at A is still held after its reply: %+v, %v", nat, rv, err)
 	}
 	// An unhealthy backend still in a table (a racing update) gets no
 	// new session.
