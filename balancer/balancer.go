@@ -47,7 +47,8 @@ type Balancer struct {
 	tookOver bool
 	// innerSpec makes Maglev tables for maglev_tables.
 	innerSpec *ebpf.MapSpec
-	srcDeny   map[netip.Addr]bool
+	srcDeny   map[netip.Addr]bool // what src_deny holds
+	ifaceDeny map[netip.Addr]bool // the interface's part of it
 
 	mu       sync.Mutex // guards cfg's services, services, slots, hosts, sessions
 	services map[netip.Addr]*service

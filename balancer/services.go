@@ -223,6 +223,9 @@ func (b *Balancer) apply(svcs []config.Service, resolve time.Duration) error {
 	if err := b.writeSNATs(svcs); err != nil {
 		return err
 	}
+	if err := b.writeSrcDeny(svcs); err != nil {
+		return err
+	}
 	for _, svc := range svcs {
 		s, ok := b.services[svc.VIP]
 		if !ok {
@@ -247,6 +250,9 @@ func (b *Balancer) apply(svcs []config.Service, resolve time.Duration) error {
 		}
 	}
 	if err := b.writeSNATs(nil); err != nil {
+		return err
+	}
+	if err := b.writeSrcDeny(nil); err != nil {
 		return err
 	}
 	b.cfg.Services = slices.Clone(svcs)
@@ -486,6 +492,9 @@ func (b *Balancer) sweep(now time.Time) error {
 	}
 	if len(b.staleSNATs) > 0 {
 		if err := b.writeSNATs(nil); err != nil {
+			return err
+		}
+		if err := b.writeSrcDeny(nil); err != nil {
 			return err
 		}
 	}

@@ -288,6 +288,23 @@ func TestApplyRemovedService(t *testing.T) {
 	if err := b.objs.SnatAddrs.Lookup(bpf.Addr(snatB), &n); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Errorf("snat_addrs[%s] once retired: %d, %v", snatB, n, err)
 	}
+	requireDenied(t, b, map[netip.Addr]bool{vipA: true, vipB: false, snatB: false})
+}
+
+// requireDenied checks which addresses src_deny holds: the data plane
+// refuses requests from every VIP and SNAT address with its one lookup.
+func requireDenied(t *testing.T, b *Balancer, want map[netip.Addr]bool) {
+	t.Helper()
+	for a, denied := range want {
+		var v uint8
+		err := b.objs.SrcDeny.Lookup(bpf.Addr(a), &v)
+		if denied && err != nil {
+			t.Errorf("src_deny[%s]: %v, want it denied", a, err)
+		}
+		if !denied && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.Errorf("src_deny[%s]: %d, %v, want it allowed", a, v, err)
+		}
+	}
 }
 
 // A reload that changes a service's SNAT address lists the new address
@@ -305,6 +322,7 @@ func TestApplySNATChange(t *testing.T) {
 			t.Errorf("snat_addrs[%s] after the reload: %v", a, err)
 		}
 	}
+	requireDenied(t, b, map[netip.Addr]bool{vipA: true, newSNAT: true})
 }
 
 // A reload that needs more slots than are free (removed backends keep

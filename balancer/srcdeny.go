@@ -4,11 +4,13 @@ package balancer
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/icmplb/icmplb/bpf"
+	"github.com/icmplb/icmplb/config"
 )
 
 // deniedSources are the addresses of the interface's own subnets that no
@@ -63,13 +65,38 @@ func ifacePrefixes(ifindex int) ([]netip.Prefix, error) {
 }
 
 // refreshSrcDeny brings the data plane's src_deny map in line with the
-// interface's addresses, which may change while the agent runs.
+// interface's addresses, which may change while the agent runs; it takes
+// b.mu for the services' addresses.
 func (b *Balancer) refreshSrcDeny() error {
 	prefixes, err := ifacePrefixes(b.iface.Index)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", b.iface.Name, err)
 	}
-	want := deniedSources(prefixes)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.ifaceDeny = deniedSources(prefixes)
+	return b.writeSrcDeny(nil)
+}
+
+// writeSrcDeny makes src_deny the interface's denied sources and the
+// addresses of the balancer itself: every VIP and SNAT address, of the
+// services and of incoming (a reload's, denied before they go live), and
+// the SNAT addresses still kept for late replies. The data plane then
+// checks a request's source with one lookup. Called with b.mu held.
+func (b *Balancer) writeSrcDeny(incoming []config.Service) error {
+	want := maps.Clone(b.ifaceDeny)
+	if want == nil {
+		want = map[netip.Addr]bool{}
+	}
+	for _, s := range incoming {
+		want[s.VIP], want[s.SNAT] = true, true
+	}
+	for vip, s := range b.services {
+		want[vip], want[s.cfg.SNAT] = true, true
+	}
+	for a := range b.staleSNATs {
+		want[bpf.AddrFrom(a)] = true
+	}
 	for a := range want {
 		if !b.srcDeny[a] {
 			if err := b.objs.SrcDeny.Put(bpf.Addr(a), uint8(1)); err != nil {

@@ -69,8 +69,7 @@ static __always_inline int bogus_source(struct ethhdr *eth, __be32 saddr)
 	 * reserved, limited broadcast). */
 	if (first == 0 || first == 127 || first >= 224)
 		return 1;
-	if (bpf_map_lookup_elem(&services, &saddr) || bpf_map_lookup_elem(&snat_addrs, &saddr))
-		return 1;
+	/* The VIPs and SNAT addresses are in it too. */
 	return bpf_map_lookup_elem(&src_deny, &saddr) != NULL;
 }
 

@@ -374,13 +374,25 @@ func newHarness(t testing.TB, cfg testCfg) *harness {
 	if err := h.objs.MaglevTables.Put(uint32(0), h.table); err != nil {
 		t.Fatalf("maglev_tables[0]: %v", err)
 	}
-	if err := h.objs.Services.Put(Addr(cfg.VIP), IcmplbService{Snat: Addr(cfg.SNAT), Table: 0}); err != nil {
-		t.Fatalf("services[%v]: %v", cfg.VIP, err)
-	}
-	if err := h.objs.SnatAddrs.Put(Addr(cfg.SNAT), uint32(1)); err != nil {
-		t.Fatalf("snat_addrs[%v]: %v", cfg.SNAT, err)
-	}
+	h.addService(t, cfg.VIP, cfg.SNAT, 0)
 	return h
+}
+
+// addService writes a service as the agent does: its entry, its SNAT
+// address, and both addresses as sources no client can have.
+func (h *harness) addService(t testing.TB, vip, snat netip.Addr, table uint32) {
+	t.Helper()
+	if err := h.objs.Services.Put(Addr(vip), IcmplbService{Snat: Addr(snat), Table: table}); err != nil {
+		t.Fatalf("services[%v]: %v", vip, err)
+	}
+	if err := h.objs.SnatAddrs.Put(Addr(snat), uint32(1)); err != nil {
+		t.Fatalf("snat_addrs[%v]: %v", snat, err)
+	}
+	for _, a := range []netip.Addr{vip, snat} {
+		if err := h.objs.SrcDeny.Put(Addr(a), uint8(1)); err != nil {
+			t.Fatalf("src_deny[%v]: %v", a, err)
+		}
+	}
 }
 
 // loadTestObjects loads the test-only programs (testprogs.c) with the RTT

@@ -74,13 +74,15 @@ struct {
 	__uint(max_entries, 1);
 } backend_addrs SEC(".maps");
 
-/* src_deny: source addresses no client can have that depend on the host (the
- * network and broadcast addresses of the interface's subnets) -> 1. */
+/* src_deny: source addresses no client can have -> 1: the balancer's own
+ * (every VIP and SNAT address) and those of the interface's subnets that
+ * depend on the host (its addresses, network and broadcast addresses),
+ * kept by the agent, so that a request's source costs one lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __be32);
 	__type(value, __u8);
-	__uint(max_entries, 256);
+	__uint(max_entries, 1);
 } src_deny SEC(".maps");
 
 /* ct_fwd: (client, echo id) -> (backend, NAT id, client's MAC). An LRU:

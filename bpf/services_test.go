@@ -36,12 +36,7 @@ func addService2(t *testing.T, h *harness, slot uint32) *ebpf.Map {
 	if err := h.objs.MaglevTables.Put(uint32(1), table); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.objs.Services.Put(Addr(vip2), IcmplbService{Snat: Addr(snat2), Table: 1}); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.objs.SnatAddrs.Put(Addr(snat2), uint32(1)); err != nil {
-		t.Fatal(err)
-	}
+	h.addService(t, vip2, snat2, 1)
 	return table
 }
 

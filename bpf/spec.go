@@ -21,7 +21,7 @@ type Config struct {
 	MaxServices uint32
 	// MaxBackends bounds the backend index space.
 	MaxBackends uint32
-	// ConntrackSize is the capacity of each conntrack LRU map.
+	// ConntrackSize is the capacity of the conntrack maps: ping sessions.
 	ConntrackSize uint32
 	// NATIdle is how long a session must be idle before its NAT id may be
 	// given to another session.
@@ -55,6 +55,10 @@ func RTTKey(idx, k int) int { return idx*RTTBuckets + k }
 // as the data plane computes it (epoch_slot, bpf/measure.h).
 func EpochKey(idx int, e uint64) int { return idx*Epochs + int(e%uint64(Epochs)) }
 
+// srcDenyIface bounds the sources denied for the interface's addresses: its
+// own, and its subnets' network and broadcast addresses.
+const srcDenyIface = 256
+
 // MaxLossTimeout keeps a request's epoch slot alive until its loss is
 // counted: the ring of Epochs slots must outlast the timeout by a few epochs.
 const MaxLossTimeout = time.Duration(Epochs-4) << EpochShift
@@ -81,6 +85,9 @@ func NewSpec(c Config) (*ebpf.CollectionSpec, error) {
 		}
 	}
 	spec.Maps[IcmplbMapServices].MaxEntries = c.MaxServices
+	// Every VIP and SNAT address, the SNAT addresses a reload retired and
+	// still keeps, and the interface's own (see balancer/srcdeny.go).
+	spec.Maps[IcmplbMapSrcDeny].MaxEntries = 3*c.MaxServices + srcDenyIface
 	// A SNAT address per service at most.
 	spec.Maps[IcmplbMapSnatAddrs].MaxEntries = c.MaxServices
 	spec.Maps[IcmplbMapMaglevTables].MaxEntries = c.MaxServices

@@ -53,8 +53,8 @@ type Config struct {
 	XDPMode string `name:"xdp-mode" default:"${xdp_mode}" enum:"auto,native,generic" env:"ICMPLB_XDP_MODE" help:"XDP attach mode: auto (generic on veth, else native with generic fallback), native or generic."`
 	// MaglevSize is the number of Maglev slots, a prime.
 	MaglevSize int `name:"maglev-size" default:"${maglev_size}" env:"ICMPLB_MAGLEV_SIZE" help:"Slots of the Maglev table: a prime, at least the backends and at most ${maglev_size_max}; 100x the backends keeps shares within 1%."`
-	// ConntrackSize is the capacity of each conntrack LRU map.
-	ConntrackSize int `name:"conntrack-size" default:"${conntrack_size}" env:"ICMPLB_CONNTRACK_SIZE" help:"Capacity of each conntrack LRU map (ping sessions), ${map_size_min}..${map_size_max}."`
+	// ConntrackSize is the capacity of the conntrack maps: ping sessions.
+	ConntrackSize int `name:"conntrack-size" default:"${conntrack_size}" env:"ICMPLB_CONNTRACK_SIZE" help:"Ping sessions the balancer holds (conntrack maps), ${map_size_min}..${map_size_max}; when full, new sessions pass to the kernel."`
 	// NATIdle is how long a ping session may stay silent before its NAT id
 	// can be reused.
 	NATIdle time.Duration `name:"nat-idle" default:"${nat_idle}" env:"ICMPLB_NAT_IDLE" help:"Silence after which a session's NAT id may be reused, ${nat_idle_min}..${nat_idle_max} and at least twice --loss-timeout."`
