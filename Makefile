@@ -17,7 +17,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 # Debian packages: the BPF toolchain, the network tools the tests and the demo
 # drive, and Prometheus's promtool/server for the rule and end-to-end checks.
 DEBS := clang-16 llvm-16 iproute2 iputils-ping procps util-linux mount ethtool tcpdump \
-        prometheus ca-certificates git
+        prometheus ca-certificates git nftables
 
 .PHONY: all deps build generate check-generate test lint bench fuzz demo clean
 
@@ -53,8 +53,11 @@ FUZZTIME ?= 2m
 fuzz: deps
 	ICMPLB_REQUIRE_PRIVILEGED=1 $(GO) test -run '^$$' -fuzz '^FuzzXDP$$' -fuzztime $(FUZZTIME) ./bpf/
 
-bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+# One package at a time: the end-to-end throughput benchmark
+# (internal/e2ebench, needs root; docs/testing.md) pins its generator to a
+# CPU and must not share the machine with another package's benchmarks.
+bench: deps build
+	ICMPLB_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -timeout 30m -run '^$$' -bench . -benchmem ./...
 
 demo: deps build
 	$(GO) run ./cmd/icmplb-demo -bin $(CURDIR)/$(BIN)

@@ -8,9 +8,11 @@ import (
 	"net"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/icmplb/icmplb/bpf"
 	"github.com/icmplb/icmplb/config"
 	"github.com/icmplb/icmplb/exporter/telemetry"
 )
@@ -62,6 +64,10 @@ func BenchmarkReadTraces(b *testing.B) {
 	bal := newDetached(b, 1, func(c *config.Config) {
 		c.TraceSample = 1
 		c.TraceBufferSize = 4 << 20
+		// A batch takes longer than twice this: each session's request of
+		// the next batch finds its ring slot free, so every request is a
+		// new one, traced.
+		c.LossTimeout = config.MinLossTimeout
 	})
 	for _, st := range bal.hosts {
 		st.mac = net.HardwareAddr{2, 0, 0, 0, 0, 3}
@@ -91,24 +97,36 @@ func BenchmarkReadTraces(b *testing.B) {
 			}
 		})
 	}()
+	// A batch is 4 requests of each of its sessions, the next 4 sequence
+	// numbers: one per slot of the session's ring. Few sessions for the
+	// backend's NAT ids, so that none is refused one.
+	const sessions = batch / int(bpf.IcmplbLayoutINFLIGHT_RING)
 	vip := bal.cfg.VIP.As4()
-	frames := make([][]byte, 4096)
-	for i := range frames {
-		frames[i] = echoFrame(vip, [4]byte{10, 9, byte(i >> 8), byte(i)}, uint16(i), 1)
-	}
+	frames := make([][]byte, batch)
 	out := make([]byte, 256)
-	for b.Loop() {
+	for round := 0; b.Loop(); round++ {
 		b.StopTimer()
+		for i := range frames {
+			s := i % sessions
+			seq := uint16(round*int(bpf.IcmplbLayoutINFLIGHT_RING) + i/sessions + 1)
+			frames[i] = echoFrame(vip, [4]byte{10, 9, byte(s >> 8), byte(s)}, uint16(s), seq)
+		}
 		shut := make(chan struct{})
 		gate.Store(&shut)
 		for i := range batch {
-			if _, err := bal.objs.Icmplb.Run(&ebpf.RunOptions{Data: frames[i%len(frames)], DataOut: out}); err != nil {
+			if _, err := bal.objs.Icmplb.Run(&ebpf.RunOptions{Data: frames[i], DataOut: out}); err != nil {
 				b.Fatal(err)
 			}
 		}
 		b.StartTimer()
 		close(shut)
-		<-drained
+		select {
+		case <-drained:
+		case <-time.After(time.Minute):
+			// Fewer events than requests: some request was not a new one.
+			snap, _ := bal.Snapshot()
+			b.Fatalf("%d events delivered, not a multiple of the batch %d, after a minute; verdicts %+v", delivered.Load(), batch, snap.Verdicts)
+		}
 	}
 	b.StopTimer()
 	cancel()
