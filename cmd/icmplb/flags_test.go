@@ -68,7 +68,7 @@ func TestFlagHelpShowsBounds(t *testing.T) {
 		t.Fatal("--help did not exit")
 	}
 	help := strings.Join(strings.Fields(out.String()), " ")
-	for _, want := range []string{"--conntrack-size=65536", "(ping sessions), 1024..16777216", "--loss-timeout=1s", "10ms..30s",
+	for _, want := range []string{"--conntrack-size=65536", "(conntrack maps), 1024..16777216", "--loss-timeout=1s", "10ms..30s",
 		"--nat-idle=60s", "1s..1h", "--maglev-size=65537", "at most 131071", "--inflight-size=262144", "--trace.buffer-size=1048576",
 		"--web.max-connections=64", "--web.listen-address=\":10047\"", "--log.level=info"} {
 		if !strings.Contains(help, want) {
