@@ -555,7 +555,10 @@ func (a *agentProver) counters() (map[string]float64, error) {
 	return Counters(resp.Body)
 }
 
-func (a *agentProver) cpuSeconds() (float64, error) { return cpuSeconds(a.proc.Cmd.Process.Pid) }
+func (a *agentProver) cpuSeconds() (float64, error) {
+	d, err := agenttest.CPUTime(a.proc.Cmd.Process.Pid)
+	return d.Seconds(), err
+}
 
 // check: every counted frame took the intended path, and nothing else
 // moved by more than 1% of what was sent.
@@ -597,23 +600,6 @@ func (a *agentProver) check(kase string, d map[string]float64, sent, counted uin
 // run: a few have been seen to wait in a veth ring or a queue, 100 ms past
 // the end of their run, until the next run's frames moved them on.
 func slack(sent uint64) float64 { return float64(sent) / 1000 }
-
-// cpuSeconds is a process's user + system time from /proc/PID/stat.
-func cpuSeconds(pid int) (float64, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The fields after the command, which may hold spaces, in parentheses.
-	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
-	utime, err1 := strconv.ParseUint(f[11], 10, 64)
-	stime, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %v %v", pid, err1, err2)
-	}
-	const clkTck = 100 // USER_HZ, fixed by the kernel's ABI
-	return float64(utime+stime) / clkTck, nil
-}
 
 // nftables DNATs echo requests to the VIP over the backends (round robin
 // per new connection) and SNATs them to the VIP, in B's kernel: the

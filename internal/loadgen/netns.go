@@ -14,11 +14,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/icmplb/icmplb/internal/topology"
 )
 
 // Pair is two fresh network namespaces joined by one veth pair, a0 in A and
@@ -160,47 +159,5 @@ func run(name string, args ...string) (string, error) {
 // dials is in ns; fn runs on a goroutine of its own, so it must return its
 // failure rather than call t.FailNow.
 func (p *Pair) Do(ns string, fn func() error) error {
-	return InNetNS(filepath.Join(netnsDir, ns), fn)
-}
-
-// InNetNS runs fn on an OS thread switched into the network namespace
-// bound at path (e.g. /run/netns/NAME), and switches the thread back.
-func InNetNS(path string, fn func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// The thread is unlocked only once it is back in its namespace;
-		// otherwise the runtime ends it with this goroutine.
-		restored := true
-		defer func() {
-			if restored {
-				runtime.UnlockOSThread()
-			}
-		}()
-		orig, err := unix.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			done <- fmt.Errorf("open the current netns: %w", err)
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			done <- fmt.Errorf("open netns %s: %w", path, err)
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			done <- fmt.Errorf("enter netns %s: %w", path, err)
-			return
-		}
-		restored = false
-		err = fn()
-		if rerr := unix.Setns(orig, unix.CLONE_NEWNET); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("return from netns %s: %w", path, rerr))
-		} else {
-			restored = true
-		}
-		done <- err
-	}()
-	return <-done
+	return topology.InNetNS(ns, fn)
 }

@@ -23,15 +23,18 @@ func (t *Topology) InNS(host string, fn func() error) error {
 	if h == nil {
 		return fmt.Errorf("topology %s: no host %q", t.Prefix, host)
 	}
-	return inNetNS(h.NS, fn)
+	return InNetNS(h.NS, fn)
 }
 
 // InSwitch is InNS for the switch namespace, where the bridge ports live.
 func (t *Topology) InSwitch(fn func() error) error {
-	return inNetNS(t.SwitchNS, fn)
+	return InNetNS(t.SwitchNS, fn)
 }
 
-func inNetNS(ns string, fn func() error) error {
+// InNetNS runs fn on an OS thread switched into the named network namespace
+// (one of `ip netns list`), and switches the thread back; for namespaces
+// made outside a Topology.
+func InNetNS(ns string, fn func() error) error {
 	type result struct {
 		err      error
 		panicked bool
