@@ -187,7 +187,8 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 			return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
 	}
 	cur = bpf_map_lookup_elem(&ct_rev, &rk);
-	/* Evicted at once by a full map's other CPU: no NAT id after all. */
+	/* Freed at once by a sweep on another CPU (an idle time shorter than
+	 * this packet's way here): no NAT id after all. */
 	if (!cur)
 		return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
 	{
@@ -197,7 +198,7 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 		bpf_map_update_elem(&ct_fwd, &fk, &nv, BPF_ANY);
 	}
 	if (moving) {
-		/* Looked up again: the update above may have evicted it. */
+		/* Looked up again: the sweeper may have freed it meanwhile. */
 		struct rev_val *old = bpf_map_lookup_elem(&ct_rev, &old_rk);
 
 		if (old && old->client == fk.client && old->echo_id == fk.echo_id && old->vip == vip)
