@@ -57,20 +57,30 @@ __attribute__((noinline)) int icmp_csum_ok(struct xdp_md *ctx, __u32 len)
 
 	if (!ctx || len > ICMP_MAX_LEN)
 		return 0;
-	for (i = 0; i < ICMP_MAX_LEN / 4; i++) {
-		__u32 *w = msg + i * 4;
+	/* 8 bytes a step, summed as their two 32-bit words: half the loads
+	 * and bounds checks of 4-byte steps, the same sum. */
+	for (i = 0; i < ICMP_MAX_LEN / 8; i++) {
+		__u64 *w = msg + i * 8;
+		__u64 v;
 
-		if (i * 4 + 4 > len)
+		if (i * 8 + 8 > len)
 			break;
 		if ((void *)(w + 1) > data_end)
 			return 0;
-		sum += *w;
+		v = *w;
+		sum += (v & 0xffffffff) + (v >> 32);
 	}
 	{
-		__u8 *t = msg + (len & ~3U);
+		__u8 *t = msg + (len & ~7U);
 
-		if ((len & ~3U) > ICMP_MAX_LEN)
+		if ((len & ~7U) > ICMP_MAX_LEN)
 			return 0;
+		if (len & 4) {
+			if ((void *)(t + 4) > data_end)
+				return 0;
+			sum += *(__u32 *)t;
+			t += 4;
+		}
 		if (len & 2) {
 			if ((void *)(t + 2) > data_end)
 				return 0;
