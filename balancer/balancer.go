@@ -271,12 +271,30 @@ func (b *Balancer) Run(ctx context.Context) error {
 	defer lc.close()
 	neigh := time.NewTicker(b.cfg.NeighInterval)
 	defer neigh.Stop()
-	// Settling every quarter epoch keeps loss visible within about
-	// loss timeout + 1.3 s of the request.
-	settle := time.NewTicker(time.Duration(1<<bpf.EpochShift) / 4)
+	// While requests wait to be settled, settling every quarter epoch keeps
+	// loss visible within about loss timeout + 1.3 s of the request. Without
+	// any, the judge's tick settles and sweeps: an idle agent wakes up for
+	// its periodic work once a second, not five times (each wakeup is most
+	// of what an idle agent costs). Traffic is then seen a second later at
+	// most, before any of it can be settled.
+	const busyEvery = time.Duration(1<<bpf.EpochShift) / 4
+	settle := time.NewTimer(busyEvery)
 	defer settle.Stop()
+	busy := true
 	judge := time.NewTicker(time.Second)
 	defer judge.Stop()
+	settleAndSweep := func() {
+		pending, err := b.settleLoss()
+		if err != nil {
+			b.log.Warn("settle lost requests", "err", err)
+		}
+		if err := b.sweep(time.Now()); err != nil {
+			b.log.Warn("sweep expired conntrack entries", "err", err)
+		}
+		if busy = pending; busy {
+			settle.Reset(busyEvery)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -298,13 +316,11 @@ func (b *Balancer) Run(ctx context.Context) error {
 			if err := b.judge(); err != nil {
 				b.log.Warn("judge backends' health", "err", err)
 			}
+			if !busy {
+				settleAndSweep()
+			}
 		case <-settle.C:
-			if err := b.settleLoss(); err != nil {
-				b.log.Warn("settle lost requests", "err", err)
-			}
-			if err := b.sweep(time.Now()); err != nil {
-				b.log.Warn("sweep expired conntrack entries", "err", err)
-			}
+			settleAndSweep()
 		}
 	}
 }

@@ -138,6 +138,21 @@ func (l *lossLedger) settle(slots []bpf.IcmplbEpochCount, ncpu int, now uint64, 
 	return skipped
 }
 
+// pending says whether the epoch slots hold requests not settled yet: while
+// none do, settling can wait for traffic, seen a second later at most.
+func (l *lossLedger) pending(slots []bpf.IcmplbEpochCount, ncpu int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, next := range l.next {
+		for k := bpf.EpochKey(i, 0) * ncpu; k < bpf.EpochKey(i+1, 0)*ncpu && k < len(slots); k++ {
+			if s := slots[k]; s.Sent > 0 && s.Epoch >= next {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // monotonic is the clock of bpf_ktime_get_ns.
 func monotonic() uint64 {
 	var ts unix.Timespec
@@ -147,22 +162,23 @@ func monotonic() uint64 {
 	return uint64(ts.Nano())
 }
 
-// settleLoss reads the epoch counters and settles what is due.
-func (b *Balancer) settleLoss() error {
+// settleLoss reads the epoch counters and settles what is due; it returns
+// whether requests wait to be settled.
+func (b *Balancer) settleLoss() (bool, error) {
 	l := b.loss
 	b.mu.Lock()
 	n := b.nslots * bpf.Epochs
 	b.mu.Unlock()
 	if err := readPerCPU(b.objs.Epochs, n, &l.keys, &l.buf, b.ncpu); err != nil {
-		return err
+		return true, err
 	}
 	if skipped := l.settle(l.buf, b.ncpu, monotonic(), b.cfg.LossTimeout); skipped > 0 {
 		b.log.Warn("loss accounting fell behind; some epochs were not counted", "epochs", skipped)
 	}
 	if b.pinDir != "" {
 		if err := l.save(b.objs.LossLedger); err != nil {
-			return fmt.Errorf("save the loss ledger: %w", err)
+			return true, fmt.Errorf("save the loss ledger: %w", err)
 		}
 	}
-	return nil
+	return l.pending(l.buf, b.ncpu), nil
 }

@@ -97,3 +97,29 @@ func testLedger(n int, now uint64) *lossLedger {
 	l.grow(n, now)
 	return l
 }
+
+// pending tells the agent whether it must keep settling every quarter
+// epoch: only while some request of an epoch not settled yet was sent.
+func TestLossPending(t *testing.T) {
+	const ncpu = 2
+	start := 1000 * epochNs
+	l := testLedger(2, start)
+	slots := slotsFor(2, ncpu)
+	e := start >> bpf.EpochShift
+	timeout := time.Second
+	if l.pending(slots, ncpu) {
+		t.Fatal("pending with no request sent")
+	}
+	put(slots, ncpu, 1, e, 1, 2, 2)
+	if !l.pending(slots, ncpu) {
+		t.Fatal("not pending with two requests of an epoch not settled, on backend 1's second CPU")
+	}
+	l.settle(slots, ncpu, (e+1)*epochNs+uint64(timeout+settleGrace), timeout)
+	if l.pending(slots, ncpu) {
+		t.Fatalf("pending once the only epoch with requests is settled (next %v)", l.next)
+	}
+	put(slots, ncpu, 0, e+1, 0, 1, 0)
+	if !l.pending(slots, ncpu) {
+		t.Fatal("not pending with a request of the next epoch")
+	}
+}
