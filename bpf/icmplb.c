@@ -457,8 +457,9 @@ static long sweep_rev(void *map, struct rev_key *k, struct rev_val *v, __u64 *no
 		return 0;
 	}
 	if (v->last_seen_ns + cfg_nat_idle_ns < *now) {
-		/* The session ends (sweep_fwd drops it) but its NAT id stays
-		 * held while its requests may still be answered. */
+		/* The session ends, but its NAT id stays held while its
+		 * requests may still be answered. */
+		drop_session(k, v);
 		if (ring_awaited(v, *now))
 			v->flags |= REV_F_RETIRED;
 		else
@@ -472,22 +473,11 @@ static long sweep_rev(void *map, struct rev_key *k, struct rev_val *v, __u64 *no
 	return 0;
 }
 
-static long sweep_fwd(void *map, struct fwd_key *k, struct fwd_val *v, __u64 *now)
-{
-	struct rev_key rk = { .backend = v->backend, .nat_id = v->nat_id };
-	struct rev_val *rv = bpf_map_lookup_elem(&ct_rev, &rk);
-
-	if (!rv || rv->client != k->client || rv->echo_id != k->echo_id || rv->vip != k->vip ||
-	    (rv->flags & REV_F_RETIRED))
-		bpf_map_delete_elem(&ct_fwd, k);
-	return 0;
-}
-
 /* Run by the agent (BPF_PROG_RUN): removes requests that can no longer be
  * answered and sessions idle for longer than cfg_nat_idle_ns, so that the
  * maps' occupancy is live state, not history waiting for LRU eviction.
- * ct_rev goes first: a session's ct_fwd entry is kept exactly while its
- * ct_rev entry is. A walk costs every bucket of a map, full or not: args
+ * Only ct_rev is walked: a session's ct_fwd entry goes with it (see
+ * drop_session). A walk costs every bucket of a map, full or not: args
  * say which maps are due, so that each is walked as often as its own
  * timeout needs. */
 SEC("syscall")
@@ -499,7 +489,6 @@ int sweep(struct sweep_args *args)
 		bpf_for_each_map_elem(&inflight, sweep_inflight, &now, 0);
 	if (args->what & SWEEP_SESSIONS) {
 		bpf_for_each_map_elem(&ct_rev, sweep_rev, &now, 0);
-		bpf_for_each_map_elem(&ct_fwd, sweep_fwd, &now, 0);
 	}
 	return 0;
 }

@@ -56,6 +56,20 @@ static __always_inline __u16 nat_permute(const struct nat_pool *p, __u16 x)
 	return ((__u16)l << 8) | r;
 }
 
+/* Ends the session that holds NAT id rk (rv): its ct_fwd entry goes, if it
+ * still points there (a session that moved points elsewhere). Called
+ * wherever a ct_rev entry stops being its session's, so that a session's
+ * ct_fwd entry lives exactly while its ct_rev entry does, without a walk
+ * of ct_fwd. */
+static __always_inline void drop_session(const struct rev_key *rk, const struct rev_val *rv)
+{
+	struct fwd_key fk = { .client = rv->client, .vip = rv->vip, .echo_id = rv->echo_id };
+	struct fwd_val *fv = bpf_map_lookup_elem(&ct_fwd, &fk);
+
+	if (fv && fv->backend == rk->backend && fv->nat_id == rk->nat_id)
+		bpf_map_delete_elem(&ct_fwd, &fk);
+}
+
 /* Gives the session a NAT id no live session holds at this backend, or 0
  * when none of the ids tried is free or the sessions map is full. */
 static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_val *rv, __u64 now)
@@ -80,6 +94,8 @@ static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_v
 		 * the idle time: the reply would be taken for the new session's. */
 		if (old && (old->last_seen_ns + cfg_nat_idle_ns > now || ring_awaited(old, now)))
 			continue;
+		if (old && !(old->flags & REV_F_RETIRED))
+			drop_session(rk, old);
 		err = bpf_map_update_elem(&ct_rev, rk, rv, BPF_ANY);
 		if (err == 0)
 			return 1;

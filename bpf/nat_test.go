@@ -279,6 +279,9 @@ func TestNATIDReusedByAnotherSession(t *testing.T) {
 			if _, got := h.forward(t, thiefReq); got != natID {
 				t.Fatalf("setup: second session got NAT id %d, want the idle %d", got, natID)
 			}
+			// The idle session ends with its NAT id: no forward entry of
+			// it is left pointing at the id.
+			h.requireNoSession(t, client1, 5)
 
 			req := echoRequest(client1, hop1MAC, 5, 3)
 			_, got := h.forward(t, req)
