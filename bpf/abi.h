@@ -115,6 +115,12 @@ struct fwd_val {
 	__u32 backend_idx;
 	__be16 nat_id;
 	__u8 client_mac[ETH_ALEN];
+	/* The service as it was when service_gens[table] was svc_gen, so that
+	 * a request of a known session needs no lookup of its service while
+	 * that holds; svc_gen 0 is never current. */
+	__be32 snat;
+	__u32 table;
+	__u32 svc_gen;
 };
 
 /* ct_rev key: what a backend's reply carries (source address, echo id). */

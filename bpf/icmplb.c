@@ -86,11 +86,14 @@ static __always_inline __u32 session_hash(__be32 client, __be16 echo_id)
 	return (__u32)h;
 }
 
+/* A request to a VIP: fk is its session's key, fv its ct_fwd entry if any,
+ * and gen the generation of svc to cache in it (0: none known). */
 static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
-					  struct icmp_echo *icmp, const struct service *svc)
+					  struct icmp_echo *icmp, const struct service *svc,
+					  const struct fwd_key *key, struct fwd_val *fv, __u32 gen)
 {
 	__be32 vip = ip->daddr;
-	struct fwd_key fk = { .client = ip->saddr, .vip = vip, .echo_id = icmp->id };
+	struct fwd_key fk = *key;
 	struct rev_key rk = {};
 	struct rev_key old_rk = {};
 	__be32 snat = svc->snat;
@@ -100,7 +103,6 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	__u8 client_mac[ETH_ALEN];
 	struct rev_val *cur;
 	struct backend *be;
-	struct fwd_val *fv;
 	__u64 now;
 	__u32 idx;
 
@@ -114,7 +116,6 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	__builtin_memcpy(client_mac, eth->h_source, ETH_ALEN);
 	now = bpf_ktime_get_ns();
 
-	fv = bpf_map_lookup_elem(&ct_fwd, &fk);
 	if (fv) {
 		rk.backend = fv->backend;
 		rk.nat_id = fv->nat_id;
@@ -133,6 +134,11 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 			if (be && (be->flags & BACKEND_F_UP) == BACKEND_F_UP && be->addr == fv->backend &&
 			    be->vip == vip) {
 				cur->last_seen_ns = now;
+				if (fv->svc_gen != gen) {
+					fv->snat = snat;
+					fv->table = table;
+					fv->svc_gen = gen;
+				}
 				goto forward;
 			}
 			/* Its backend left the pool: the session moves. Its old
@@ -192,7 +198,16 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	if (!cur)
 		return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
 	{
-		struct fwd_val nv = { .backend = be->addr, .backend_idx = idx, .nat_id = rk.nat_id };
+		/* Its service's generation is not known here (read after the
+		 * service, it could be newer than what was read): the session's
+		 * next request caches it. */
+		struct fwd_val nv = {
+			.backend = be->addr,
+			.backend_idx = idx,
+			.nat_id = rk.nat_id,
+			.snat = snat,
+			.table = table,
+		};
 
 		__builtin_memcpy(nv.client_mac, client_mac, ETH_ALEN);
 		bpf_map_update_elem(&ct_fwd, &fk, &nv, BPF_ANY);
@@ -401,12 +416,32 @@ int icmplb(struct xdp_md *ctx)
 	if (r != PARSED)
 		return count(r, XDP_PASS);
 	if (p.icmp->type == ICMP_ECHO && p.icmp->code == 0) {
-		__be32 daddr = p.ip->daddr;
-		struct service *svc = bpf_map_lookup_elem(&services, &daddr);
+		struct fwd_key fk = { .client = p.ip->saddr, .vip = p.ip->daddr, .echo_id = p.icmp->id };
+		struct fwd_val *fv = bpf_map_lookup_elem(&ct_fwd, &fk);
+		struct service cached = {};
+		const struct service *svc;
+		__u32 gen = 0;
 
+		/* A known session's service as it cached it, while current. The
+		 * generation is read before the service: a write between the
+		 * two leaves the cache stale by one generation, never current
+		 * with an old service. */
+		if (fv) {
+			__u32 table = fv->table;
+			__u32 *g = bpf_map_lookup_elem(&service_gens, &table);
+
+			gen = g ? *g : 0;
+			if (gen && gen == fv->svc_gen) {
+				cached.snat = fv->snat;
+				cached.table = table;
+				return handle_request(ctx, p.eth, p.ip, p.icmp, &cached, &fk, fv, gen);
+			}
+		}
+		svc = bpf_map_lookup_elem(&services, &fk.vip);
 		if (!svc)
 			return count(REASON_NOT_VIP, XDP_PASS);
-		return handle_request(ctx, p.eth, p.ip, p.icmp, svc);
+		return handle_request(ctx, p.eth, p.ip, p.icmp, svc, &fk, fv,
+				      fv && svc->table == fv->table ? gen : 0);
 	}
 	/* Whether a reply is to a SNAT address is known from its session's
 	 * ring, or else looked up. */

@@ -63,6 +63,9 @@ type IcmplbFwdVal struct {
 	BackendIdx uint32
 	NatId      uint16
 	ClientMac  [6]uint8
+	Snat       uint32
+	Table      uint32
+	SvcGen     uint32
 }
 
 type IcmplbInflightKey struct {
@@ -241,6 +244,7 @@ const (
 	IcmplbMapMaglevTables     = "maglev_tables"
 	IcmplbMapNatPools         = "nat_pools"
 	IcmplbMapRttHist          = "rtt_hist"
+	IcmplbMapServiceGens      = "service_gens"
 	IcmplbMapServices         = "services"
 	IcmplbMapSlotSessions     = "slot_sessions"
 	IcmplbMapSnatAddrs        = "snat_addrs"
@@ -325,6 +329,7 @@ type IcmplbMapSpecs struct {
 	MaglevTables     *ebpf.MapSpec `ebpf:"maglev_tables"`
 	NatPools         *ebpf.MapSpec `ebpf:"nat_pools"`
 	RttHist          *ebpf.MapSpec `ebpf:"rtt_hist"`
+	ServiceGens      *ebpf.MapSpec `ebpf:"service_gens"`
 	Services         *ebpf.MapSpec `ebpf:"services"`
 	SlotSessions     *ebpf.MapSpec `ebpf:"slot_sessions"`
 	SnatAddrs        *ebpf.MapSpec `ebpf:"snat_addrs"`
@@ -381,6 +386,7 @@ type IcmplbMaps struct {
 	MaglevTables     *ebpf.Map `ebpf:"maglev_tables"`
 	NatPools         *ebpf.Map `ebpf:"nat_pools"`
 	RttHist          *ebpf.Map `ebpf:"rtt_hist"`
+	ServiceGens      *ebpf.Map `ebpf:"service_gens"`
 	Services         *ebpf.Map `ebpf:"services"`
 	SlotSessions     *ebpf.Map `ebpf:"slot_sessions"`
 	SnatAddrs        *ebpf.Map `ebpf:"snat_addrs"`
@@ -406,6 +412,7 @@ func (m *IcmplbMaps) Close() error {
 		m.MaglevTables,
 		m.NatPools,
 		m.RttHist,
+		m.ServiceGens,
 		m.Services,
 		m.SlotSessions,
 		m.SnatAddrs,

@@ -393,6 +393,20 @@ func (h *harness) addService(t testing.TB, vip, snat netip.Addr, table uint32) {
 			t.Fatalf("src_deny[%v]: %v", a, err)
 		}
 	}
+	h.bumpServiceGen(t, table)
+}
+
+// bumpServiceGen marks a service written, as the agent does after each
+// write: sessions that cached it look it up again.
+func (h *harness) bumpServiceGen(t testing.TB, table uint32) {
+	t.Helper()
+	var gen uint32
+	if err := h.objs.ServiceGens.Lookup(table, &gen); err != nil {
+		t.Fatalf("service_gens[%d]: %v", table, err)
+	}
+	if err := h.objs.ServiceGens.Put(table, gen+1); err != nil {
+		t.Fatalf("service_gens[%d]: %v", table, err)
+	}
 }
 
 // loadTestObjects loads the test-only programs (testprogs.c) with the RTT
@@ -678,7 +692,8 @@ func (h *harness) requireConntrack(t *testing.T, client netip.Addr, echoID uint1
 	if err := h.objs.CtFwd.Lookup(fk, &fv); err != nil {
 		t.Fatalf("ct_fwd[%v, id %#04x]: %v", client, echoID, err)
 	}
-	if wantFV := (IcmplbFwdVal{Backend: Addr(be.addr), BackendIdx: be.idx, NatId: Net16(natID), ClientMac: hop}); fv != wantFV {
+	if got, want := (IcmplbFwdVal{Backend: fv.Backend, BackendIdx: fv.BackendIdx, NatId: fv.NatId, ClientMac: fv.ClientMac}),
+		(IcmplbFwdVal{Backend: Addr(be.addr), BackendIdx: be.idx, NatId: Net16(natID), ClientMac: hop}); got != want {
 		t.Errorf("ct_fwd[%v, id %#04x] = {backend %v, idx %d, nat id %#04x, mac %v}, want {%v, %d, %#04x, %v}",
 			client, echoID, AddrFrom(fv.Backend), fv.BackendIdx, Host16(fv.NatId), mac(fv.ClientMac),
 			be.addr, be.idx, natID, hop)

@@ -163,13 +163,40 @@ func TestServiceTableGuards(t *testing.T) {
 // kernel untouched, counted as all_down for it.
 func TestServiceAllDownPass(t *testing.T) {
 	h := readyHarness(t, testConfig(vip))
+	// A known session, whose service is cached in its forward entry.
+	h.forward(t, echoRequest(client1, hop1MAC, 0x32, 1))
+	h.forward(t, echoRequest(client1, hop1MAC, 0x32, 2))
 	if err := h.objs.Services.Put(Addr(vip), IcmplbService{Snat: Addr(h.cfg.SNAT), Table: 0,
 		Flags: IcmplbServiceFlagsSERVICE_F_PASS}); err != nil {
 		t.Fatal(err)
 	}
+	h.bumpServiceGen(t, 0)
 	h.requireUntouched(t, echoRequest(client1, hop1MAC, 0x31, 1).frame(), xdpPass, IcmplbReasonREASON_ALL_DOWN)
-	if n := svcCount(t, h, 0, IcmplbReasonREASON_ALL_DOWN); n != 1 {
-		t.Errorf("service counted %d all_down requests, want 1", n)
+	h.requireUntouched(t, echoRequest(client1, hop1MAC, 0x32, 3).frame(), xdpPass, IcmplbReasonREASON_ALL_DOWN)
+	if n := svcCount(t, h, 0, IcmplbReasonREASON_ALL_DOWN); n != 2 {
+		t.Errorf("service counted %d all_down requests, want 2", n)
+	}
+}
+
+// A known session caches its service (SNAT address, table) in its forward
+// entry; a change of the service, marked by its new generation, reaches
+// the session's next request.
+func TestKnownSessionSeesServiceChange(t *testing.T) {
+	h := readyHarness(t, testConfig(vip))
+	req := echoRequest(client1, hop1MAC, 0x33, 1)
+	h.forward(t, req)
+	req.seq = 2
+	h.forward(t, req) // caches the service
+	var fv IcmplbFwdVal
+	if err := h.objs.CtFwd.Lookup(IcmplbFwdKey{Client: Addr(client1), Vip: Addr(vip), EchoId: Net16(0x33)}, &fv); err != nil || fv.SvcGen == 0 {
+		t.Fatalf("ct_fwd after two requests: %+v, %v; want the service cached", fv, err)
+	}
+	newSNAT := netip.MustParseAddr("10.0.0.77")
+	h.addService(t, vip, newSNAT, 0)
+	req.seq = 3
+	out := h.run(t, req.frame(), xdpTX, IcmplbReasonREASON_REQUEST_FORWARDED)
+	if src := netip.AddrFrom4([4]byte(out[26:30])); src != newSNAT {
+		t.Fatalf("the known session's request left from %v after its service's SNAT became %v", src, newSNAT)
 	}
 }
 
