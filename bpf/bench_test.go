@@ -135,7 +135,7 @@ func BenchmarkPath(b *testing.B) {
 	b.Run("request_new_session", func(b *testing.B) {
 		// Ids and requests are free again at once, and the sweeper runs
 		// (untimed) every 1024 packets: this path is a new session's, not
-		// LRU eviction's or a collision's.
+		// a full map's or a collision's.
 		fresh := cfg
 		fresh.NATIdle = time.Nanosecond
 		fresh.LossTimeout = time.Nanosecond
@@ -197,12 +197,13 @@ func BenchmarkPath(b *testing.B) {
 			}
 		}
 		// The owner's sequence 5 waits in the inflight map (slot 1 of its
-		// ring holds sequence 1); then the owner is evicted and its NAT id
-		// given to the newcomer, whose sequence 5 then meets it there.
+		// ring holds sequence 1); then the owner is forgotten (see forget)
+		// and its NAT id given to the newcomer, whose sequence 5 then meets
+		// it there.
 		h.forceNATID(b, backendA.idx, 0x4242)
 		send(echoRequest(client1, hop1MAC, 7, 1))
 		send(echoRequest(client1, hop1MAC, 7, 5))
-		h.evict(b, backendA, 0x4242)
+		h.forget(b, backendA, 0x4242)
 		h.forceNATID(b, backendA.idx, 0x4242)
 		send(echoRequest(client2, hop2MAC, 7, 1))
 		bench(b, h, fixed(echoRequest(client2, hop2MAC, 7, 5).frame()), xdpDrop, IcmplbReasonREASON_NAT_COLLISION, nil)

@@ -52,16 +52,19 @@ func TestRequestResentInFlight(t *testing.T) {
 	}
 }
 
-// evict removes a session's ct_rev entry as conntrack pressure does: the
-// LRU map drops it without the program knowing.
-func (h *harness) evict(t testing.TB, be backendInfo, natID uint16) {
+// forget removes a session's ct_rev entry while requests of it still wait
+// in the inflight map: a state the agent never makes (its sweeper frees an
+// entry only after --nat-idle, at least twice the loss timeout, by when
+// those requests are past waiting for), made here to test the guard that
+// holds if it ever arises.
+func (h *harness) forget(t testing.TB, be backendInfo, natID uint16) {
 	t.Helper()
 	if err := h.objs.CtRev.Delete(IcmplbRevKey{Backend: Addr(be.addr), NatId: Net16(natID)}); err != nil {
-		t.Fatalf("evict ct_rev[%v, %#04x]: %v", be.addr, natID, err)
+		t.Fatalf("forget ct_rev[%v, %#04x]: %v", be.addr, natID, err)
 	}
 }
 
-// TestNATCollision: a session that got the NAT id of an evicted session,
+// TestNATCollision: a session that got the NAT id of a forgotten session,
 // whose request still awaits a reply in the inflight map, must not take
 // that request over: the reply would go to the new session.
 func TestNATCollision(t *testing.T) {
@@ -78,12 +81,12 @@ func TestNATCollision(t *testing.T) {
 	if _, ok := h.overflowed(t, backendA, natID, 5); !ok {
 		t.Fatal("setup: sequence 5 is not in the inflight map")
 	}
-	h.evict(t, backendA, natID)
+	h.forget(t, backendA, natID)
 
 	h.forceNATID(t, backendA.idx, natID)
 	newcomer := echoRequest(client2, hop2MAC, 0x0202, 1)
 	if _, got := h.forward(t, newcomer); got != natID {
-		t.Fatalf("setup: newcomer got NAT id %#04x, want the evicted %#04x", got, natID)
+		t.Fatalf("setup: newcomer got NAT id %#04x, want the forgotten %#04x", got, natID)
 	}
 	newcomer5 := echoRequest(client2, hop2MAC, 0x0202, 5)
 	h.run(t, newcomer5.frame(), xdpDrop, IcmplbReasonREASON_NAT_COLLISION)
@@ -102,7 +105,7 @@ func TestNATCollision(t *testing.T) {
 	h.forward(t, owner13)
 	h.backdate(t, backendA, ownerNAT, 13, 2*cfg.LossTimeout+time.Second)
 	h.backdate(t, backendA, ownerNAT, 9, 2*cfg.LossTimeout+time.Second)
-	h.evict(t, backendA, ownerNAT)
+	h.forget(t, backendA, ownerNAT)
 	h.forceNATID(t, backendA.idx, ownerNAT)
 	taker := echoRequest(client2, hop2MAC, 0x0404, 9)
 	h.forward(t, taker)
