@@ -47,12 +47,31 @@ var Verdicts = func() []telemetry.Verdict {
 	set(bpf.IcmplbReasonREASON_INFLIGHT_FULL, "drop", "inflight_full")
 	set(bpf.IcmplbReasonREASON_PROBE_REPLY, "pass", "probe_reply")
 	set(bpf.IcmplbReasonREASON_ALL_DOWN, "pass", "all_down")
+	set(bpf.IcmplbReasonREASON_ERROR_RETURNED, "tx", "error_returned")
+	set(bpf.IcmplbReasonREASON_ERROR_UNMATCHED, "pass", "error_unmatched")
+	set(bpf.IcmplbReasonREASON_ERROR_FOREIGN, "pass", "error_foreign")
+	set(bpf.IcmplbReasonREASON_ERROR_TRUNCATED, "pass", "error_truncated")
 	for r, c := range v {
 		if c.Reason == "" {
 			panic(fmt.Sprintf("verdict reason %d has no name: name it in balancer.Verdicts", r))
 		}
 	}
 	return v
+}()
+
+// ErrorTypes names each kind of ICMP error the data plane counts (enum
+// icmp_error in bpf/abi.h), indexed by its value.
+var ErrorTypes = func() []string {
+	t := make([]string, bpf.IcmplbIcmpErrorICMP_ERRORS)
+	t[bpf.IcmplbIcmpErrorICMP_ERROR_UNREACHABLE] = telemetry.ErrorUnreachable
+	t[bpf.IcmplbIcmpErrorICMP_ERROR_PACKET_TOO_BIG] = telemetry.ErrorPacketTooBig
+	t[bpf.IcmplbIcmpErrorICMP_ERROR_TIME_EXCEEDED] = telemetry.ErrorTimeExceeded
+	for k, name := range t {
+		if name == "" {
+			panic(fmt.Sprintf("ICMP error kind %d has no name: name it in balancer.ErrorTypes", k))
+		}
+	}
+	return t
 }()
 
 // BalancerLimited are the reasons for which the balancer itself, not a
@@ -138,6 +157,7 @@ func (b *Balancer) read(full bool) (_ *telemetry.Snapshot, stale bool, err error
 		if i < len(b.sessions) {
 			bs.Sessions = uint64(b.sessions[i])
 		}
+		bs.Errors = make(map[string]uint64, len(ErrorTypes))
 		bs.RTT = telemetry.Histogram{Schema: bpf.RTTSchema, Offset: bpf.RTTBucketOffset, Buckets: make([]uint64, bpf.RTTBuckets)}
 		for cpu := 0; cpu < b.ncpu; cpu++ {
 			c := &s.counters[i*b.ncpu+cpu]
@@ -149,6 +169,9 @@ func (b *Balancer) read(full bool) (_ *telemetry.Snapshot, stale bool, err error
 			bs.Unmatched += c.Unmatched
 			bs.SessionsMoved += c.Moved
 			bs.RTT.Sum += time.Duration(c.RttSumNs)
+			for k, n := range c.Errors {
+				bs.Errors[ErrorTypes[k]] += n
+			}
 		}
 		for k := range bs.RTT.Buckets {
 			base := bpf.RTTKey(i, k) * b.ncpu

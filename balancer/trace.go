@@ -21,6 +21,7 @@ import (
 var traceKinds = map[bpf.IcmplbTraceKind]telemetry.TraceKind{
 	bpf.IcmplbTraceKindTRACE_REQUEST: telemetry.TraceRequest,
 	bpf.IcmplbTraceKindTRACE_REPLY:   telemetry.TraceReply,
+	bpf.IcmplbTraceKindTRACE_ERROR:   telemetry.TraceError,
 }
 
 // ReadTraces hands every sampled exchange to handle until ctx is done. It
@@ -68,7 +69,15 @@ func (b *Balancer) decodeTrace(raw *bpf.IcmplbTraceEvent, wallOffset int64) tele
 		EchoID:  bpf.Host16(raw.EchoId),
 		Seq:     bpf.Host16(raw.Seq),
 		Late:    raw.Late != 0,
+		Error:   errorType(bpf.IcmplbTraceKind(raw.Kind), raw.Error),
 	}
+}
+
+func errorType(kind bpf.IcmplbTraceKind, e bpf.IcmplbIcmpError) string {
+	if kind != bpf.IcmplbTraceKindTRACE_ERROR || int(e) >= len(ErrorTypes) {
+		return ""
+	}
+	return ErrorTypes[e]
 }
 
 // vipOf is the service of backend slot idx.

@@ -141,3 +141,17 @@ func BenchmarkReadTraces(b *testing.B) {
 	b.ReportMetric(float64(delivered.Load())/b.Elapsed().Seconds(), "events/s")
 	b.ReportMetric(b.Elapsed().Seconds()/float64(delivered.Load())*1e9, "ns/event")
 }
+
+// An error event names its type; other kinds carry none, whatever the
+// field holds.
+func TestDecodeTraceError(t *testing.T) {
+	b := &Balancer{byIdx: map[uint32]slotKey{}}
+	raw := bpf.IcmplbTraceEvent{Kind: bpf.IcmplbTraceKindTRACE_ERROR, Error: bpf.IcmplbIcmpErrorICMP_ERROR_PACKET_TOO_BIG, RttNs: 1500}
+	if ev := b.decodeTrace(&raw, 0); ev.Kind != telemetry.TraceError || ev.Error != telemetry.ErrorPacketTooBig || ev.RTT != 1500 {
+		t.Errorf("error event decoded as %+v", ev)
+	}
+	raw.Kind = bpf.IcmplbTraceKindTRACE_REPLY
+	if ev := b.decodeTrace(&raw, 0); ev.Kind != telemetry.TraceReply || ev.Error != "" {
+		t.Errorf("reply event decoded as %+v", ev)
+	}
+}

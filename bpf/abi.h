@@ -35,6 +35,10 @@ enum reason {
 	REASON_INFLIGHT_FULL,        /* no room to remember the request: dropped */
 	REASON_PROBE_REPLY,          /* a reply to the agent's own probe: the kernel's */
 	REASON_ALL_DOWN,             /* no healthy backend, service set to pass */
+	REASON_ERROR_RETURNED,       /* an ICMP error about a forwarded request, sent to its client */
+	REASON_ERROR_UNMATCHED,      /* an error quoting a request of ours that is not awaited */
+	REASON_ERROR_FOREIGN,        /* an error to a SNAT address quoting something we never send */
+	REASON_ERROR_TRUNCATED,      /* an error whose quote is too short to tell what it is about */
 	REASON_MAX,
 };
 
@@ -64,6 +68,15 @@ enum layout {
 	/* Requests of a session awaiting replies in its ct_rev entry, slot
 	 * seq % INFLIGHT_RING (a power of two). */
 	INFLIGHT_RING = 4,
+};
+
+/* The ICMP errors translated back to the client whose request they are
+ * about; index into struct backend_counters' errors. */
+enum icmp_error {
+	ICMP_ERROR_UNREACHABLE = 0,    /* destination unreachable, but for fragmentation needed */
+	ICMP_ERROR_PACKET_TOO_BIG = 1, /* fragmentation needed (RFC 1191) */
+	ICMP_ERROR_TIME_EXCEEDED = 2,  /* TTL exceeded in transit, or reassembly time */
+	ICMP_ERRORS = 3,
 };
 
 /* struct backend's flags. The fixed underlying type (a clang extension in C
@@ -182,6 +195,9 @@ struct backend_counters {
 	__u64 late;         /* replies matched after the loss timeout */
 	__u64 unmatched;    /* replies without an in-flight request */
 	__u64 moved;        /* running sessions moved off it: it left the pool */
+	/* Requests answered by an ICMP error instead of a reply, by enum
+	 * icmp_error: neither replies (no RTT) nor lost. */
+	__u64 errors[ICMP_ERRORS];
 };
 
 
@@ -234,6 +250,7 @@ struct sweep_args {
 enum trace_kind {
 	TRACE_REQUEST = 1,
 	TRACE_REPLY = 2,
+	TRACE_ERROR = 3, /* an ICMP error answered the request */
 };
 
 /* A sampled exchange, sent to userspace through the events ring buffer. */
@@ -246,5 +263,7 @@ struct trace_event {
 	__be16 seq;
 	__u32 backend_idx;
 	enum trace_kind kind;
-	__u32 late;     /* TRACE_REPLY after the loss timeout */
+	__u32 late;     /* TRACE_REPLY or TRACE_ERROR after the loss timeout */
+	enum icmp_error error; /* TRACE_ERROR only */
+	__u32 pad;
 };

@@ -239,6 +239,28 @@ func BenchmarkPath(b *testing.B) {
 				sendReq(2*p + 3)
 			})
 	})
+	// An ICMP error about a request in flight, from the backend's next hop,
+	// quoting the whole request: returned to the client like a reply.
+	b.Run("error_returned", func(b *testing.B) {
+		h := readyHarness(b, cfg)
+		req := seqReq(98)
+		var natID uint16
+		sendReq := func(i uint32) {
+			v, out := h.runRaw(b, req(i).frame())
+			if v != xdpTX {
+				b.Fatalf("request %d: verdict %d", i, v)
+			}
+			natID = binary.BigEndian.Uint16(out[38:40])
+		}
+		sendReq(0)
+		sendReq(1)
+		bench(b, h, func(i uint32) []byte { return h.errorAbout(req(i), backendA, natID, 3, 1, 0, 576).frame() },
+			xdpTX, IcmplbReasonREASON_ERROR_RETURNED,
+			func(p uint32) {
+				sendReq(2*p + 2)
+				sendReq(2*p + 3)
+			})
+	})
 	// The reply paths below leave the map as they find it.
 	inFlight := func(b *testing.B, h *harness) (packet, uint16) {
 		req := echoRequest(client1, hop1MAC, 7, 1)
@@ -252,6 +274,11 @@ func BenchmarkPath(b *testing.B) {
 		h := readyHarness(b, cfg)
 		req, natID := inFlight(b, h)
 		bench(b, h, fixed(replyTo(req, backendA, vip, natID^1).frame()), xdpPass, IcmplbReasonREASON_CONNTRACK_MISS, nil)
+	})
+	b.Run("error_unmatched", func(b *testing.B) {
+		h := readyHarness(b, cfg)
+		req, natID := inFlight(b, h)
+		bench(b, h, fixed(h.errorAbout(req, backendA, natID^1, 3, 1, 0, 576).frame()), xdpPass, IcmplbReasonREASON_ERROR_UNMATCHED, nil)
 	})
 	b.Run("reply_spoofed", func(b *testing.B) {
 		h := readyHarness(b, cfg)

@@ -30,17 +30,21 @@ import (
 //     REPLY_RETURNED and no other verdict does;
 //   - XDP_TX takes only a valid frame (Ethernet/IPv4 without options or
 //     fragmentation, both checksums verifying, TTL above 0, an echo request to
-//     the VIP from an address a client can have, or an echo reply to the SNAT
-//     address) and leaves a valid frame of the same length in which only the
-//     fields the NAT owns differ: MACs, IP addresses and checksum, echo id and
-//     ICMP checksum. The source MAC is a valid unicast address;
+//     the VIP from an address a client can have, an echo reply or an ICMP
+//     error to the SNAT address) and leaves a valid frame of the same length
+//     in which only the fields the NAT owns differ: MACs, IP addresses and
+//     checksum, echo id and ICMP checksum (of an error: its quote's). The
+//     source MAC is a valid unicast address;
 //   - a forwarded request goes from the SNAT address to a backend that is up,
 //     to its MAC, with a NAT id no other session holds at that backend, and a
 //     session stays on its backend and NAT id while that backend stays up;
 //   - a returned reply answers a request this input had forwarded (same
 //     backend, NAT id and sequence number), came from the MAC that request
 //     went to, and goes from the VIP to that request's client: its address,
-//     echo id and MAC.
+//     echo id and MAC;
+//   - a returned error quotes a request this input had forwarded, came from
+//     the MAC that request went to, and goes from the VIP to that request's
+//     client, quoting the request as the client sent it.
 //
 // The program's state (conntrack, requests in flight) lives for the whole
 // input, so an input is a script (encoding below). Replies are
@@ -91,7 +95,9 @@ func (hs *fuzzHarnesses) play(t *testing.T, data []byte) map[IcmplbReason]int {
 //	  0 frame    len(2) bytes(len) pad(2) fill(1)
 //	             a raw frame: bytes, then pad bytes of fill
 //	  1 reply    sel(1) off(2) xor(1) the backend's reply to forwarded
-//	             request sel (modulo their number) with byte off xored
+//	             request sel (modulo their number) with byte off xored;
+//	             with fuzzAsError, an ICMP error about it from the
+//	             backend's next hop instead
 //	  2 backend  b(1)                 backend (b&3)%3 gets flags (b>>2)&3
 //	  3 resend   sel(1) seq(2)        forwarded request sel's original frame
 //	             again, with sequence number seq
@@ -99,7 +105,9 @@ func (hs *fuzzHarnesses) play(t *testing.T, data []byte) map[IcmplbReason]int {
 // Options: fuzzFix (frame, reply) recomputes both checksums before the run,
 // so mutations get past checksum verification; then fuzzBadIP and
 // fuzzBadICMP (all kinds) spoil one, so that one bit of the input turns a
-// valid frame into one failing exactly one check. fuzzNewHop (resend) sends
+// valid frame into one failing exactly one check. fuzzAsError (reply) sends
+// a host unreachable, or with fuzzTimeExceeded a TTL exceeded, with
+// fuzzFragNeeded a fragmentation needed. fuzzNewHop (resend) sends
 // from another MAC, fuzzNextID (resend) with the echo id plus one. Padding
 // keeps large frames small in the input: the fuzzer mutates bytes at
 // random, and should mostly hit headers and operations.
@@ -117,6 +125,10 @@ const (
 	fuzzNextID  = 0x40
 	fuzzBadICMP = 0x20
 	fuzzBadIP   = 0x10
+
+	fuzzAsError      = 0x40
+	fuzzTimeExceeded = 0x08
+	fuzzFragNeeded   = 0x04
 
 	// Bounds on one input's work, so that an execution stays short.
 	fuzzMaxOps = 64
@@ -330,13 +342,16 @@ func (r *fuzzRun) play(ops []byte) {
 				continue
 			}
 			fw := r.forwards[int(a[0])%len(r.forwards)]
-			f := fuzzReplyTo(fw.out)
+			f, what := fuzzReplyTo(fw.out), "reply"
+			if op[0]&fuzzAsError != 0 {
+				f, what = fuzzErrorAbout(fw.out, op[0]), "error"
+			}
 			if off := int(binary.BigEndian.Uint16(a[1:])); off < len(f) {
 				f[off] ^= a[3]
 			}
 			fuzzChecksums(f, op[0])
-			r.run(kind, fmt.Sprintf("reply to step %d (byte %d ^ %#02x)",
-				fw.step, binary.BigEndian.Uint16(a[1:]), a[3]), f)
+			r.run(kind, fmt.Sprintf("%s about step %d (byte %d ^ %#02x)",
+				what, fw.step, binary.BigEndian.Uint16(a[1:]), a[3]), f)
 		case fuzzOpBackend:
 			a, ok := take(1)
 			if !ok {
@@ -383,6 +398,40 @@ func fuzzReplyTo(req []byte) []byte {
 	copy(f[30:34], req[26:30])
 	f[22] = 64
 	f[34] = 0
+	fuzzChecksums(f, fuzzFix)
+	return f
+}
+
+// fuzzErrorAbout is the ICMP error a router behind the backend's MAC sends
+// about a request the program forwarded, quoting as much of it as RFC 1812
+// allows in 576 bytes.
+func fuzzErrorAbout(req []byte, op byte) []byte {
+	typ, code := byte(3), byte(1)
+	switch {
+	case op&fuzzTimeExceeded != 0:
+		typ, code = 11, 0
+	case op&fuzzFragNeeded != 0:
+		typ, code = 3, 4
+	}
+	quote := req[14:]
+	if tot := int(binary.BigEndian.Uint16(req[16:])); tot < len(quote) {
+		quote = quote[:tot]
+	}
+	quote = quote[:min(len(quote), 576-20-8)]
+	f := make([]byte, 14+20+8, 14+20+8+len(quote))
+	copy(f[0:6], req[6:12])
+	copy(f[6:12], req[0:6])
+	binary.BigEndian.PutUint16(f[12:], 0x0800)
+	f[14] = 0x45
+	binary.BigEndian.PutUint16(f[16:], uint16(20+8+len(quote)))
+	f[22], f[23] = 64, unix.IPPROTO_ICMP
+	copy(f[26:30], router.AsSlice())
+	copy(f[30:34], req[26:30])
+	f[34], f[35] = typ, code
+	if code == 4 {
+		binary.BigEndian.PutUint16(f[40:], 1400)
+	}
+	f = append(f, quote...)
 	fuzzChecksums(f, fuzzFix)
 	return f
 }
@@ -478,7 +527,8 @@ func (r *fuzzRun) run(kind byte, what string, in []byte) {
 		r.fail(what, in, out, "verdict %s counted as reason %d (%s), which comes with %s",
 			verdictName(verdict), reason, reasonTable[reason].name, verdictName(reasonTable[reason].verdict))
 	}
-	tx := reason == IcmplbReasonREASON_REQUEST_FORWARDED || reason == IcmplbReasonREASON_REPLY_RETURNED
+	tx := reason == IcmplbReasonREASON_REQUEST_FORWARDED || reason == IcmplbReasonREASON_REPLY_RETURNED ||
+		reason == IcmplbReasonREASON_ERROR_RETURNED
 	switch verdict {
 	case xdpPass:
 		if !bytes.Equal(in, out) {
@@ -487,7 +537,7 @@ func (r *fuzzRun) run(kind byte, what string, in []byte) {
 	case xdpDrop:
 	case xdpTX:
 		if !tx {
-			r.fail(what, in, out, "XDP_TX counted as reason %d, want REQUEST_FORWARDED or REPLY_RETURNED", reason)
+			r.fail(what, in, out, "XDP_TX counted as reason %d, want REQUEST_FORWARDED, REPLY_RETURNED or ERROR_RETURNED", reason)
 		}
 		if msg := r.checkTX(in, out, reason); msg != "" {
 			r.fail(what, in, out, "%s", msg)
@@ -573,6 +623,12 @@ func (r *fuzzRun) checkTX(in, out []byte, reason IcmplbReason) string {
 	}
 	if in[22] == 0 {
 		return "sent a frame that arrived with TTL 0"
+	}
+	if in[23] == unix.IPPROTO_ICMP && (in[34] == 3 || in[34] == 11) {
+		if reason != IcmplbReasonREASON_ERROR_RETURNED {
+			return fmt.Sprintf("sent an ICMP error counted as reason %d", reason)
+		}
+		return r.checkError(in, out, totLen)
 	}
 	if in[23] != unix.IPPROTO_ICMP || in[35] != 0 || (in[34] != 8 && in[34] != 0) {
 		return fmt.Sprintf("sent protocol %d, ICMP type %d code %d: not an echo", in[23], in[34], in[35])
@@ -688,6 +744,78 @@ func (r *fuzzRun) checkReply(in, out []byte) string {
 		problems = append(problems, fmt.Sprintf("as the answer to step %d it %s", fw.step, p))
 	}
 	return "returned reply is wrong: " + strings.Join(problems, "; ")
+}
+
+// fuzzErrorOwned are the offsets the translation of an error may change:
+// MACs, the IP checksum and addresses, and in the quote its IP checksum and
+// addresses, its ICMP checksum and echo id. The error's own ICMP checksum
+// covers no address of its header and a quote whose sum is unchanged.
+var fuzzErrorOwned = func() (owned [14 + 20 + 8 + 28]bool) {
+	for _, r := range [][2]int{{0, 12}, {24, 34}, {52, 62}, {64, 68}} {
+		for i := r[0]; i < r[1]; i++ {
+			owned[i] = true
+		}
+	}
+	return owned
+}()
+
+func (r *fuzzRun) checkError(in, out []byte, totLen int) string {
+	cfg := r.fh.cfg
+	if totLen < 20+8+28 {
+		return fmt.Sprintf("returned an error of tot_len %d, too short to quote IPv4 + an echo header", totLen)
+	}
+	for i := range out {
+		if in[i] != out[i] && (i >= len(fuzzErrorOwned) || !fuzzErrorOwned[i]) {
+			return fmt.Sprintf("changed byte %d of an error, which the translation does not own:\n%s", i, diffFrames(in, out))
+		}
+	}
+	if dst := addrAt(in, 30); dst != cfg.SNAT {
+		return fmt.Sprintf("returned an error sent to %v, not the SNAT address %v", dst, cfg.SNAT)
+	}
+	if in[42] != 0x45 || in[51] != unix.IPPROTO_ICMP || in[62] != 8 || in[63] != 0 || addrAt(in, 54) != cfg.SNAT {
+		return fmt.Sprintf("returned an error quoting %x, not an echo request from the SNAT address", in[42:70])
+	}
+	if (checksum(in[42:62]) == 0) != (checksum(out[42:62]) == 0) {
+		return "the quoted IP header's checksum verifies in one of input and output only"
+	}
+	from, natID, seq := addrAt(in, 58), binary.BigEndian.Uint16(in[66:]), binary.BigEndian.Uint16(in[68:])
+	var problems []string
+	for _, fw := range r.forwards {
+		if fuzzBackends[fw.backend].addr != from || fw.natID != natID || fw.seq != seq {
+			continue
+		}
+		be := fuzzBackends[fw.backend]
+		norm := func(c uint16) uint16 {
+			if c == 0xffff {
+				return 0
+			}
+			return c
+		}
+		var p string
+		switch {
+		case macAt(in, 6) != be.mac:
+			p = fmt.Sprintf("came from MAC %v, not backend %v's %v", macAt(in, 6), be.addr, be.mac)
+		case addrAt(out, 26) != cfg.VIP || addrAt(out, 58) != cfg.VIP:
+			p = fmt.Sprintf("left from %v quoting a request to %v, not the VIP %v", addrAt(out, 26), addrAt(out, 58), cfg.VIP)
+		case addrAt(out, 30) != fw.session.client || addrAt(out, 54) != fw.session.client ||
+			binary.BigEndian.Uint16(out[66:]) != fw.session.echoID:
+			p = fmt.Sprintf("went to %v quoting %v id %#04x, not the requester %v id %#04x",
+				addrAt(out, 30), addrAt(out, 54), binary.BigEndian.Uint16(out[66:]), fw.session.client, fw.session.echoID)
+		case macAt(out, 0) != fw.hop || !validUnicast(fw.hop):
+			p = fmt.Sprintf("went to MAC %v, not the requester's unicast %v", macAt(out, 0), fw.hop)
+		case norm(binary.BigEndian.Uint16(out[64:])) != norm(binary.BigEndian.Uint16(fw.in[36:])):
+			p = fmt.Sprintf("quotes ICMP checksum %#04x, not the request's %#04x",
+				binary.BigEndian.Uint16(out[64:]), binary.BigEndian.Uint16(fw.in[36:]))
+		default:
+			r.history[len(r.history)-1] += fmt.Sprintf(" (about step %d: to %v id %#04x)", fw.step, fw.session.client, fw.session.echoID)
+			return ""
+		}
+		problems = append(problems, fmt.Sprintf("as the error about step %d it %s", fw.step, p))
+	}
+	if len(problems) == 0 {
+		return fmt.Sprintf("returned an error about %v NAT id %#04x seq %d, which quotes no forwarded request", from, natID, seq)
+	}
+	return "returned error is wrong: " + strings.Join(problems, "; ")
 }
 
 func (r *fuzzRun) fail(what string, in, out []byte, format string, args ...any) {
@@ -1055,6 +1183,20 @@ func fuzzSeeds() []fuzzSeed {
 			}
 			return s.reply(3).reply(2).reply(1).reply(0)
 		}()},
+
+		// ICMP errors about forwarded requests.
+		{"error-unreachable", in().fixedFrame(req.frame()).opReply(fuzzAsError, 0, 0, 0)},
+		{"error-time-exceeded", in().snatAlt().fixedFrame(req.frame()).opReply(fuzzAsError|fuzzTimeExceeded, 0, 0, 0)},
+		{"error-frag-needed", in().fixedFrame(req.frame()).opReply(fuzzAsError|fuzzFragNeeded, 0, 0, 0)},
+		{"error-then-reply", in().fixedFrame(req.frame()).opReply(fuzzAsError, 0, 0, 0).reply(0)},
+		{"error-twice", in().fixedFrame(req.frame()).opReply(fuzzAsError, 0, 0, 0).opReply(fuzzAsError, 0, 0, 0)},
+		{"error-second-request", in().fixedFrame(req.frame()).resend(0, 2, 0).opReply(fuzzAsError, 1, 0, 0).reply(0)},
+		{"error-truncated", in().fixedFrame(req.frame()).opReply(fuzzAsError|fuzzFix, 0, 17, 0x70^0x30).reply(0)},
+		{"error-spoofed-mac", in().fixedFrame(req.frame()).opReply(fuzzAsError|fuzzFix, 0, offEthSrc+5, 0x10).reply(0)},
+		{"error-quote-mismatch", in().fixedFrame(req.frame()).opReply(fuzzAsError|fuzzFix, 0, 70+9, 0xff).reply(0)},
+		{"error-quote-not-echo", in().fixedFrame(req.frame()).opReply(fuzzAsError|fuzzFix, 0, 62, 0x08).reply(0)},
+		{"error-quote-bad-ip-checksum", in().fixedFrame(req.frame()).opReply(fuzzAsError|fuzzFix, 0, 53, 0x01)},
+		{"error-bad-checksum", in().fixedFrame(req.frame()).opReply(fuzzAsError|fuzzFix|fuzzBadICMP, 0, 0, 0).reply(0)},
 
 		// Backends leaving and coming back.
 		{"backends-down-then-request", in().backend(0, 0).backend(1, 0).backend(2, 0).fixedFrame(req.frame())},

@@ -407,6 +407,153 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	return reply_return(ctx, eth, ip, icmp, idx, sent, sampled, client_mac, vip, client, echo_id, now);
 }
 
+/* The kind of an ICMP error the balancer translates, or ICMP_ERRORS for
+ * any other message (redirects above all: they are about the balancer's own
+ * routing, not about a backend). */
+static __always_inline enum icmp_error error_kind(const struct icmp_echo *icmp)
+{
+	if (icmp->type == ICMP_DEST_UNREACH)
+		return icmp->code == ICMP_FRAG_NEEDED ? ICMP_ERROR_PACKET_TOO_BIG : ICMP_ERROR_UNREACHABLE;
+	if (icmp->type == ICMP_TIME_EXCEEDED)
+		return ICMP_ERROR_TIME_EXCEEDED;
+	return ICMP_ERRORS;
+}
+
+/* What an error needs of the request it answers. */
+struct answered {
+	__u64 sent;
+	__u32 idx;
+	__be32 client;
+	__be32 vip;
+	__be32 snat;
+	__be16 echo_id;
+	__sum16 reply_csum;
+	__u16 sampled;
+	__u8 client_mac[ETH_ALEN];
+};
+
+/* An ICMP error to a SNAT address about a request the balancer forwarded
+ * (its quote: SNAT -> backend, a NAT id): sent on to that request's client
+ * as if the VIP had sent it about the client's own request, and counted as
+ * the request's answer. It must come from the backend's next hop, the only
+ * host that sees the request on its way, and quote a request still
+ * awaited, with its sequence and its checksum: anything else could hand a
+ * stranger's forgery to a client or take a request's answer away.
+ *
+ * Errors about replies the balancer returned come to a VIP, not to a SNAT
+ * address, and pass: the backend would drop an error about an echo reply
+ * (no socket awaits one), and the exchange was already measured. */
+static __always_inline int handle_error(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
+					struct icmp_echo *icmp, enum icmp_error kind)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct icmp_quote *q = (void *)(icmp + 1);
+	__be32 daddr = ip->daddr;
+	struct ring_slot *slot = NULL;
+	struct inflight_key ik = {};
+	struct backend_counters *bs;
+	struct answered a = {};
+	struct rev_val *rv;
+	struct backend *be;
+	__u64 now;
+
+	if (!bpf_map_lookup_elem(&snat_addrs, &daddr))
+		return count(REASON_NOT_VIP, XDP_PASS);
+	if (ip->ttl == 0)
+		return count(REASON_TTL_ZERO, XDP_PASS);
+	if (!icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
+		return count(REASON_MALFORMED, XDP_PASS);
+	if ((void *)(q + 1) > data_end ||
+	    bpf_ntohs(ip->tot_len) < sizeof(*ip) + sizeof(*icmp) + sizeof(*q))
+		return count(REASON_ERROR_TRUNCATED, XDP_PASS);
+	/* The balancer sends only option-less, unfragmented echo requests
+	 * from a SNAT address. */
+	if (q->ip.version != 4 || q->ip.ihl != 5 || q->ip.protocol != IPPROTO_ICMP ||
+	    (q->ip.frag_off & bpf_htons(IP_OFFSET)) || q->ip.saddr != daddr || q->icmp.type != ICMP_ECHO ||
+	    q->icmp.code != 0)
+		return count(REASON_ERROR_FOREIGN, XDP_PASS);
+	/* About the agent's own probe: its socket takes it. */
+	if (q->icmp.id == bpf_htons(PROBE_ECHO_ID))
+		return count(REASON_PROBE_REPLY, XDP_PASS);
+
+	ik.backend = q->ip.daddr;
+	ik.nat_id = q->icmp.id;
+	ik.seq = q->icmp.seq;
+	{
+		struct rev_key rk = { .backend = ik.backend, .nat_id = ik.nat_id };
+		__u32 i = bpf_ntohs(ik.seq) & (INFLIGHT_RING - 1);
+
+		rv = bpf_map_lookup_elem(&ct_rev, &rk);
+		if (rv) {
+			slot = &rv->ring[i];
+			a.sent = slot->sent_ns;
+			/* Read before the rest of the slot: see track_request. */
+			barrier();
+			if (a.sent && slot->seq == ik.seq) {
+				a.idx = rv->backend_idx;
+				a.client = rv->client;
+				a.vip = rv->vip;
+				a.snat = slot->snat;
+				a.echo_id = rv->echo_id;
+				a.reply_csum = slot->reply_csum;
+				a.sampled = (rv->sampled >> i) & 1;
+				__builtin_memcpy(a.client_mac, rv->client_mac, ETH_ALEN);
+			} else {
+				slot = NULL;
+			}
+		}
+	}
+	if (!slot) {
+		struct inflight_val *iv = bpf_map_lookup_elem(&inflight, &ik);
+
+		if (!iv)
+			return count(REASON_ERROR_UNMATCHED, XDP_PASS);
+		a.sent = iv->sent_ns;
+		a.idx = iv->backend_idx;
+		a.client = iv->client;
+		a.vip = iv->vip;
+		a.snat = iv->snat;
+		a.echo_id = iv->echo_id;
+		a.reply_csum = iv->reply_csum;
+		a.sampled = iv->sampled;
+		__builtin_memcpy(a.client_mac, iv->client_mac, ETH_ALEN);
+	}
+	be = bpf_map_lookup_elem(&backends, &a.idx);
+	if (!be || be->addr != ik.backend)
+		return count(REASON_ERROR_UNMATCHED, XDP_PASS);
+	if (!mac_eq(be->mac, eth->h_source))
+		return count(REASON_REPLY_SPOOFED, XDP_PASS);
+	/* The quoted checksum is the request's as it left: its reply's, with
+	 * the type changed, is what the request's slot holds. */
+	if (a.snat != daddr || a.reply_csum != reply_csum_of(q->icmp.checksum))
+		return count(REASON_REPLY_MISMATCH, XDP_PASS);
+	now = bpf_ktime_get_ns();
+	if (!awaited(a.sent, now))
+		return count(REASON_ERROR_UNMATCHED, XDP_PASS);
+	/* Of two copies racing on two CPUs, or an error racing the reply, only
+	 * the one that takes the request answers it. */
+	if (slot) {
+		if (__sync_val_compare_and_swap(&slot->sent_ns, a.sent, 0) != a.sent)
+			return count(REASON_ERROR_UNMATCHED, XDP_PASS);
+	} else if (bpf_map_delete_elem(&inflight, &ik)) {
+		return count(REASON_ERROR_UNMATCHED, XDP_PASS);
+	}
+	bs = bpf_map_lookup_elem(&backend_stats, &a.idx);
+	if (bs)
+		error_measured(bs, a.idx, a.sent, a.sampled, a.client, a.echo_id, ik.backend, ik.seq, now, kind);
+
+	/* The quote becomes the client's request (client -> VIP, its echo id)
+	 * and the error goes from the VIP to the client. Each quoted checksum
+	 * is updated with its fields, so the quote's ones'-complement sum is
+	 * unchanged: the error's own checksum, which covers the quote but no
+	 * address of its own header, stays right as it is. */
+	rewrite_addrs(&q->ip, a.client, a.vip);
+	rewrite_echo_id(&q->icmp, a.echo_id);
+	rewrite_addrs(ip, a.vip, a.client);
+	rewrite_macs(eth, a.client_mac);
+	return count(REASON_ERROR_RETURNED, XDP_TX);
+}
+
 SEC("xdp")
 int icmplb(struct xdp_md *ctx)
 {
@@ -447,6 +594,12 @@ int icmplb(struct xdp_md *ctx)
 	 * ring, or else looked up. */
 	if (p.icmp->type == ICMP_ECHOREPLY && p.icmp->code == 0)
 		return handle_reply(ctx, p.eth, p.ip, p.icmp);
+	{
+		enum icmp_error kind = error_kind(p.icmp);
+
+		if (kind != ICMP_ERRORS)
+			return handle_error(ctx, p.eth, p.ip, p.icmp, kind);
+	}
 	return count(REASON_NOT_ECHO, XDP_PASS);
 }
 

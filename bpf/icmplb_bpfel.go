@@ -31,6 +31,7 @@ type IcmplbBackendCounters struct {
 	Late         uint64
 	Unmatched    uint64
 	Moved        uint64
+	Errors       [3]uint64
 }
 
 type IcmplbBackendFlags uint16
@@ -67,6 +68,15 @@ type IcmplbFwdVal struct {
 	Table      uint32
 	SvcGen     uint32
 }
+
+type IcmplbIcmpError uint32
+
+const (
+	IcmplbIcmpErrorICMP_ERROR_UNREACHABLE    IcmplbIcmpError = 0
+	IcmplbIcmpErrorICMP_ERROR_PACKET_TOO_BIG IcmplbIcmpError = 1
+	IcmplbIcmpErrorICMP_ERROR_TIME_EXCEEDED  IcmplbIcmpError = 2
+	IcmplbIcmpErrorICMP_ERRORS               IcmplbIcmpError = 3
+)
 
 type IcmplbInflightKey struct {
 	_       structs.HostLayout
@@ -142,7 +152,11 @@ const (
 	IcmplbReasonREASON_INFLIGHT_FULL        IcmplbReason = 21
 	IcmplbReasonREASON_PROBE_REPLY          IcmplbReason = 22
 	IcmplbReasonREASON_ALL_DOWN             IcmplbReason = 23
-	IcmplbReasonREASON_MAX                  IcmplbReason = 24
+	IcmplbReasonREASON_ERROR_RETURNED       IcmplbReason = 24
+	IcmplbReasonREASON_ERROR_UNMATCHED      IcmplbReason = 25
+	IcmplbReasonREASON_ERROR_FOREIGN        IcmplbReason = 26
+	IcmplbReasonREASON_ERROR_TRUNCATED      IcmplbReason = 27
+	IcmplbReasonREASON_MAX                  IcmplbReason = 28
 )
 
 type IcmplbRevFlags uint16
@@ -217,6 +231,8 @@ type IcmplbTraceEvent struct {
 	BackendIdx uint32
 	Kind       IcmplbTraceKind
 	Late       uint32
+	Error      IcmplbIcmpError
+	Pad        uint32
 }
 
 type IcmplbTraceKind uint32
@@ -224,6 +240,7 @@ type IcmplbTraceKind uint32
 const (
 	IcmplbTraceKindTRACE_REQUEST IcmplbTraceKind = 1
 	IcmplbTraceKindTRACE_REPLY   IcmplbTraceKind = 2
+	IcmplbTraceKindTRACE_ERROR   IcmplbTraceKind = 3
 )
 
 // Names of all BPF objects in the ELF.

@@ -328,6 +328,10 @@ var reasonTable = [IcmplbReasonREASON_MAX]struct {
 	IcmplbReasonREASON_INFLIGHT_FULL:        {xdpDrop, "inflight_full"},
 	IcmplbReasonREASON_PROBE_REPLY:          {xdpPass, "probe_reply"},
 	IcmplbReasonREASON_ALL_DOWN:             {xdpPass, "all_down"},
+	IcmplbReasonREASON_ERROR_RETURNED:       {xdpTX, "error_returned"},
+	IcmplbReasonREASON_ERROR_UNMATCHED:      {xdpPass, "error_unmatched"},
+	IcmplbReasonREASON_ERROR_FOREIGN:        {xdpPass, "error_foreign"},
+	IcmplbReasonREASON_ERROR_TRUNCATED:      {xdpPass, "error_truncated"},
 }
 
 // ReasonVerdict exports reasonTable to the external test package, which may
@@ -555,6 +559,10 @@ func (h *harness) backendCounters(t testing.TB, idx uint32) IcmplbBackendCounter
 		sum.RttSumNs += c.RttSumNs
 		sum.Late += c.Late
 		sum.Unmatched += c.Unmatched
+		sum.Moved += c.Moved
+		for k, n := range c.Errors {
+			sum.Errors[k] += n
+		}
 	}
 	return sum
 }
@@ -1160,7 +1168,7 @@ func TestPassUntouched(t *testing.T) {
 				p.l4 = []byte{0x9c, 0x40, 0, 53, 0, 12, 0, 0, 'p', 'i', 'n', 'g'}
 			})
 		}},
-		{name: "destination unreachable to VIP", reason: IcmplbReasonREASON_NOT_ECHO, frame: func() []byte {
+		{name: "destination unreachable to VIP quoting no datagram", reason: IcmplbReasonREASON_ERROR_FOREIGN, frame: func() []byte {
 			return reqFrame(func(p *packet) { p.icmpType, p.icmpCode, p.echoID, p.seq = 3, 1, 0, 0 })
 		}},
 		{name: "timestamp request to VIP", reason: IcmplbReasonREASON_NOT_ECHO, frame: func() []byte {

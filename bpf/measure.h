@@ -22,7 +22,8 @@ static __always_inline struct epoch_count *epoch_slot(__u32 idx, __u64 epoch)
 }
 
 static __always_inline void trace(enum trace_kind kind, __u64 sent_ns, __u64 rtt_ns, __be32 client,
-				  __be32 backend, __be16 echo_id, __be16 seq, __u32 idx, __u32 late)
+				  __be32 backend, __be16 echo_id, __be16 seq, __u32 idx, __u32 late,
+				  enum icmp_error error)
 {
 	struct trace_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
@@ -43,6 +44,8 @@ static __always_inline void trace(enum trace_kind kind, __u64 sent_ns, __u64 rtt
 	e->backend_idx = idx;
 	e->kind = kind;
 	e->late = late;
+	e->error = error;
+	e->pad = 0;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -152,8 +155,25 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 		ep->sent++;
 	}
 	if (sampled)
-		trace(TRACE_REQUEST, now, 0, fk->client, be->addr, fk->echo_id, icmp->seq, idx, 0);
+		trace(TRACE_REQUEST, now, 0, fk->client, be->addr, fk->echo_id, icmp->seq, idx, 0, 0);
 	return TRACK_NEW;
+}
+
+/* Counts the answer to a request sent at sent into the request's epoch,
+ * unless the sweep of a newer epoch took its slot already. */
+static __always_inline void epoch_answered(__u32 idx, __u64 sent)
+{
+	struct epoch_count *ep = epoch_slot(idx, sent >> EPOCH_SHIFT);
+
+	if (!ep)
+		return;
+	if (ep->epoch < sent >> EPOCH_SHIFT) {
+		ep->epoch = sent >> EPOCH_SHIFT;
+		ep->sent = 0;
+		ep->answered = 0;
+	}
+	if (ep->epoch == sent >> EPOCH_SHIFT)
+		ep->answered++;
 }
 
 /* Counts a matched reply: RTT into the histogram and answer into the
@@ -169,21 +189,30 @@ static __always_inline void reply_measured(struct backend_counters *bs, __u32 id
 	} else {
 		__u32 key = idx * RTT_BUCKETS + rtt_bucket(rtt);
 		__u64 *n = bpf_map_lookup_elem(&rtt_hist, &key);
-		struct epoch_count *ep = epoch_slot(idx, sent >> EPOCH_SHIFT);
 
 		if (n)
 			*n += 1;
 		bs->rtt_sum_ns += rtt;
-		if (ep) {
-			if (ep->epoch < sent >> EPOCH_SHIFT) {
-				ep->epoch = sent >> EPOCH_SHIFT;
-				ep->sent = 0;
-				ep->answered = 0;
-			}
-			if (ep->epoch == sent >> EPOCH_SHIFT)
-				ep->answered++;
-		}
+		epoch_answered(idx, sent);
 	}
 	if (sampled)
-		trace(TRACE_REPLY, sent, rtt, client, backend, echo_id, seq, idx, late);
+		trace(TRACE_REPLY, sent, rtt, client, backend, echo_id, seq, idx, late, 0);
+}
+
+/* Counts an ICMP error that answered a request: by its kind, and as an
+ * answer within the loss timeout, so that it is not taken for a loss. Its
+ * time is not the backend's round trip (a router on the way may have sent
+ * it): it stays out of the RTT histogram. */
+static __always_inline void error_measured(struct backend_counters *bs, __u32 idx, __u64 sent, __u16 sampled,
+					   __be32 client, __be16 echo_id, __be32 backend, __be16 seq, __u64 now,
+					   enum icmp_error kind)
+{
+	__u32 late = now - sent > cfg_loss_timeout_ns;
+
+	if (kind < ICMP_ERRORS)
+		bs->errors[kind]++;
+	if (!late)
+		epoch_answered(idx, sent);
+	if (sampled)
+		trace(TRACE_ERROR, sent, now - sent, client, backend, echo_id, seq, idx, late, kind);
 }

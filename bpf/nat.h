@@ -16,26 +16,42 @@
 
 #define NAT_ID_TRIES 8
 
-static __always_inline void rewrite(struct ethhdr *eth, struct iphdr *ip, struct icmp_echo *icmp,
-				    const __u8 *dst_mac, __be32 saddr, __be32 daddr, __be16 echo_id)
+/* Replaces an IPv4 header's addresses, its checksum updated to match. */
+static __always_inline void rewrite_addrs(struct iphdr *ip, __be32 saddr, __be32 daddr)
 {
-	__u32 sum;
+	__u32 sum = (__u16)~ip->check;
 
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, dst_mac, ETH_ALEN);
-
-	sum = (__u16)~ip->check;
 	sum = csum_add32(sum, ip->saddr, saddr);
 	sum = csum_add32(sum, ip->daddr, daddr);
 	ip->check = ~csum_fold(sum);
 	ip->saddr = saddr;
 	ip->daddr = daddr;
+}
 
-	/* ICMPv4 has no pseudo-header: only the identifier touches its checksum. */
-	sum = (__u16)~icmp->checksum;
+/* Replaces an echo message's identifier. ICMPv4 has no pseudo-header: only
+ * the identifier touches its checksum. */
+static __always_inline void rewrite_echo_id(struct icmp_echo *icmp, __be16 echo_id)
+{
+	__u32 sum = (__u16)~icmp->checksum;
+
 	sum = csum_add16(sum, icmp->id, echo_id);
 	icmp->checksum = ~csum_fold(sum);
 	icmp->id = echo_id;
+}
+
+/* Sends the frame back out to dst_mac, from the MAC it came to. */
+static __always_inline void rewrite_macs(struct ethhdr *eth, const __u8 *dst_mac)
+{
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, dst_mac, ETH_ALEN);
+}
+
+static __always_inline void rewrite(struct ethhdr *eth, struct iphdr *ip, struct icmp_echo *icmp,
+				    const __u8 *dst_mac, __be32 saddr, __be32 daddr, __be16 echo_id)
+{
+	rewrite_macs(eth, dst_mac);
+	rewrite_addrs(ip, saddr, daddr);
+	rewrite_echo_id(icmp, echo_id);
 }
 
 /* A 4-round Feistel network on the two bytes of x: a permutation of the 16-bit

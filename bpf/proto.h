@@ -16,6 +16,9 @@
 #define IPPROTO_ICMP 1
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
+#define ICMP_DEST_UNREACH 3
+#define ICMP_FRAG_NEEDED 4 /* code of ICMP_DEST_UNREACH */
+#define ICMP_TIME_EXCEEDED 11
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
@@ -44,6 +47,14 @@ struct icmp_echo {
 	__sum16 checksum;
 	__be16 id;
 	__be16 seq;
+};
+
+/* What an ICMP error (RFC 792) carries after its 8-byte header: the header
+ * of the datagram it is about and at least the first 8 bytes of its
+ * payload, here those of an echo request. */
+struct icmp_quote {
+	struct iphdr ip;
+	struct icmp_echo icmp;
 };
 
 static __always_inline int mac_eq(const __u8 *a, const __u8 *b)

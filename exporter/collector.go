@@ -41,6 +41,7 @@ type Collector struct {
 	info   []string
 
 	requests, replies, lost, late, unmatched *prometheus.Desc
+	icmpErrors                               *prometheus.Desc
 	requestBytes, replyBytes                 *prometheus.Desc
 	rtt, up, weight, sessions                *prometheus.Desc
 	state, ejections, moved, allDown         *prometheus.Desc
@@ -70,6 +71,7 @@ func NewCollector(src Source, tracer *Tracer, version string) *Collector {
 		lost:          d("icmplb_backend_lost_total", "Echo requests the backend did not answer within the loss timeout.", bl...),
 		late:          d("icmplb_backend_late_replies_total", "Replies that came after the loss timeout (up to twice it); their requests count as lost.", bl...),
 		unmatched:     d("icmplb_backend_unmatched_replies_total", "Replies from the backend that answered no request awaited (duplicates, or later than twice the loss timeout); passed to the kernel, not returned to a client.", bl...),
+		icmpErrors:    d("icmplb_backend_errors_total", "Echo requests to the backend answered by an ICMP error (from the backend or a router on its way) instead of a reply, by type: unreachable, packet_too_big or time_exceeded. The error is returned to the client; the request counts neither as replied nor as lost.", append(bl, "type")...),
 		requestBytes:  d("icmplb_backend_request_bytes_total", "Bytes of echo requests forwarded to the backend (Ethernet frames).", bl...),
 		replyBytes:    d("icmplb_backend_reply_bytes_total", "Bytes of echo replies from the backend (Ethernet frames).", bl...),
 		rtt:           d("icmplb_backend_rtt_seconds", "Time from a request leaving the balancer to its reply arriving, for replies within the loss timeout.", bl...),
@@ -89,7 +91,7 @@ func NewCollector(src Source, tracer *Tracer, version string) *Collector {
 		ctEntries:     d("icmplb_conntrack_entries", "Entries in a conntrack map: sessions (client, echo id) active within the NAT idle time, or inflight requests (sent within twice the loss timeout, not answered yet, beyond the 4 each session holds).", "map"),
 		ctCapacity:    d("icmplb_conntrack_capacity", "Capacity of a conntrack map; at capacity new sessions are refused (nat_exhausted) and the inflight map refuses the requests that need it (inflight_full), nothing in flight is evicted.", "map"),
 		traceDropped:  d("icmplb_trace_events_dropped_total", "Sampled exchanges not traced because the pipeline fell behind: stage kernel (ring buffer full) or pipeline (too many requests awaiting replies).", "stage"),
-		traceSpans:    d("icmplb_trace_spans_total", "Spans emitted, by status: ok (answered) or error (lost).", "status"),
+		traceSpans:    d("icmplb_trace_spans_total", "Spans emitted, by status: ok (answered) or error (lost, late, or answered by an ICMP error).", "status"),
 		scrapeErrors:  d("icmplb_exporter_scrape_errors_total", "Scrapes that failed to read the data plane's maps."),
 		buildInfo:     d("icmplb_build_info", "Always 1; labels carry the build.", "version", "goversion"),
 	}
@@ -97,7 +99,7 @@ func NewCollector(src Source, tracer *Tracer, version string) *Collector {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.requests, c.replies, c.lost, c.late, c.unmatched,
+	for _, d := range []*prometheus.Desc{c.requests, c.replies, c.lost, c.late, c.unmatched, c.icmpErrors,
 		c.requestBytes, c.replyBytes, c.rtt, c.up, c.weight, c.sessions, c.state, c.ejections, c.moved, c.allDown,
 		c.probeRequests, c.probeReplies, c.probeLost, c.probeRTT, c.balancerLost, c.packets, c.ctEntries, c.ctCapacity,
 		c.traceDropped, c.traceSpans, c.scrapeErrors, c.buildInfo} {
@@ -135,6 +137,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.lost, b.Lost, vip, be)
 		counter(c.late, b.Late, vip, be)
 		counter(c.unmatched, b.Unmatched, vip, be)
+		for _, e := range telemetry.ErrorTypes {
+			counter(c.icmpErrors, b.Errors[e], vip, be, e)
+		}
 		counter(c.requestBytes, b.RequestBytes, vip, be)
 		counter(c.replyBytes, b.ReplyBytes, vip, be)
 		up := 0.0

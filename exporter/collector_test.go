@@ -66,7 +66,8 @@ func snapshotWith(rtts map[netip.Addr][]time.Duration) *telemetry.Snapshot {
 		Services: []telemetry.Service{{VIP: testVIP, SNAT: testVIP, BalancerLost: map[string]uint64{}}}}
 	for _, addr := range []netip.Addr{testBE1, testBE2} {
 		b := telemetry.Backend{VIP: testVIP, Addr: addr, Up: addr == testBE1, Requests: 10, Replies: 7, Lost: 3,
-			RequestBytes: 980, ReplyBytes: 686, Late: 1, Unmatched: 2, RTT: newRTT()}
+			RequestBytes: 980, ReplyBytes: 686, Late: 1, Unmatched: 2, RTT: newRTT(),
+			Errors: map[string]uint64{telemetry.ErrorUnreachable: 5, telemetry.ErrorTimeExceeded: 1}}
 		for _, d := range rtts[addr] {
 			b.RTT.Buckets[bucketOf(&b.RTT, d)]++
 			b.RTT.Sum += d
@@ -138,6 +139,13 @@ func TestCollectorCounters(t *testing.T) {
 	} {
 		if got := value(t, mfs, name, be); got != want {
 			t.Errorf("%s{%s} = %v, want %v", name, be, got, want)
+		}
+	}
+	// Every type has a series, so that rate() sees the first error.
+	for typ, want := range map[string]float64{"unreachable": 5, "packet_too_big": 0, "time_exceeded": 1} {
+		labels := "backend=10.0.0.2,type=" + typ + ",vip=10.0.0.100"
+		if got := value(t, mfs, "icmplb_backend_errors_total", labels); got != want {
+			t.Errorf("icmplb_backend_errors_total{%s} = %v, want %v", labels, got, want)
 		}
 	}
 	if got := value(t, mfs, "icmplb_backend_up", "backend=10.0.0.3,vip=10.0.0.100"); got != 0 {

@@ -43,6 +43,9 @@ type StatusBackend struct {
 	Requests uint64     `json:"requests"`
 	Replies  uint64     `json:"replies"`
 	Lost     uint64     `json:"lost"`
+	// Errors counts requests answered by an ICMP error, by type
+	// (telemetry.ErrorTypes).
+	Errors map[string]uint64 `json:"errors"`
 	// RTT is the RTT histogram: Buckets[k] counts replies of native bucket
 	// k - Offset of schema Schema (see telemetry.Histogram).
 	RTT StatusHistogram `json:"rtt"`
@@ -104,7 +107,7 @@ func NewStatus(snap *telemetry.Snapshot, now time.Time) *Status {
 		}
 		st.Services[j].Backends = append(st.Services[j].Backends, StatusBackend{
 			Address: b.Addr, Weight: b.Weight, State: backendState(b), Reason: b.StateReason, Sessions: b.Sessions,
-			Requests: b.Requests, Replies: b.Replies, Lost: b.Lost,
+			Requests: b.Requests, Replies: b.Replies, Lost: b.Lost, Errors: b.Errors,
 			RTT: StatusHistogram{Schema: b.RTT.Schema, Offset: b.RTT.Offset, Buckets: b.RTT.Buckets[:last]},
 		})
 	}
@@ -141,6 +144,9 @@ type StatusRow struct {
 	// LossRatio is lost / (replies + lost) of the window's settled
 	// requests; null without any, or without a request in the window.
 	LossRatio *float64 `json:"loss_ratio"`
+	// ErrorsPerSecond is the rate of requests answered by an ICMP error in
+	// the window, all types together.
+	ErrorsPerSecond float64 `json:"errors_per_second"`
 	// P50 and P99 are RTT quantiles of the window's replies, in seconds:
 	// the upper bound of the bucket holding the quantile (at most 9% above
 	// the true value with schema 3); null without replies.
@@ -171,6 +177,11 @@ func Window(prev, cur *Status) []StatusRow {
 			r := StatusRow{VIP: s.VIP, Backend: b.Address, Weight: b.Weight, State: b.State, Reason: b.Reason, Sessions: b.Sessions}
 			if secs > 0 {
 				r.RequestsPerSecond = float64(b.Requests-p.Requests) / secs
+				var n uint64
+				for typ, c := range b.Errors {
+					n += c - min(p.Errors[typ], c)
+				}
+				r.ErrorsPerSecond = float64(n) / secs
 			}
 			replies, lost := b.Replies-min(p.Replies, b.Replies), b.Lost-min(p.Lost, b.Lost)
 			// Losses settle a loss timeout after their requests: a backend
@@ -207,10 +218,10 @@ func quantile(h *telemetry.Histogram, q float64) *float64 {
 // WriteTable writes rows as an aligned table, one line per backend.
 func WriteTable(w io.Writer, rows []StatusRow) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "VIP\tBACKEND\tWEIGHT\tSTATE\tSESSIONS\tREQ/S\tLOSS\tP50\tP99\t")
+	fmt.Fprintln(tw, "VIP\tBACKEND\tWEIGHT\tSTATE\tSESSIONS\tREQ/S\tLOSS\tERR/S\tP50\tP99\t")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%.1f\t%s\t%s\t%s\t\n", r.VIP, r.Backend, r.Weight, r.State, r.Sessions,
-			r.RequestsPerSecond, ratio(r.LossRatio), seconds(r.P50), seconds(r.P99))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%.1f\t%s\t%.1f\t%s\t%s\t\n", r.VIP, r.Backend, r.Weight, r.State, r.Sessions,
+			r.RequestsPerSecond, ratio(r.LossRatio), r.ErrorsPerSecond, seconds(r.P50), seconds(r.P99))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

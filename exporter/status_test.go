@@ -400,7 +400,7 @@ func TestWriteTable(t *testing.T) {
 	f := func(v float64) *float64 { return &v }
 	rows := []StatusRow{
 		{VIP: testVIP, Backend: testBE1, Weight: 100, State: StateUp, Sessions: 12345, RequestsPerSecond: 1234.56,
-			LossRatio: f(0.05), P50: f(0.125), P99: f(1.5)},
+			LossRatio: f(0.05), ErrorsPerSecond: 2.25, P50: f(0.125), P99: f(1.5)},
 		{VIP: testVIP, Backend: testBE2, Weight: 0, State: StateDraining},
 		{VIP: statusVIP2, Backend: statusBE3, Weight: 7, State: StateUnresolved, Sessions: 1, RequestsPerSecond: 0.5,
 			LossRatio: f(0), P50: f(0.0005), P99: f(0.0078125)},
@@ -413,14 +413,14 @@ func TestWriteTable(t *testing.T) {
 	if len(lines) != 1+len(rows) {
 		t.Fatalf("%d lines, want a header and %d rows:\n%s", len(lines), len(rows), buf.String())
 	}
-	header := []string{"VIP", "BACKEND", "WEIGHT", "STATE", "SESSIONS", "REQ/S", "LOSS", "P50", "P99"}
+	header := []string{"VIP", "BACKEND", "WEIGHT", "STATE", "SESSIONS", "REQ/S", "LOSS", "ERR/S", "P50", "P99"}
 	if got := strings.Fields(lines[0]); !reflect.DeepEqual(got, header) {
 		t.Errorf("header %q, want %q", got, header)
 	}
 	want := [][]string{
-		{"10.0.0.100", "10.0.0.2", "100", "up", "12345", "1234.6", "5.0%", "125ms", "1.50s"},
-		{"10.0.0.100", "10.0.0.3", "0", "draining", "0", "0.0", "-", "-", "-"},
-		{"10.0.1.100", "10.0.0.4", "7", "unresolved", "1", "0.5", "0.0%", "500µs", "7.81ms"},
+		{"10.0.0.100", "10.0.0.2", "100", "up", "12345", "1234.6", "5.0%", "2.2", "125ms", "1.50s"},
+		{"10.0.0.100", "10.0.0.3", "0", "draining", "0", "0.0", "-", "0.0", "-", "-"},
+		{"10.0.1.100", "10.0.0.4", "7", "unresolved", "1", "0.5", "0.0%", "0.0", "500µs", "7.81ms"},
 	}
 	for i, w := range want {
 		if got := strings.Fields(lines[i+1]); !reflect.DeepEqual(got, w) {
@@ -449,7 +449,7 @@ func TestWriteTableNoRows(t *testing.T) {
 	if err := WriteTable(&buf, nil); err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Fields(buf.String()); len(got) != 9 || got[0] != "VIP" {
+	if got := strings.Fields(buf.String()); len(got) != 10 || got[0] != "VIP" {
 		t.Errorf("no rows gives %q, want the header alone", buf.String())
 	}
 }
@@ -481,5 +481,22 @@ func TestTableDurations(t *testing.T) {
 	}
 	if got := seconds(nil); got != "-" {
 		t.Errorf("seconds(nil) = %q, want -", got)
+	}
+}
+
+// Errors are a rate of their own over the window, all types together, and
+// leave the loss ratio alone: an error is neither a reply nor a loss.
+func TestWindowErrors(t *testing.T) {
+	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	prev := windowDoc(t0, windowBE{testVIP, testBE1, 100, 90, 0, nil})
+	prev.Services[0].Backends[0].Errors = map[string]uint64{telemetry.ErrorUnreachable: 10}
+	cur := windowDoc(t0.Add(4*time.Second), windowBE{testVIP, testBE1, 140, 110, 2, nil})
+	cur.Services[0].Backends[0].Errors = map[string]uint64{telemetry.ErrorUnreachable: 22, telemetry.ErrorTimeExceeded: 6}
+	rows := Window(prev, cur)
+	if len(rows) != 1 {
+		t.Fatalf("%d rows, want 1", len(rows))
+	}
+	if r := rows[0]; r.ErrorsPerSecond != 4.5 || r.LossRatio == nil || *r.LossRatio != 2.0/22 {
+		t.Errorf("errors %v/s, loss %v; want 4.5/s ((12+6)/4s) and 2/22", r.ErrorsPerSecond, r.LossRatio)
 	}
 }

@@ -24,6 +24,9 @@ const (
 	AttrEchoSeq = attribute.Key("icmp.echo.sequence")
 	AttrRTT     = attribute.Key("icmplb.rtt_seconds")
 	AttrLost    = attribute.Key("icmplb.lost")
+	// AttrICMPError is the type of the ICMP error that answered the
+	// request (telemetry.ErrorTypes).
+	AttrICMPError = attribute.Key("icmplb.icmp_error")
 )
 
 // DefaultMaxPending bounds the sampled requests awaiting their reply.
@@ -77,7 +80,7 @@ func (t *Tracer) Handle(ev telemetry.TraceEvent) {
 	}
 	delete(t.pending, key)
 	t.mu.Unlock()
-	t.emit(ev, ev.Sent.Add(ev.RTT), !ev.Late)
+	t.emit(ev, ev.Sent.Add(ev.RTT), ev.Kind == telemetry.TraceReply && !ev.Late)
 }
 
 // Expire ends, as lost, the sampled requests still unanswered at now minus
@@ -120,10 +123,13 @@ func (t *Tracer) emit(ev telemetry.TraceEvent, end time.Time, answered bool) {
 		AttrEchoSeq.Int(int(ev.Seq)),
 		semconv.NetworkTransportKey.String("icmp"),
 	}
-	if ev.Kind == telemetry.TraceReply {
+	switch {
+	case ev.Kind == telemetry.TraceReply:
 		attrs = append(attrs, AttrRTT.Float64(ev.RTT.Seconds()))
+	case ev.Kind == telemetry.TraceError:
+		attrs = append(attrs, AttrICMPError.String(ev.Error))
 	}
-	if !answered {
+	if !answered && (ev.Kind != telemetry.TraceError || ev.Late) {
 		attrs = append(attrs, AttrLost.Bool(true))
 	}
 	_, span := t.tracer.Start(context.Background(), "icmp echo",
@@ -131,6 +137,8 @@ func (t *Tracer) emit(ev telemetry.TraceEvent, end time.Time, answered bool) {
 	switch {
 	case answered:
 		span.SetStatus(codes.Ok, "")
+	case ev.Kind == telemetry.TraceError:
+		span.SetStatus(codes.Error, "answered by ICMP "+ev.Error)
 	case ev.Kind == telemetry.TraceReply:
 		span.SetStatus(codes.Error, "reply after the loss timeout: counted as lost")
 	default:

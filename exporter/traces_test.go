@@ -113,6 +113,38 @@ func TestTracerLateReply(t *testing.T) {
 	}
 }
 
+// An ICMP error answers the request: an error span with its type, neither
+// lost nor an RTT exemplar.
+func TestTracerICMPError(t *testing.T) {
+	tr, rec := newTestTracer(t)
+	sent := time.Now()
+	tr.Handle(exchange(telemetry.TraceRequest, sent, 0, 5))
+	ev := exchange(telemetry.TraceError, sent, 3*time.Millisecond, 5)
+	ev.Error = telemetry.ErrorTimeExceeded
+	tr.Handle(ev)
+	tr.Expire(sent.Add(5 * time.Second))
+
+	spans := rec.Ended()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans, want 1", len(spans))
+	}
+	s := spans[0]
+	if s.Status().Code != codes.Error || s.Status().Description != "answered by ICMP time_exceeded" ||
+		!s.EndTime().Equal(sent.Add(3*time.Millisecond)) {
+		t.Errorf("span status %v end %v, want an error at the error's arrival", s.Status(), s.EndTime())
+	}
+	a := attrs(s)
+	if a[AttrICMPError].AsString() != "time_exceeded" || a[AttrLost].AsBool() {
+		t.Errorf("attributes %v, want icmplb.icmp_error=time_exceeded and not lost", a)
+	}
+	if _, ok := a[AttrRTT]; ok {
+		t.Errorf("an error span has an RTT: %v", a)
+	}
+	if _, ok := tr.exemplars.get(testBE1); ok {
+		t.Error("an ICMP error became an RTT exemplar")
+	}
+}
+
 func TestTracerPendingBounded(t *testing.T) {
 	tr, _ := newTestTracer(t)
 	tr.maxPending = 10

@@ -87,7 +87,11 @@ type Backend struct {
 	// Unmatched counts replies that answered no request the balancer
 	// remembers (duplicates, or later than it waits).
 	Unmatched uint64
-	RTT       Histogram
+	// Errors counts requests answered by an ICMP error (from the backend
+	// or a router on its way) instead of a reply, by type (ErrorTypes):
+	// returned to the client, neither a reply nor lost.
+	Errors map[string]uint64
+	RTT    Histogram
 }
 
 // States of a backend (Backend.State), in the order they take precedence.
@@ -118,6 +122,22 @@ const (
 
 // EjectReasons lists every reason of Backend.Ejections.
 var EjectReasons = []string{EjectLoss, EjectLatency, EjectProbe}
+
+// Types of the ICMP errors that answer requests (Backend.Errors).
+const (
+	// ErrorUnreachable: destination unreachable (net, host, protocol,
+	// administratively prohibited, ...), but for fragmentation needed.
+	ErrorUnreachable = "unreachable"
+	// ErrorPacketTooBig: fragmentation needed and DF set (ICMPv4), packet
+	// too big (ICMPv6).
+	ErrorPacketTooBig = "packet_too_big"
+	// ErrorTimeExceeded: TTL or hop limit exceeded in transit (a routing
+	// loop, a path too long), or fragment reassembly time exceeded.
+	ErrorTimeExceeded = "time_exceeded"
+)
+
+// ErrorTypes lists every type of Backend.Errors.
+var ErrorTypes = []string{ErrorUnreachable, ErrorPacketTooBig, ErrorTimeExceeded}
 
 // Probe is what the agent's probes of one backend measured, cumulative.
 type Probe struct {
@@ -203,13 +223,15 @@ type Conntrack struct {
 	InFlightCapacity int
 }
 
-// TraceKind tells a sampled request from its reply.
+// TraceKind tells a sampled request from its answer.
 type TraceKind int
 
 // Kinds of TraceEvent.
 const (
 	TraceRequest TraceKind = iota + 1
 	TraceReply
+	// TraceError: an ICMP error answered the request.
+	TraceError
 )
 
 // TraceEvent is one sampled exchange as the kernel saw it: a request when it
@@ -226,6 +248,9 @@ type TraceEvent struct {
 	// EchoID is the client's echo identifier, Seq the sequence number.
 	EchoID uint16
 	Seq    uint16
-	// Late is set for a reply that came after the loss timeout.
+	// Late is set for a reply or error that came after the loss timeout.
 	Late bool
+	// Error is the type of the ICMP error (ErrorTypes) that answered the
+	// request (TraceError only).
+	Error string
 }
