@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 
-// Package pingout parses the output of iputils ping for tests: the summary
-// and every reply line, with each reply's round trip as ping measured it.
+// Package pingout parses the output of iputils ping for tests: the summary,
+// every reply line, with each reply's round trip as ping measured it, and
+// every ICMP error line ("From X icmp_seq=N Destination Host Unreachable").
 //
 // A client's round trip is the upper side of the truth a test judges a
 // balancer's measurement against: ping takes its send time before the
@@ -30,21 +31,41 @@ type Reply struct {
 	Dup      bool
 }
 
+// ErrorLine is one ICMP error ping received for one of its requests
+// ("From 10.0.0.100 icmp_seq=3 Destination Host Unreachable").
+type ErrorLine struct {
+	// From is the error's source as printed: an address with -n, else
+	// possibly "name (address)".
+	From string
+	Seq  int
+	// Text is ping's description of the error, e.g. "Time to live
+	// exceeded" or "Frag needed and DF set (mtu = 1400)".
+	Text string
+}
+
 // Result is what one ping run printed.
 type Result struct {
 	Transmitted, Received, Duplicates int
+	// ErrorCount is the summary's "+N errors": ICMP errors received and
+	// local send errors ("ping: local error: ..."), which have no
+	// ErrorLine, so it may exceed len(Errors).
+	ErrorCount int
 	// Min, Avg and MaxRTT are the summary's round trips, zero when ping
 	// printed none; MaxBound adds the printed resolution to MaxRTT.
 	Min, Avg, MaxRTT, MaxBound time.Duration
 	Replies                    []Reply
+	Errors                     []ErrorLine
 	// Summary is false when ping printed no "packets transmitted" line.
 	Summary bool
 }
 
 var (
-	countsRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received,(?: \+(\d+) duplicates,)?`)
+	countsRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received(?:, \+(\d+) duplicates)?(?:, \+\d+ corrupted)?(?:, \+(\d+) errors)?,`)
 	rttRE    = regexp.MustCompile(`rtt min/avg/max/mdev = ([\d.]+)/([\d.]+)/([\d.]+)/[\d.]+ ms`)
 	replyRE  = regexp.MustCompile(`bytes from ([^:]+): icmp_seq=(\d+)(?: .*)? time=([\d.]+) ms`)
+	// -D puts a "[seconds] " stamp first. A redirect, which is no error
+	// of a request, prints a colon after its source ("From X: icmp_seq=").
+	errorRE = regexp.MustCompile(`^(?:\[[\d.]+\] )?From (.*[^:]) icmp_seq=(\d+) (.+)$`)
 )
 
 // Parse reads ping's output; lines it does not know are skipped.
@@ -57,6 +78,9 @@ func Parse(out string) Result {
 		if m[3] != "" {
 			r.Duplicates, _ = strconv.Atoi(m[3])
 		}
+		if m[4] != "" {
+			r.ErrorCount, _ = strconv.Atoi(m[4])
+		}
 	}
 	if m := rttRE.FindStringSubmatch(out); m != nil {
 		r.Min, _ = ms(m[1])
@@ -66,6 +90,11 @@ func Parse(out string) Result {
 		r.MaxBound = r.MaxRTT + res
 	}
 	for line := range strings.Lines(out) {
+		if m := errorRE.FindStringSubmatch(strings.TrimRight(line, "\r\n")); m != nil {
+			seq, _ := strconv.Atoi(m[2])
+			r.Errors = append(r.Errors, ErrorLine{From: m[1], Seq: seq, Text: strings.TrimSpace(m[3])})
+			continue
+		}
 		m := replyRE.FindStringSubmatch(line)
 		if m == nil {
 			continue

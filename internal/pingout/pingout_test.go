@@ -3,6 +3,7 @@
 package pingout
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -47,5 +48,105 @@ func TestParse(t *testing.T) {
 	}
 	if r := Parse("ping: connect: Network is unreachable\n"); r.Summary || len(r.Replies) != 0 {
 		t.Errorf("error output parsed as %+v", r)
+	}
+}
+
+// Outputs of iputils ping 20221126 (Debian 12), captured in namespaces:
+// errors returned by the balancer from the VIP, errors from a router
+// mixed with replies, a path MTU learnt from an error and then refused
+// locally, and -D's timestamps.
+const (
+	vipUnreachable = `PING 10.0.0.100 (10.0.0.100) 56(84) bytes of data.
+From 10.0.0.100 icmp_seq=1 Destination Host Unreachable
+From 10.0.0.100 icmp_seq=2 Destination Host Unreachable
+From 10.0.0.100 icmp_seq=5 Destination Host Unreachable
+
+--- 10.0.0.100 ping statistics ---
+6 packets transmitted, 0 received, +3 errors, 100% packet loss, time 1598ms
+
+`
+	vipFragNeeded = `PING 10.0.0.100 (10.0.0.100) 1200(1228) bytes of data.
+From 10.0.0.100 icmp_seq=1 Frag needed and DF set (mtu = 1000)
+
+--- 10.0.0.100 ping statistics ---
+1 packets transmitted, 0 received, +1 errors, 100% packet loss, time 0ms
+
+`
+	mixed = `PING 10.2.0.5 (10.2.0.5) 56(84) bytes of data.
+64 bytes from 10.2.0.5: icmp_seq=1 ttl=64 time=0.054 ms
+64 bytes from 10.2.0.5: icmp_seq=2 ttl=64 time=0.063 ms
+64 bytes from 10.2.0.5: icmp_seq=3 ttl=64 time=0.028 ms
+From 10.1.0.2 icmp_seq=4 Destination Host Unreachable
+From 10.1.0.2 icmp_seq=5 Destination Host Unreachable
+From 10.1.0.2 icmp_seq=6 Destination Host Unreachable
+
+--- 10.2.0.5 ping statistics ---
+6 packets transmitted, 3 received, +3 errors, 50% packet loss, time 1598ms
+rtt min/avg/max/mdev = 0.028/0.048/0.063/0.014 ms
+`
+	localError = `PING 10.3.0.5 (10.3.0.5) 1200(1228) bytes of data.
+From 10.1.0.2 icmp_seq=1 Frag needed and DF set (mtu = 1000)
+ping: local error: message too long, mtu=1000
+ping: local error: message too long, mtu=1000
+
+--- 10.3.0.5 ping statistics ---
+3 packets transmitted, 0 received, +3 errors, 100% packet loss, time 626ms
+
+`
+	stamped = `PING 10.3.0.5 (10.3.0.5) 56(84) bytes of data.
+[1796375157.584434] From 10.1.0.2 icmp_seq=1 Time to live exceeded
+[1796375157.894292] From 10.1.0.2 icmp_seq=2 Time to live exceeded
+
+--- 10.3.0.5 ping statistics ---
+2 packets transmitted, 0 received, +2 errors, 100% packet loss, time 310ms
+
+`
+)
+
+func TestParseErrors(t *testing.T) {
+	unreach := func(from string, seq int) ErrorLine { return ErrorLine{from, seq, "Destination Host Unreachable"} }
+	for _, c := range []struct {
+		name                                string
+		out                                 string
+		transmitted, received, dups, errors int
+		replies                             int
+		want                                []ErrorLine
+	}{
+		{"unreachable from the VIP", vipUnreachable, 6, 0, 0, 3, 0,
+			[]ErrorLine{unreach("10.0.0.100", 1), unreach("10.0.0.100", 2), unreach("10.0.0.100", 5)}},
+		{"frag needed from the VIP", vipFragNeeded, 1, 0, 0, 1, 0,
+			[]ErrorLine{{"10.0.0.100", 1, "Frag needed and DF set (mtu = 1000)"}}},
+		{"replies then errors", mixed, 6, 3, 0, 3, 3,
+			[]ErrorLine{unreach("10.1.0.2", 4), unreach("10.1.0.2", 5), unreach("10.1.0.2", 6)}},
+		// The local errors count in the summary but name no source.
+		{"local errors", localError, 3, 0, 0, 3, 0,
+			[]ErrorLine{{"10.1.0.2", 1, "Frag needed and DF set (mtu = 1000)"}}},
+		{"timestamps", stamped, 2, 0, 0, 2, 0,
+			[]ErrorLine{{"10.1.0.2", 1, "Time to live exceeded"}, {"10.1.0.2", 2, "Time to live exceeded"}}},
+		{"no errors", sample, 5, 4, 1, 0, 5, nil},
+		// Not captured: lines as ping's format strings print them. A
+		// resolved source comes with its address; a redirect is no
+		// error, and the summary then counts none.
+		{"name and redirect", "PING 10.9.0.5 (10.9.0.5) 56(84) bytes of data.\n" +
+			"From r.example (10.0.0.20) icmp_seq=1 Time to live exceeded\r\n" +
+			"From 10.0.0.20: icmp_seq=2 Redirect Host(New nexthop: 10.0.0.5)\n" +
+			"64 bytes from 10.9.0.5: icmp_seq=2 ttl=63 time=0.101 ms\n\n" +
+			"--- 10.9.0.5 ping statistics ---\n" +
+			"2 packets transmitted, 1 received, +1 errors, 50% packet loss, time 1001ms\n", 2, 1, 0, 1, 1,
+			[]ErrorLine{{"r.example (10.0.0.20)", 1, "Time to live exceeded"}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := Parse(c.out)
+			if !r.Summary || r.Transmitted != c.transmitted || r.Received != c.received || r.Duplicates != c.dups || r.ErrorCount != c.errors {
+				t.Errorf("summary %d transmitted, %d received, +%d duplicates, +%d errors; want %d, %d, +%d, +%d",
+					r.Transmitted, r.Received, r.Duplicates, r.ErrorCount, c.transmitted, c.received, c.dups, c.errors)
+			}
+			if len(r.Replies) != c.replies {
+				t.Errorf("%d replies, want %d: %+v", len(r.Replies), c.replies, r.Replies)
+			}
+			if !slices.Equal(r.Errors, c.want) {
+				t.Errorf("errors %+v\nwant   %+v", r.Errors, c.want)
+			}
+		})
 	}
 }
