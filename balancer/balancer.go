@@ -66,7 +66,7 @@ type Balancer struct {
 	prober *prober
 	// staleSNATs are SNAT addresses no service uses any more, kept in the
 	// data plane until replies to them can no longer come.
-	staleSNATs map[uint32]time.Time
+	staleSNATs map[bpf.IcmplbIpaddr]time.Time
 	// gen changes when a slot changes owner, so that a read of the
 	// counters racing with it is done again.
 	gen uint64
@@ -188,7 +188,7 @@ func New(cfg config.Config, log *slog.Logger) (*Balancer, error) {
 func newBalancer(cfg config.Config, log *slog.Logger) *Balancer {
 	return &Balancer{cfg: cfg, log: log,
 		services: map[netip.Addr]*service{}, slots: map[slotKey]*slot{}, byIdx: map[uint32]slotKey{},
-		hosts: map[netip.Addr]*backendState{}, staleSNATs: map[uint32]time.Time{}}
+		hosts: map[netip.Addr]*backendState{}, staleSNATs: map[bpf.IcmplbIpaddr]time.Time{}}
 }
 
 var errClosed = errors.New("the balancer is closed")

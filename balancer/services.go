@@ -358,7 +358,7 @@ func (b *Balancer) writeSlot(k slotKey) error {
 // indexAddrs points each backend address at its first slot, for replies
 // that match no request, and forgets addresses no slot has.
 func (b *Balancer) indexAddrs() error {
-	want := map[uint32]uint32{}
+	want := map[bpf.IcmplbIpaddr]uint32{}
 	for k, s := range b.slots {
 		a := bpf.Addr(k.addr)
 		if cur, ok := want[a]; !ok || s.idx < cur {
@@ -376,7 +376,7 @@ func (b *Balancer) indexAddrs() error {
 // the loss timeout), so that the last of them still find their clients.
 func (b *Balancer) writeSNATs(incoming []config.Service) error {
 	now := time.Now()
-	want := map[uint32]uint32{}
+	want := map[bpf.IcmplbIpaddr]uint32{}
 	for _, s := range b.services {
 		want[bpf.Addr(s.cfg.SNAT)]++
 	}
@@ -385,7 +385,8 @@ func (b *Balancer) writeSNATs(incoming []config.Service) error {
 			want[a] = 1
 		}
 	}
-	var k, v uint32
+	var k bpf.IcmplbIpaddr
+	var v uint32
 	it := b.objs.SnatAddrs.Iterate()
 	for it.Next(&k, &v) {
 		if _, ok := want[k]; !ok {
@@ -414,14 +415,15 @@ func (b *Balancer) writeSNATs(incoming []config.Service) error {
 // syncAddrMap makes a hash map of addresses hold want: it writes every
 // entry of want before it deletes the others, so that no address the data
 // plane needs is missing in between.
-func syncAddrMap(m *ebpf.Map, want map[uint32]uint32, what string) error {
+func syncAddrMap(m *ebpf.Map, want map[bpf.IcmplbIpaddr]uint32, what string) error {
 	for k, v := range want {
 		if err := m.Put(k, v); err != nil {
 			return fmt.Errorf("write %s %s: %w", what, bpf.AddrFrom(k), err)
 		}
 	}
-	var k, v uint32
-	var stale []uint32
+	var k bpf.IcmplbIpaddr
+	var v uint32
+	var stale []bpf.IcmplbIpaddr
 	it := m.Iterate()
 	for it.Next(&k, &v) {
 		if _, ok := want[k]; !ok {
@@ -619,7 +621,7 @@ func (b *Balancer) adopt() error {
 	var v bpf.IcmplbBackend
 	it := b.objs.Backends.Iterate()
 	for it.Next(&idx, &v) {
-		if v.Addr == 0 {
+		if v.Addr == (bpf.IcmplbIpaddr{}) {
 			continue
 		}
 		k := slotKey{bpf.AddrFrom(v.Vip), bpf.AddrFrom(v.Addr)}
@@ -643,7 +645,7 @@ func (b *Balancer) adopt() error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read backend slots: %w", err)
 	}
-	var vip uint32
+	var vip bpf.IcmplbIpaddr
 	var sv bpf.IcmplbService
 	sit := b.objs.Services.Iterate()
 	for sit.Next(&vip, &sv) {

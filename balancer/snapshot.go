@@ -25,7 +25,7 @@ var Verdicts = func() []telemetry.Verdict {
 	}
 	set(bpf.IcmplbReasonREASON_REQUEST_FORWARDED, "tx", "request_forwarded")
 	set(bpf.IcmplbReasonREASON_REPLY_RETURNED, "tx", "reply_returned")
-	set(bpf.IcmplbReasonREASON_NOT_IPV4, "pass", "not_ipv4")
+	set(bpf.IcmplbReasonREASON_NOT_IP, "pass", "not_ip")
 	set(bpf.IcmplbReasonREASON_NOT_ICMP, "pass", "not_icmp")
 	set(bpf.IcmplbReasonREASON_NOT_ECHO, "pass", "not_echo")
 	set(bpf.IcmplbReasonREASON_NOT_VIP, "pass", "not_vip")

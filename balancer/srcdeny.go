@@ -14,16 +14,21 @@ import (
 )
 
 // deniedSources are the addresses of the interface's own subnets that no
-// client can send from: each subnet's network and broadcast addresses (a
-// reply to either reaches every host of the segment) and the interface's own
-// addresses (a reply to one would come back to the balancer).
+// client can send from: the interface's own addresses (a reply to one would
+// come back to the balancer), each IPv4 subnet's network and broadcast
+// addresses (a reply to either reaches every host of the segment) and each
+// IPv6 subnet's subnet-router anycast address (RFC 4291 2.6.1: the
+// routers').
 func deniedSources(addrs []netip.Prefix) map[netip.Addr]bool {
 	deny := map[netip.Addr]bool{}
 	for _, p := range addrs {
-		if !p.Addr().Is4() {
+		deny[p.Addr()] = true
+		if p.Addr().Is6() {
+			if p.Bits() < 127 {
+				deny[p.Masked().Addr()] = true
+			}
 			continue
 		}
-		deny[p.Addr()] = true
 		if p.Bits() > 30 {
 			continue // /31 and /32 have no network or broadcast address
 		}
@@ -39,12 +44,13 @@ func deniedSources(addrs []netip.Prefix) map[netip.Addr]bool {
 	return deny
 }
 
-// ifacePrefixes lists the IPv4 prefixes configured on the interface.
+// ifacePrefixes lists the IPv4 and IPv6 prefixes configured on the
+// interface.
 func ifacePrefixes(ifindex int) ([]netip.Prefix, error) {
 	// The dump filters on the index alone: asking for the link first would
 	// cost a second netlink dump every second of an idle agent.
 	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}
-	list, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	list, err := netlink.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, err
 	}
@@ -58,7 +64,11 @@ func ifacePrefixes(ifindex int) ([]netip.Prefix, error) {
 			continue
 		}
 		ones, _ := a.Mask.Size()
-		out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
+		ip = ip.Unmap()
+		if ip.Is4() && ones > 32 {
+			ones -= 96
+		}
+		out = append(out, netip.PrefixFrom(ip, ones))
 	}
 	return out, nil
 }

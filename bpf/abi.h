@@ -13,12 +13,12 @@
 enum reason {
 	REASON_REQUEST_FORWARDED = 0,
 	REASON_REPLY_RETURNED,
-	REASON_NOT_IPV4,
+	REASON_NOT_IP,               /* neither IPv4 nor IPv6 (ARP, LLDP, ...) */
 	REASON_NOT_ICMP,
 	REASON_NOT_ECHO,
 	REASON_NOT_VIP,
 	REASON_FRAGMENT,
-	REASON_IP_OPTIONS,
+	REASON_IP_OPTIONS,           /* IPv4 options, IPv6 extension headers */
 	REASON_MALFORMED,
 	REASON_CONNTRACK_MISS,
 	REASON_NEIGH_UNRESOLVED,
@@ -71,12 +71,19 @@ enum layout {
 };
 
 /* The ICMP errors translated back to the client whose request they are
- * about; index into struct backend_counters' errors. */
+ * about, ICMPv4 and ICMPv6; index into struct backend_counters' errors. */
 enum icmp_error {
 	ICMP_ERROR_UNREACHABLE = 0,    /* destination unreachable, but for fragmentation needed */
-	ICMP_ERROR_PACKET_TOO_BIG = 1, /* fragmentation needed (RFC 1191) */
-	ICMP_ERROR_TIME_EXCEEDED = 2,  /* TTL exceeded in transit, or reassembly time */
+	ICMP_ERROR_PACKET_TOO_BIG = 1, /* fragmentation needed (RFC 1191), packet too big (RFC 4443) */
+	ICMP_ERROR_TIME_EXCEEDED = 2,  /* TTL or hop limit exceeded in transit, or reassembly time */
 	ICMP_ERRORS = 3,
+};
+
+/* An address of either family: IPv6, or IPv4 mapped into IPv6
+ * (::ffff:a.b.c.d, RFC 4291 2.5.5.2), as Go's netip.Addr.As16 writes it. In
+ * network byte order, like the packet's. */
+struct ipaddr {
+	__be32 w[4];
 };
 
 /* struct backend's flags. The fixed underlying type (a clang extension in C
@@ -92,10 +99,10 @@ enum backend_flags : __u16 {
  * service. A backend of several services has a slot per service, so that
  * each service's counters are its own. */
 struct backend {
-	__be32 addr;
+	struct ipaddr addr;
 	__u8 mac[ETH_ALEN];
 	enum backend_flags flags;
-	__be32 vip; /* the service's: a session stays only on its own service's slot */
+	struct ipaddr vip; /* the service's: a session stays only on its own service's slot */
 };
 
 /* struct service's flags. */
@@ -105,18 +112,18 @@ enum service_flags : __u32 {
 	SERVICE_F_PASS = 0x1,
 };
 
-/* services[vip]: one balanced service. */
+/* services[vip]: one balanced service, of one family: its VIP, SNAT
+ * address and backends are all IPv4 or all IPv6. */
 struct service {
-	__be32 snat;  /* source address of its requests towards backends */
-	__u32 table;  /* its Maglev table: index into maglev_tables */
+	struct ipaddr snat; /* source address of its requests towards backends */
+	__u32 table;        /* its Maglev table: index into maglev_tables */
 	enum service_flags flags;
-	__u32 pad;
 };
 
 /* ct_fwd key: one client's ping session to one VIP. */
 struct fwd_key {
-	__be32 client;
-	__be32 vip;
+	struct ipaddr client;
+	struct ipaddr vip;
 	__be16 echo_id;
 	__u16 pad;
 };
@@ -124,21 +131,21 @@ struct fwd_key {
 /* ct_fwd value: where that session goes, and the MAC that opened it: only
  * that MAC may send the session's requests, and its replies go back to it. */
 struct fwd_val {
-	__be32 backend;
+	struct ipaddr backend;
 	__u32 backend_idx;
 	__be16 nat_id;
 	__u8 client_mac[ETH_ALEN];
 	/* The service as it was when service_gens[table] was svc_gen, so that
 	 * a request of a known session needs no lookup of its service while
 	 * that holds; svc_gen 0 is never current. */
-	__be32 snat;
+	struct ipaddr snat;
 	__u32 table;
 	__u32 svc_gen;
 };
 
 /* ct_rev key: what a backend's reply carries (source address, echo id). */
 struct rev_key {
-	__be32 backend;
+	struct ipaddr backend;
 	__be16 nat_id;
 	__u16 pad;
 };
@@ -146,9 +153,10 @@ struct rev_key {
 /* One request of a session awaiting its reply, in the session's ring. */
 struct ring_slot {
 	__u64 sent_ns;      /* 0: free; taken back by the reply that answers it */
-	__be32 snat;        /* the reply must come back to it */
+	struct ipaddr snat; /* the reply must come back to it */
 	__be16 seq;
 	__sum16 reply_csum; /* what the reply's ICMP checksum must be */
+	__u32 pad;
 };
 
 /* rev_val's flags. */
@@ -165,11 +173,11 @@ enum rev_flags : __u16 {
  * INFLIGHT_RING at once, or two sequences a multiple of it apart) go to
  * the inflight map. */
 struct rev_val {
-	__be32 client;
+	struct ipaddr client;
 	__be16 echo_id;
 	__u8 client_mac[ETH_ALEN]; /* replies go back to it */
 	__u32 backend_idx;
-	__be32 vip; /* replies leave from it */
+	struct ipaddr vip; /* replies leave from it */
 	enum rev_flags flags;
 	__u8 sampled; /* bit i: ring[i]'s exchange is traced */
 	__u8 pad;
@@ -217,7 +225,7 @@ struct loss_state {
 
 /* inflight key: one request on its way to a backend. */
 struct inflight_key {
-	__be32 backend;
+	struct ipaddr backend;
 	__be16 nat_id;
 	__be16 seq;
 };
@@ -228,13 +236,13 @@ struct inflight_key {
 struct inflight_val {
 	__u64 sent_ns;
 	__u32 backend_idx;
-	__be32 client;
+	struct ipaddr client;
 	__be16 echo_id;
 	__sum16 reply_csum; /* what the reply's ICMP checksum must be */
 	__u8 client_mac[ETH_ALEN];
 	__u16 sampled;
-	__be32 vip;  /* the reply leaves from it */
-	__be32 snat; /* the reply must come back to it */
+	struct ipaddr vip;  /* the reply leaves from it */
+	struct ipaddr snat; /* the reply must come back to it */
 };
 
 /* The sweep program's argument: which maps to sweep. */
@@ -257,8 +265,8 @@ enum trace_kind {
 struct trace_event {
 	__u64 sent_ns;  /* bpf_ktime_get_ns() when the request was forwarded */
 	__u64 rtt_ns;   /* TRACE_REPLY only */
-	__be32 client;
-	__be32 backend;
+	struct ipaddr client;
+	struct ipaddr backend;
 	__be16 echo_id; /* the client's */
 	__be16 seq;
 	__u32 backend_idx;

@@ -41,22 +41,45 @@ static __always_inline int ip_csum_ok(struct iphdr *ip)
 	return csum_fold(sum) == 0xffff;
 }
 
-/* Verifies the ICMP checksum over the len bytes of the message that follows
- * an option-less IPv4 header. A function of its own (a BPF global function)
- * so that the verifier checks its loop once, not once per caller's path.
- * Words are summed in memory order: the ones'-complement sum is the same in
- * either byte order, and 2^16 = 1 (mod 0xffff) lets 32-bit words stand for
- * pairs of 16-bit ones. */
-__attribute__((noinline)) int icmp_csum_ok(struct xdp_md *ctx, __u32 len)
+static __always_inline __u32 csum_add128(__u32 sum, const __be32 *from, const __be32 *to)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		sum = csum_add32(sum, from[i], to[i]);
+	return sum;
+}
+
+/* The ICMPv6 pseudo-header's sum (RFC 8200 8.1): both addresses, the
+ * message's length and its next header, as the words icmp_csum_ok sums. */
+static __always_inline __u32 pseudo6_sum(const struct ipv6hdr *ip, __u32 len)
+{
+	__u64 sum = (__u64)bpf_htonl(len) + bpf_htonl(IPPROTO_ICMPV6);
+
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		sum += (__u64)ip->saddr[i] + ip->daddr[i];
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return (__u32)((sum & 0xffffffff) + (sum >> 32));
+}
+
+/* Verifies the ICMP checksum over the len bytes of the message at offset
+ * off of the frame, seed being the sum of its pseudo-header (ICMPv6) or 0
+ * (ICMPv4). A function of its own (a BPF global function) so that the
+ * verifier checks its loop once, not once per caller's path. Words are
+ * summed in memory order: the ones'-complement sum is the same in either
+ * byte order, and 2^16 = 1 (mod 0xffff) lets 32-bit words stand for pairs
+ * of 16-bit ones. */
+__attribute__((noinline)) int icmp_csum_ok(struct xdp_md *ctx, __u32 off, __u32 len, __u32 seed)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	void *msg = data + sizeof(struct ethhdr) + sizeof(struct iphdr);
-	__u64 sum = 0;
+	void *msg;
+	__u64 sum = seed;
 	__u32 i;
 
-	if (!ctx || len > ICMP_MAX_LEN)
+	if (!ctx || len > ICMP_MAX_LEN || off > sizeof(struct ethhdr) + sizeof(struct ipv6hdr))
 		return 0;
+	msg = data + off;
 	/* 8 bytes a step, summed as their two 32-bit words: half the loads
 	 * and bounds checks of 4-byte steps, the same sum. */
 	for (i = 0; i < ICMP_MAX_LEN / 8; i++) {
@@ -104,14 +127,18 @@ __attribute__((noinline)) int icmp_csum_ok(struct xdp_md *ctx, __u32 len)
 }
 
 /* The checksum a correct reply to this (already rewritten) request carries:
- * the same message with type ECHO turned into ECHOREPLY. 0xffff and 0 are
- * the same ones'-complement number; compare in one form. */
-static __always_inline __u16 reply_csum_of(__u16 request_csum)
+ * the same message with the request's type turned into the reply's; an
+ * ICMPv6 pseudo-header has the same sum with its addresses swapped. 0xffff
+ * and 0 are the same ones'-complement number; compare in one form. */
+static __always_inline __u16 reply_csum_of(__u16 request_csum, int v6)
 {
 	__u32 sum = (__u16)~request_csum;
 	__u16 c;
 
-	sum = csum_add16(sum, bpf_htons(ICMP_ECHO << 8), bpf_htons(ICMP_ECHOREPLY << 8));
+	if (v6)
+		sum = csum_add16(sum, bpf_htons(ICMPV6_ECHO_REQUEST << 8), bpf_htons(ICMPV6_ECHO_REPLY << 8));
+	else
+		sum = csum_add16(sum, bpf_htons(ICMP_ECHO << 8), bpf_htons(ICMP_ECHOREPLY << 8));
 	c = ~csum_fold(sum);
 	return c == 0xffff ? 0 : c;
 }

@@ -58,25 +58,42 @@ static __always_inline int count_svc(__u32 table, enum reason r, int verdict)
 
 /* Addresses no client's request can come from: replies to them would go to
  * the wrong place or to many hosts at once. */
-static __always_inline int bogus_source(struct ethhdr *eth, __be32 saddr)
+static __always_inline int bogus_source(const struct icmp_pkt *p)
 {
-	__u8 first = bpf_ntohl(saddr) >> 24;
+	const struct ipaddr *src = &p->src;
 	__u8 zero_mac[ETH_ALEN] = {};
 
-	if ((eth->h_source[0] & 1) || mac_eq(eth->h_source, zero_mac))
+	if ((p->eth->h_source[0] & 1) || mac_eq(p->eth->h_source, zero_mac))
 		return 1;
-	/* 0/8 (this network), 127/8 (loopback), 224/4 and 240/4 (multicast,
-	 * reserved, limited broadcast). */
-	if (first == 0 || first == 127 || first >= 224)
-		return 1;
+	if (p->v6) {
+		__u32 w0 = bpf_ntohl(src->w[0]);
+
+		/* ff00::/8 (multicast), :: (unspecified), ::1 (loopback), and
+		 * IPv4-mapped addresses, which no IPv6 host sends from. */
+		if ((w0 >> 24) == 0xff || addr_is4(src))
+			return 1;
+		if (w0 == 0 && src->w[1] == 0 && src->w[2] == 0 && (src->w[3] == 0 || src->w[3] == bpf_htonl(1)))
+			return 1;
+	} else {
+		__u8 first = bpf_ntohl(src->w[3]) >> 24;
+
+		/* 0/8 (this network), 127/8 (loopback), 224/4 and 240/4
+		 * (multicast, reserved, limited broadcast). */
+		if (first == 0 || first == 127 || first >= 224)
+			return 1;
+	}
 	/* The VIPs and SNAT addresses are in it too. */
-	return bpf_map_lookup_elem(&src_deny, &saddr) != NULL;
+	return bpf_map_lookup_elem(&src_deny, src) != NULL;
 }
 
-static __always_inline __u32 session_hash(__be32 client, __be16 echo_id)
+static __always_inline __u32 session_hash(const struct ipaddr *client, __be16 echo_id)
 {
-	__u64 h = ((__u64)client << 16) | echo_id;
+	__u64 h = ((__u64)client->w[3] << 16) | echo_id;
 
+	/* An IPv4 client hashes as it did before IPv6: its sessions keep
+	 * their backends across the upgrade. */
+	if (!addr_is4(client))
+		h ^= ((__u64)client->w[0] << 32 | client->w[1]) ^ ((__u64)client->w[2] << 23);
 	/* murmur3 fmix64: spreads nearby addresses and ids over the table. */
 	h ^= h >> 33;
 	h *= 0xff51afd7ed558ccdULL;
@@ -86,56 +103,99 @@ static __always_inline __u32 session_hash(__be32 client, __be16 echo_id)
 	return (__u32)h;
 }
 
-/* A request to a VIP: fk is its session's key, fv its ct_fwd entry if any,
- * and gen the generation of svc to cache in it (0: none known). */
-static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
-					  struct icmp_echo *icmp, const struct service *svc,
-					  const struct fwd_key *key, struct fwd_val *fv, __u32 gen)
+/* What a request of a session needs on its way out, on the handler's stack
+ * and, for a new session, handed to open_session. */
+struct opening {
+	struct rev_key rk;  /* its backend and NAT id */
+	struct ipaddr snat; /* its service's */
+	__u64 now;
+	__u32 idx;   /* its backend slot */
+	__u32 table; /* its service's */
+	__u8 client_mac[ETH_ALEN];
+};
+
+/* Opens the session fk at backend slot o->idx: a NAT id (into o->rk) with
+ * its ct_rev entry, then its ct_fwd entry, both built in this CPU's
+ * scratch space. Not inlined: a path of its own for the verifier's stack
+ * limit. */
+static __noinline int open_session(const struct fwd_key *fk, struct opening *o)
 {
-	__be32 vip = ip->daddr;
-	struct fwd_key fk = *key;
-	struct rev_key rk = {};
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct rev_val *rv;
+	struct fwd_val *nv;
+
+	if (!s)
+		return 0;
+	rv = &s->rev;
+	__builtin_memset(rv, 0, sizeof(*rv));
+	rv->client = fk->client;
+	rv->echo_id = fk->echo_id;
+	rv->backend_idx = o->idx;
+	rv->vip = fk->vip;
+	rv->last_seen_ns = o->now;
+	__builtin_memcpy(rv->client_mac, o->client_mac, ETH_ALEN);
+	if (!nat_alloc(o->idx, &o->rk, rv, o->now))
+		return 0;
+	/* Its service's generation is not known here (read after the
+	 * service, it could be newer than what was read): the session's next
+	 * request caches it. */
+	nv = &s->fwd;
+	__builtin_memset(nv, 0, sizeof(*nv));
+	nv->backend = o->rk.backend;
+	nv->backend_idx = o->idx;
+	nv->nat_id = o->rk.nat_id;
+	nv->snat = o->snat;
+	nv->table = o->table;
+	__builtin_memcpy(nv->client_mac, o->client_mac, ETH_ALEN);
+	bpf_map_update_elem(&ct_fwd, fk, nv, BPF_ANY);
+	return 1;
+}
+
+/* A request to a VIP: fk is its session's key, fv its ct_fwd entry if any;
+ * snat, table and flags are its service's, and gen the generation of that
+ * service to cache in the session (0: none known). */
+static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p, const struct ipaddr *snat,
+					  __u32 table, enum service_flags flags, const struct fwd_key *fk,
+					  struct fwd_val *fv, __u32 gen)
+{
+	struct opening o = { .snat = *snat, .table = table };
 	struct rev_key old_rk = {};
-	__be32 snat = svc->snat;
-	__u32 table = svc->table;
 	__u32 moved_from = NO_SLOT;
 	int moving = 0;
-	__u8 client_mac[ETH_ALEN];
 	struct rev_val *cur;
 	struct backend *be;
-	__u64 now;
-	__u32 idx;
 
-	if (svc->flags & SERVICE_F_PASS)
+	if (flags & SERVICE_F_PASS)
 		return count_svc(table, REASON_ALL_DOWN, XDP_PASS);
-	if (ip->ttl == 0)
+	if (p->ttl == 0)
 		return count_svc(table, REASON_TTL_ZERO, XDP_PASS);
-	if (!icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
+	if (!pkt_csum_ok(ctx, p))
 		return count_svc(table, REASON_MALFORMED, XDP_PASS);
 
-	__builtin_memcpy(client_mac, eth->h_source, ETH_ALEN);
-	now = bpf_ktime_get_ns();
+	__builtin_memcpy(o.client_mac, p->eth->h_source, ETH_ALEN);
+	o.now = bpf_ktime_get_ns();
 
 	if (fv) {
-		rk.backend = fv->backend;
-		rk.nat_id = fv->nat_id;
-		cur = bpf_map_lookup_elem(&ct_rev, &rk);
-		if (cur && cur->client == fk.client && cur->echo_id == fk.echo_id && cur->vip == vip &&
-		    !(cur->flags & REV_F_RETIRED)) {
+		o.rk.backend = fv->backend;
+		o.rk.nat_id = fv->nat_id;
+		cur = bpf_map_lookup_elem(&ct_rev, &o.rk);
+		if (cur && addr_eq(&cur->client, &fk->client) && cur->echo_id == fk->echo_id &&
+		    addr_eq(&cur->vip, &fk->vip) && !(cur->flags & REV_F_RETIRED)) {
 			/* The session is live: it belongs to the MAC that opened it.
 			 * Anyone else on the segment could otherwise take its
 			 * replies by sending one request with its address. */
-			if (!mac_eq(fv->client_mac, client_mac))
+			if (!mac_eq(fv->client_mac, o.client_mac))
 				return count_svc(table, REASON_SESSION_MAC_MISMATCH, XDP_DROP);
-			idx = fv->backend_idx;
-			be = bpf_map_lookup_elem(&backends, &idx);
+			o.idx = fv->backend_idx;
+			be = bpf_map_lookup_elem(&backends, &o.idx);
 			/* It stays on its backend while that backend is in the
 			 * service's pool (draining included) and reachable. */
-			if (be && (be->flags & BACKEND_F_UP) == BACKEND_F_UP && be->addr == fv->backend &&
-			    be->vip == vip) {
-				cur->last_seen_ns = now;
+			if (be && (be->flags & BACKEND_F_UP) == BACKEND_F_UP && addr_eq(&be->addr, &fv->backend) &&
+			    addr_eq(&be->vip, &fk->vip)) {
+				cur->last_seen_ns = o.now;
 				if (fv->svc_gen != gen) {
-					fv->snat = snat;
+					fv->snat = o.snat;
 					fv->table = table;
 					fv->svc_gen = gen;
 				}
@@ -145,19 +205,19 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 			 * entry keeps waiting for the replies of its ring once the
 			 * move succeeded; until then the session stays bound to
 			 * its MAC. */
-			if (be && be->addr == fv->backend && be->vip == vip)
-				moved_from = idx;
-			old_rk = rk;
+			if (be && addr_eq(&be->addr, &fv->backend) && addr_eq(&be->vip, &fk->vip))
+				moved_from = o.idx;
+			old_rk = o.rk;
 			moving = 1;
 		}
 	}
 
 	/* A session's source was checked when it opened: a known session's
 	 * address is one a client had. */
-	if (bogus_source(eth, ip->saddr))
+	if (bogus_source(p))
 		return count_svc(table, REASON_BOGUS_SOURCE, XDP_PASS);
 	{
-		__u32 slot = session_hash(fk.client, fk.echo_id) % cfg_maglev_size;
+		__u32 slot = session_hash(&fk->client, fk->echo_id) % cfg_maglev_size;
 		void *tbl = bpf_map_lookup_elem(&maglev_tables, &table);
 		__u32 *pick;
 
@@ -166,9 +226,12 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 		pick = bpf_map_lookup_elem(tbl, &slot);
 		if (!pick)
 			return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
-		idx = *pick;
-		be = bpf_map_lookup_elem(&backends, &idx);
-		if (!be || !(be->flags & BACKEND_F_ACTIVE) || be->vip != vip)
+		o.idx = *pick;
+		be = bpf_map_lookup_elem(&backends, &o.idx);
+		/* A backend of the other family would make a frame of neither:
+		 * the agent never configures one, and this keeps it so. */
+		if (!be || !(be->flags & BACKEND_F_ACTIVE) || !addr_eq(&be->vip, &fk->vip) ||
+		    addr_is4(&be->addr) == p->v6 || addr_is4(&o.snat) == p->v6)
 			return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
 	}
 	if (!(be->flags & BACKEND_F_NEIGH))
@@ -178,45 +241,20 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	if (!(be->flags & BACKEND_F_HEALTHY))
 		return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
 
-	rk.backend = be->addr;
-	{
-		struct rev_val rv = {
-			.client = fk.client,
-			.echo_id = fk.echo_id,
-			.backend_idx = idx,
-			.vip = vip,
-			.last_seen_ns = now,
-		};
-
-		__builtin_memcpy(rv.client_mac, client_mac, ETH_ALEN);
-		if (!nat_alloc(idx, &rk, &rv, now))
-			return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
-	}
-	cur = bpf_map_lookup_elem(&ct_rev, &rk);
+	o.rk.backend = be->addr;
+	if (!open_session(fk, &o))
+		return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
+	cur = bpf_map_lookup_elem(&ct_rev, &o.rk);
 	/* Freed at once by a sweep on another CPU (an idle time shorter than
 	 * this packet's way here): no NAT id after all. */
 	if (!cur)
 		return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
-	{
-		/* Its service's generation is not known here (read after the
-		 * service, it could be newer than what was read): the session's
-		 * next request caches it. */
-		struct fwd_val nv = {
-			.backend = be->addr,
-			.backend_idx = idx,
-			.nat_id = rk.nat_id,
-			.snat = snat,
-			.table = table,
-		};
-
-		__builtin_memcpy(nv.client_mac, client_mac, ETH_ALEN);
-		bpf_map_update_elem(&ct_fwd, &fk, &nv, BPF_ANY);
-	}
 	if (moving) {
 		/* Looked up again: the sweeper may have freed it meanwhile. */
 		struct rev_val *old = bpf_map_lookup_elem(&ct_rev, &old_rk);
 
-		if (old && old->client == fk.client && old->echo_id == fk.echo_id && old->vip == vip)
+		if (old && addr_eq(&old->client, &fk->client) && old->echo_id == fk->echo_id &&
+		    addr_eq(&old->vip, &fk->vip))
 			old->flags |= REV_F_RETIRED;
 	}
 	if (moved_from != NO_SLOT) {
@@ -227,8 +265,8 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct ethhdr *eth
 	}
 
 forward:
-	rewrite(eth, ip, icmp, be->mac, snat, be->addr, rk.nat_id);
-	switch (track_request(be, idx, cur, &fk, snat, client_mac, icmp, now)) {
+	rewrite(p, be->mac, &o.snat, &be->addr, o.rk.nat_id);
+	switch (track_request(be, o.idx, cur, fk, &o.snat, p->icmp, p->v6, o.now)) {
 	case TRACK_COLLISION:
 		return count_svc(table, REASON_NAT_COLLISION, XDP_DROP);
 	case TRACK_FULL:
@@ -240,7 +278,7 @@ forward:
 		break;
 	}
 	{
-		struct backend_counters *bs = bpf_map_lookup_elem(&backend_stats, &idx);
+		struct backend_counters *bs = bpf_map_lookup_elem(&backend_stats, &o.idx);
 
 		if (bs) {
 			bs->requests++;
@@ -252,17 +290,16 @@ forward:
 
 /* A reply that answers no request we remember: the backend's (duplicate, or
  * later than the sweeper's horizon) or a forgery from someone else. */
-static __always_inline int reply_unmatched(struct ethhdr *eth, struct iphdr *ip)
+static __always_inline int reply_unmatched(const struct icmp_pkt *p)
 {
-	__be32 saddr = ip->saddr;
-	__u32 *idx = bpf_map_lookup_elem(&backend_addrs, &saddr);
+	__u32 *idx = bpf_map_lookup_elem(&backend_addrs, &p->src);
 	struct backend_counters *bs;
 	struct backend *be;
 
 	if (!idx)
 		return count(REASON_CONNTRACK_MISS, XDP_PASS);
 	be = bpf_map_lookup_elem(&backends, idx);
-	if (!be || !mac_eq(be->mac, eth->h_source))
+	if (!be || !mac_eq(be->mac, p->eth->h_source))
 		return count(REASON_REPLY_SPOOFED, XDP_PASS);
 	bs = bpf_map_lookup_elem(&backend_stats, idx);
 	if (bs)
@@ -270,167 +307,277 @@ static __always_inline int reply_unmatched(struct ethhdr *eth, struct iphdr *ip)
 	return count(REASON_CONNTRACK_MISS, XDP_PASS);
 }
 
+/* What a reply or an error needs of the request it answers, once it took
+ * that request off its session's ring or the inflight map. */
+struct answered {
+	__u64 sent;
+	__u32 idx;
+	__u16 sampled;
+	__be16 echo_id;
+	struct ipaddr client;
+	struct ipaddr vip;
+	struct ipaddr snat;
+	__sum16 reply_csum;
+	__u8 client_mac[ETH_ALEN];
+};
+
 /* Sends a matched reply back to its client, measured: the exchange's
  * request was taken off the ring or the inflight map by this CPU. */
-static __always_inline int reply_return(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
-					struct icmp_echo *icmp, __u32 idx, __u64 sent, __u16 sampled,
-					const __u8 *client_mac, __be32 vip, __be32 client, __be16 echo_id, __u64 now)
+static __always_inline int reply_return(struct xdp_md *ctx, struct icmp_pkt *p, const struct answered *a, __u64 now)
 {
-	struct backend_counters *bs = bpf_map_lookup_elem(&backend_stats, &idx);
+	struct backend_counters *bs = bpf_map_lookup_elem(&backend_stats, &a->idx);
 
 	if (bs) {
 		bs->replies++;
 		bs->reply_bytes += ctx->data_end - ctx->data;
-		reply_measured(bs, idx, sent, sampled, client, echo_id, ip->saddr, icmp->seq, now);
+		reply_measured(bs, a->idx, a->sent, a->sampled, &a->client, a->echo_id, &p->src, p->icmp->seq, now);
 	}
-	rewrite(eth, ip, icmp, client_mac, vip, client, echo_id);
+	rewrite(p, a->client_mac, &a->vip, &a->client, a->echo_id);
 	/* An incremental update writes 0x0000 both for a message whose other
 	 * words sum to 0xffff, where it is right, and for one whose other words
 	 * are all zero (id 0, seq 0, zero data), which only 0xffff verifies:
 	 * the rare zero is settled by verifying it. */
-	if (icmp->checksum == 0 && !icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
-		icmp->checksum = 0xffff;
+	if (p->icmp->checksum == 0 && !pkt_csum_ok(ctx, p))
+		p->icmp->checksum = 0xffff;
 	return count(REASON_REPLY_RETURNED, XDP_TX);
 }
 
 /* Checks common to every reply to a SNAT address, before its request is
  * looked for: returns the reason to pass it, or PARSED. */
-static __always_inline enum reason reply_sane(struct xdp_md *ctx, struct iphdr *ip, struct icmp_echo *icmp)
+static __always_inline enum reason reply_sane(struct xdp_md *ctx, const struct icmp_pkt *p)
 {
-	if (ip->ttl == 0)
+	if (p->ttl == 0)
 		return REASON_TTL_ZERO;
-	if (!icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
+	if (!pkt_csum_ok(ctx, p))
 		return REASON_MALFORMED;
 	/* The agent's own probe: its socket takes it (no NAT id is ever
 	 * PROBE_ECHO_ID, so this is no session's). */
-	if (icmp->id == bpf_htons(PROBE_ECHO_ID))
+	if (p->icmp->id == bpf_htons(PROBE_ECHO_ID))
 		return REASON_PROBE_REPLY;
 	return PARSED;
 }
 
-/* A reply whose request is not in its session's ring: in the inflight map,
- * or no one's. */
-static __always_inline int reply_overflow(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
-					  struct icmp_echo *icmp)
+/* Copies what an answer needs of a request waiting in the inflight map. */
+static __always_inline void answered_from(struct answered *a, const struct inflight_val *iv)
 {
-	struct inflight_key ik = { .backend = ip->saddr, .nat_id = icmp->id, .seq = icmp->seq };
-	__be32 daddr = ip->daddr;
-	struct inflight_val *found, iv;
+	a->sent = iv->sent_ns;
+	a->idx = iv->backend_idx;
+	a->client = iv->client;
+	a->vip = iv->vip;
+	a->snat = iv->snat;
+	a->echo_id = iv->echo_id;
+	a->reply_csum = iv->reply_csum;
+	a->sampled = iv->sampled;
+	__builtin_memcpy(a->client_mac, iv->client_mac, ETH_ALEN);
+}
+
+/* Copies what an answer needs of a request waiting in slot i of its
+ * session's ring. */
+static __always_inline void answered_from_ring(struct answered *a, const struct rev_val *rv, __u32 i)
+{
+	const struct ring_slot *slot = &rv->ring[i & (INFLIGHT_RING - 1)];
+
+	a->idx = rv->backend_idx;
+	a->client = rv->client;
+	a->vip = rv->vip;
+	a->snat = slot->snat;
+	a->echo_id = rv->echo_id;
+	a->reply_csum = slot->reply_csum;
+	a->sampled = (rv->sampled >> i) & 1;
+	__builtin_memcpy(a->client_mac, rv->client_mac, ETH_ALEN);
+}
+
+/* A reply whose request is not in its session's ring: in the inflight map,
+ * or no one's. Not inlined, like every rare path: the verifier's stack
+ * limit covers the inlined paths together. */
+static __noinline int reply_overflow(struct xdp_md *ctx, struct icmp_pkt *p)
+{
+	struct inflight_key ik = { .backend = p->src, .nat_id = p->icmp->id, .seq = p->icmp->seq };
+	struct inflight_val *found;
+	struct answered a;
 	struct backend *be;
 	enum reason r;
 	__u64 now;
-	__u32 idx;
 
-	if (!bpf_map_lookup_elem(&snat_addrs, &daddr))
+	if (!bpf_map_lookup_elem(&snat_addrs, &p->dst))
 		return count(REASON_NOT_VIP, XDP_PASS);
-	r = reply_sane(ctx, ip, icmp);
+	r = reply_sane(ctx, p);
 	if (r != PARSED)
 		return count(r, XDP_PASS);
 	found = bpf_map_lookup_elem(&inflight, &ik);
 	if (!found)
-		return reply_unmatched(eth, ip);
-	idx = found->backend_idx;
-	be = bpf_map_lookup_elem(&backends, &idx);
-	if (!be || be->addr != ip->saddr)
+		return reply_unmatched(p);
+	answered_from(&a, found);
+	be = bpf_map_lookup_elem(&backends, &a.idx);
+	if (!be || !addr_eq(&be->addr, &p->src))
 		return count(REASON_CONNTRACK_MISS, XDP_PASS);
 	/* One-arm: a backend's frames come from its next hop. Anyone else on
 	 * the segment who takes its address has another MAC. */
-	if (!mac_eq(be->mac, eth->h_source))
+	if (!mac_eq(be->mac, p->eth->h_source))
 		return count(REASON_REPLY_SPOOFED, XDP_PASS);
-	if (found->reply_csum != csum_norm(icmp->checksum) || found->snat != ip->daddr)
+	if (a.reply_csum != csum_norm(p->icmp->checksum) || !addr_eq(&a.snat, &p->dst))
 		return count(REASON_REPLY_MISMATCH, XDP_PASS);
 	now = bpf_ktime_get_ns();
-	if (!awaited(found->sent_ns, now))
-		return reply_unmatched(eth, ip);
-	iv = *found;
+	if (!awaited(a.sent, now))
+		return reply_unmatched(p);
 	/* Of two copies of a reply racing on two CPUs, only the one that
 	 * deletes the request is returned and measured. */
 	if (bpf_map_delete_elem(&inflight, &ik))
-		return reply_unmatched(eth, ip);
-	return reply_return(ctx, eth, ip, icmp, idx, iv.sent_ns, iv.sampled, iv.client_mac, iv.vip, iv.client,
-			    iv.echo_id, now);
+		return reply_unmatched(p);
+	return reply_return(ctx, p, &a, now);
 }
 
-static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
-					struct icmp_echo *icmp)
+/* What handle_reply returns for a reply whose request is not in its
+ * session's ring: its caller then calls reply_overflow, so that the two
+ * stack frames never add up against the verifier's limit. */
+#define NOT_IN_RING -1
+
+static __noinline int handle_reply(struct xdp_md *ctx, struct icmp_pkt *p)
 {
-	struct rev_key rk = { .backend = ip->saddr, .nat_id = icmp->id };
+	struct rev_key rk = { .backend = p->src, .nat_id = p->icmp->id };
 	struct ring_slot *slot;
+	struct answered a;
 	struct rev_val *rv;
 	struct backend *be;
-	__u8 client_mac[ETH_ALEN];
-	__be32 vip, client;
-	__be16 echo_id;
-	__u64 now, sent;
-	__u16 sampled;
 	int other_snat;
 	enum reason r;
-	__u32 idx, i;
+	__u64 now;
+	__u32 i;
 
 	rv = bpf_map_lookup_elem(&ct_rev, &rk);
 	if (!rv)
-		return reply_overflow(ctx, eth, ip, icmp);
-	i = bpf_ntohs(icmp->seq) & (INFLIGHT_RING - 1);
+		return NOT_IN_RING;
+	i = bpf_ntohs(p->icmp->seq) & (INFLIGHT_RING - 1);
 	slot = &rv->ring[i];
-	sent = slot->sent_ns;
+	a.sent = slot->sent_ns;
 	/* Read before the rest of the slot: see track_request. */
 	barrier();
-	if (!sent || slot->seq != icmp->seq)
-		return reply_overflow(ctx, eth, ip, icmp);
+	if (!a.sent || slot->seq != p->icmp->seq)
+		return NOT_IN_RING;
 	/* Its request went from another address than the reply comes to. */
-	other_snat = slot->snat != ip->daddr;
-	if (other_snat && !bpf_map_lookup_elem(&snat_addrs, &ip->daddr))
+	other_snat = !addr_eq(&slot->snat, &p->dst);
+	if (other_snat && !bpf_map_lookup_elem(&snat_addrs, &p->dst))
 		return count(REASON_NOT_VIP, XDP_PASS);
-	r = reply_sane(ctx, ip, icmp);
+	r = reply_sane(ctx, p);
 	if (r != PARSED)
 		return count(r, XDP_PASS);
-	idx = rv->backend_idx;
-	be = bpf_map_lookup_elem(&backends, &idx);
-	if (!be || be->addr != ip->saddr)
+	answered_from_ring(&a, rv, i);
+	be = bpf_map_lookup_elem(&backends, &a.idx);
+	if (!be || !addr_eq(&be->addr, &p->src))
 		return count(REASON_CONNTRACK_MISS, XDP_PASS);
-	if (!mac_eq(be->mac, eth->h_source))
+	if (!mac_eq(be->mac, p->eth->h_source))
 		return count(REASON_REPLY_SPOOFED, XDP_PASS);
-	if (other_snat || slot->reply_csum != csum_norm(icmp->checksum))
+	if (other_snat || a.reply_csum != csum_norm(p->icmp->checksum))
 		return count(REASON_REPLY_MISMATCH, XDP_PASS);
 	now = bpf_ktime_get_ns();
-	if (!awaited(sent, now))
-		return reply_unmatched(eth, ip);
-	sampled = (rv->sampled >> i) & 1;
-	client = rv->client;
-	echo_id = rv->echo_id;
-	vip = rv->vip;
-	__builtin_memcpy(client_mac, rv->client_mac, ETH_ALEN);
+	if (!awaited(a.sent, now))
+		return reply_unmatched(p);
 	/* Of two copies of a reply racing on two CPUs, only the one that takes
 	 * the slot back is returned and measured. */
-	if (__sync_val_compare_and_swap(&slot->sent_ns, sent, 0) != sent)
-		return reply_unmatched(eth, ip);
-	return reply_return(ctx, eth, ip, icmp, idx, sent, sampled, client_mac, vip, client, echo_id, now);
+	if (__sync_val_compare_and_swap(&slot->sent_ns, a.sent, 0) != a.sent)
+		return reply_unmatched(p);
+	return reply_return(ctx, p, &a, now);
 }
 
 /* The kind of an ICMP error the balancer translates, or ICMP_ERRORS for
  * any other message (redirects above all: they are about the balancer's own
  * routing, not about a backend). */
-static __always_inline enum icmp_error error_kind(const struct icmp_echo *icmp)
+static __always_inline enum icmp_error error_kind(const struct icmp_pkt *p)
 {
-	if (icmp->type == ICMP_DEST_UNREACH)
-		return icmp->code == ICMP_FRAG_NEEDED ? ICMP_ERROR_PACKET_TOO_BIG : ICMP_ERROR_UNREACHABLE;
-	if (icmp->type == ICMP_TIME_EXCEEDED)
+	__u8 type = p->icmp->type;
+
+	if (p->v6) {
+		if (type == ICMPV6_DEST_UNREACH)
+			return ICMP_ERROR_UNREACHABLE;
+		if (type == ICMPV6_PKT_TOOBIG)
+			return ICMP_ERROR_PACKET_TOO_BIG;
+		if (type == ICMPV6_TIME_EXCEED)
+			return ICMP_ERROR_TIME_EXCEEDED;
+		return ICMP_ERRORS;
+	}
+	if (type == ICMP_DEST_UNREACH)
+		return p->icmp->code == ICMP_FRAG_NEEDED ? ICMP_ERROR_PACKET_TOO_BIG : ICMP_ERROR_UNREACHABLE;
+	if (type == ICMP_TIME_EXCEEDED)
 		return ICMP_ERROR_TIME_EXCEEDED;
 	return ICMP_ERRORS;
 }
 
-/* What an error needs of the request it answers. */
-struct answered {
-	__u64 sent;
-	__u32 idx;
-	__be32 client;
-	__be32 vip;
-	__be32 snat;
-	__be16 echo_id;
-	__sum16 reply_csum;
-	__u16 sampled;
-	__u8 client_mac[ETH_ALEN];
+/* The request an error quotes, as the balancer sent it. */
+struct quoted {
+	struct icmp_echo *icmp;
+	struct iphdr *ip;    /* IPv4 only */
+	struct ipv6hdr *ip6; /* IPv6 only */
+	struct ipaddr src, dst;
 };
+
+/* Finds the echo request an error quotes: returns PARSED, or the reason to
+ * pass the error. The balancer sends only echo requests from a SNAT address
+ * without IPv4 options, IPv6 extension headers or fragmentation. */
+static __always_inline enum reason parse_quote(struct xdp_md *ctx, const struct icmp_pkt *p, struct quoted *q)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (p->v6) {
+		struct icmp6_quote *q6 = (void *)(p->icmp + 1);
+
+		if ((void *)(q6 + 1) > data_end || p->len < sizeof(struct icmp_echo) + sizeof(*q6))
+			return REASON_ERROR_TRUNCATED;
+		if (q6->ip.version != 6 || q6->ip.nexthdr != IPPROTO_ICMPV6 || q6->icmp.type != ICMPV6_ECHO_REQUEST ||
+		    q6->icmp.code != 0)
+			return REASON_ERROR_FOREIGN;
+		q->icmp = &q6->icmp;
+		q->ip = NULL;
+		q->ip6 = &q6->ip;
+		addr_from6(&q->src, q6->ip.saddr);
+		addr_from6(&q->dst, q6->ip.daddr);
+	} else {
+		struct icmp_quote *q4 = (void *)(p->icmp + 1);
+
+		if ((void *)(q4 + 1) > data_end || p->len < sizeof(struct icmp_echo) + sizeof(*q4))
+			return REASON_ERROR_TRUNCATED;
+		if (q4->ip.version != 4 || q4->ip.ihl != 5 || q4->ip.protocol != IPPROTO_ICMP ||
+		    (q4->ip.frag_off & bpf_htons(IP_OFFSET)) || q4->icmp.type != ICMP_ECHO || q4->icmp.code != 0)
+			return REASON_ERROR_FOREIGN;
+		q->icmp = &q4->icmp;
+		q->ip = &q4->ip;
+		q->ip6 = NULL;
+		addr_from4(&q->src, q4->ip.saddr);
+		addr_from4(&q->dst, q4->ip.daddr);
+	}
+	if (!addr_eq(&q->src, &p->dst))
+		return REASON_ERROR_FOREIGN;
+	return PARSED;
+}
+
+/* Turns an error about a forwarded request into one about the client's
+ * request: the quote goes client -> VIP with the client's echo id, the
+ * error from the VIP to the client. Each quoted checksum is updated with
+ * its fields, so the quote's ones'-complement sum is unchanged: the
+ * error's own checksum changes only with the addresses of its ICMPv6
+ * pseudo-header, and not at all for ICMPv4. */
+static __always_inline void translate_error(struct icmp_pkt *p, struct quoted *q, const struct answered *a)
+{
+	/* Both headers are tested, not the family: the verifier does not
+	 * carry that one implies the other. */
+	if (q->ip6 && p->ip6) {
+		__u32 sum = (__u16)~p->icmp->checksum;
+
+		rewrite6(q->ip6, q->icmp, &a->client, &a->vip, a->echo_id);
+		sum = csum_add128(sum, p->ip6->saddr, a->vip.w);
+		sum = csum_add128(sum, p->ip6->daddr, a->client.w);
+		p->icmp->checksum = ~csum_fold(sum);
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			p->ip6->saddr[i] = a->vip.w[i];
+			p->ip6->daddr[i] = a->client.w[i];
+		}
+	} else if (q->ip && p->ip) {
+		rewrite_addrs(q->ip, a->client.w[3], a->vip.w[3]);
+		rewrite_echo_id(q->icmp, a->echo_id);
+		rewrite_addrs(p->ip, a->vip.w[3], a->client.w[3]);
+	}
+	rewrite_macs(p->eth, a->client_mac);
+}
 
 /* An ICMP error to a SNAT address about a request the balancer forwarded
  * (its quote: SNAT -> backend, a NAT id): sent on to that request's client
@@ -442,43 +589,36 @@ struct answered {
  *
  * Errors about replies the balancer returned come to a VIP, not to a SNAT
  * address, and pass: the backend would drop an error about an echo reply
- * (no socket awaits one), and the exchange was already measured. */
-static __always_inline int handle_error(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
-					struct icmp_echo *icmp, enum icmp_error kind)
+ * (no socket awaits one), and the exchange was already measured. Not
+ * inlined: a rare path, kept off the stack of the request and reply ones. */
+static __noinline int handle_error(struct xdp_md *ctx, struct icmp_pkt *p, enum icmp_error kind)
 {
-	void *data_end = (void *)(long)ctx->data_end;
-	struct icmp_quote *q = (void *)(icmp + 1);
-	__be32 daddr = ip->daddr;
 	struct ring_slot *slot = NULL;
 	struct inflight_key ik = {};
 	struct backend_counters *bs;
 	struct answered a = {};
+	struct quoted q;
 	struct rev_val *rv;
 	struct backend *be;
+	enum reason r;
 	__u64 now;
 
-	if (!bpf_map_lookup_elem(&snat_addrs, &daddr))
+	if (!bpf_map_lookup_elem(&snat_addrs, &p->dst))
 		return count(REASON_NOT_VIP, XDP_PASS);
-	if (ip->ttl == 0)
+	if (p->ttl == 0)
 		return count(REASON_TTL_ZERO, XDP_PASS);
-	if (!icmp_csum_ok(ctx, bpf_ntohs(ip->tot_len) - sizeof(*ip)))
+	if (!pkt_csum_ok(ctx, p))
 		return count(REASON_MALFORMED, XDP_PASS);
-	if ((void *)(q + 1) > data_end ||
-	    bpf_ntohs(ip->tot_len) < sizeof(*ip) + sizeof(*icmp) + sizeof(*q))
-		return count(REASON_ERROR_TRUNCATED, XDP_PASS);
-	/* The balancer sends only option-less, unfragmented echo requests
-	 * from a SNAT address. */
-	if (q->ip.version != 4 || q->ip.ihl != 5 || q->ip.protocol != IPPROTO_ICMP ||
-	    (q->ip.frag_off & bpf_htons(IP_OFFSET)) || q->ip.saddr != daddr || q->icmp.type != ICMP_ECHO ||
-	    q->icmp.code != 0)
-		return count(REASON_ERROR_FOREIGN, XDP_PASS);
+	r = parse_quote(ctx, p, &q);
+	if (r != PARSED)
+		return count(r, XDP_PASS);
 	/* About the agent's own probe: its socket takes it. */
-	if (q->icmp.id == bpf_htons(PROBE_ECHO_ID))
+	if (q.icmp->id == bpf_htons(PROBE_ECHO_ID))
 		return count(REASON_PROBE_REPLY, XDP_PASS);
 
-	ik.backend = q->ip.daddr;
-	ik.nat_id = q->icmp.id;
-	ik.seq = q->icmp.seq;
+	ik.backend = q.dst;
+	ik.nat_id = q.icmp->id;
+	ik.seq = q.icmp->seq;
 	{
 		struct rev_key rk = { .backend = ik.backend, .nat_id = ik.nat_id };
 		__u32 i = bpf_ntohs(ik.seq) & (INFLIGHT_RING - 1);
@@ -489,18 +629,10 @@ static __always_inline int handle_error(struct xdp_md *ctx, struct ethhdr *eth, 
 			a.sent = slot->sent_ns;
 			/* Read before the rest of the slot: see track_request. */
 			barrier();
-			if (a.sent && slot->seq == ik.seq) {
-				a.idx = rv->backend_idx;
-				a.client = rv->client;
-				a.vip = rv->vip;
-				a.snat = slot->snat;
-				a.echo_id = rv->echo_id;
-				a.reply_csum = slot->reply_csum;
-				a.sampled = (rv->sampled >> i) & 1;
-				__builtin_memcpy(a.client_mac, rv->client_mac, ETH_ALEN);
-			} else {
+			if (a.sent && slot->seq == ik.seq)
+				answered_from_ring(&a, rv, i);
+			else
 				slot = NULL;
-			}
 		}
 	}
 	if (!slot) {
@@ -508,24 +640,16 @@ static __always_inline int handle_error(struct xdp_md *ctx, struct ethhdr *eth, 
 
 		if (!iv)
 			return count(REASON_ERROR_UNMATCHED, XDP_PASS);
-		a.sent = iv->sent_ns;
-		a.idx = iv->backend_idx;
-		a.client = iv->client;
-		a.vip = iv->vip;
-		a.snat = iv->snat;
-		a.echo_id = iv->echo_id;
-		a.reply_csum = iv->reply_csum;
-		a.sampled = iv->sampled;
-		__builtin_memcpy(a.client_mac, iv->client_mac, ETH_ALEN);
+		answered_from(&a, iv);
 	}
 	be = bpf_map_lookup_elem(&backends, &a.idx);
-	if (!be || be->addr != ik.backend)
+	if (!be || !addr_eq(&be->addr, &ik.backend))
 		return count(REASON_ERROR_UNMATCHED, XDP_PASS);
-	if (!mac_eq(be->mac, eth->h_source))
+	if (!mac_eq(be->mac, p->eth->h_source))
 		return count(REASON_REPLY_SPOOFED, XDP_PASS);
 	/* The quoted checksum is the request's as it left: its reply's, with
 	 * the type changed, is what the request's slot holds. */
-	if (a.snat != daddr || a.reply_csum != reply_csum_of(q->icmp.checksum))
+	if (!addr_eq(&a.snat, &p->dst) || a.reply_csum != reply_csum_of(q.icmp->checksum, p->v6))
 		return count(REASON_REPLY_MISMATCH, XDP_PASS);
 	now = bpf_ktime_get_ns();
 	if (!awaited(a.sent, now))
@@ -540,18 +664,38 @@ static __always_inline int handle_error(struct xdp_md *ctx, struct ethhdr *eth, 
 	}
 	bs = bpf_map_lookup_elem(&backend_stats, &a.idx);
 	if (bs)
-		error_measured(bs, a.idx, a.sent, a.sampled, a.client, a.echo_id, ik.backend, ik.seq, now, kind);
-
-	/* The quote becomes the client's request (client -> VIP, its echo id)
-	 * and the error goes from the VIP to the client. Each quoted checksum
-	 * is updated with its fields, so the quote's ones'-complement sum is
-	 * unchanged: the error's own checksum, which covers the quote but no
-	 * address of its own header, stays right as it is. */
-	rewrite_addrs(&q->ip, a.client, a.vip);
-	rewrite_echo_id(&q->icmp, a.echo_id);
-	rewrite_addrs(ip, a.vip, a.client);
-	rewrite_macs(eth, a.client_mac);
+		error_measured(bs, a.idx, a.sent, a.sampled, &a.client, a.echo_id, &ik.backend, ik.seq, now, kind);
+	translate_error(p, &q, &a);
 	return count(REASON_ERROR_RETURNED, XDP_TX);
+}
+
+/* An echo request: to its session's backend, or to a new one if it is to
+ * a VIP. Not inlined, like handle_reply and handle_error: each path's
+ * stack then counts apart against the verifier's limit. */
+static __noinline int handle_echo_request(struct xdp_md *ctx, struct icmp_pkt *p)
+{
+	struct fwd_key fk = { .client = p->src, .vip = p->dst, .echo_id = p->icmp->id };
+	struct fwd_val *fv = bpf_map_lookup_elem(&ct_fwd, &fk);
+	const struct service *svc;
+	__u32 gen = 0;
+
+	/* A known session's service as it cached it, while current. The
+	 * generation is read before the service: a write between the two
+	 * leaves the cache stale by one generation, never current with an old
+	 * service. */
+	if (fv) {
+		__u32 table = fv->table;
+		__u32 *g = bpf_map_lookup_elem(&service_gens, &table);
+
+		gen = g ? *g : 0;
+		if (gen && gen == fv->svc_gen)
+			return handle_request(ctx, p, &fv->snat, table, 0, &fk, fv, gen);
+	}
+	svc = bpf_map_lookup_elem(&services, &fk.vip);
+	if (!svc)
+		return count(REASON_NOT_VIP, XDP_PASS);
+	return handle_request(ctx, p, &svc->snat, svc->table, svc->flags, &fk, fv,
+			      fv && svc->table == fv->table ? gen : 0);
 }
 
 SEC("xdp")
@@ -559,47 +703,28 @@ int icmplb(struct xdp_md *ctx)
 {
 	struct icmp_pkt p;
 	enum reason r = parse_icmp(ctx, &p);
+	__u8 request = ICMP_ECHO, reply = ICMP_ECHOREPLY;
+	enum icmp_error kind;
 
 	if (r != PARSED)
 		return count(r, XDP_PASS);
-	if (p.icmp->type == ICMP_ECHO && p.icmp->code == 0) {
-		struct fwd_key fk = { .client = p.ip->saddr, .vip = p.ip->daddr, .echo_id = p.icmp->id };
-		struct fwd_val *fv = bpf_map_lookup_elem(&ct_fwd, &fk);
-		struct service cached = {};
-		const struct service *svc;
-		__u32 gen = 0;
-
-		/* A known session's service as it cached it, while current. The
-		 * generation is read before the service: a write between the
-		 * two leaves the cache stale by one generation, never current
-		 * with an old service. */
-		if (fv) {
-			__u32 table = fv->table;
-			__u32 *g = bpf_map_lookup_elem(&service_gens, &table);
-
-			gen = g ? *g : 0;
-			if (gen && gen == fv->svc_gen) {
-				cached.snat = fv->snat;
-				cached.table = table;
-				return handle_request(ctx, p.eth, p.ip, p.icmp, &cached, &fk, fv, gen);
-			}
-		}
-		svc = bpf_map_lookup_elem(&services, &fk.vip);
-		if (!svc)
-			return count(REASON_NOT_VIP, XDP_PASS);
-		return handle_request(ctx, p.eth, p.ip, p.icmp, svc, &fk, fv,
-				      fv && svc->table == fv->table ? gen : 0);
+	if (p.v6) {
+		request = ICMPV6_ECHO_REQUEST;
+		reply = ICMPV6_ECHO_REPLY;
 	}
+	if (p.icmp->type == request && p.icmp->code == 0)
+		return handle_echo_request(ctx, &p);
 	/* Whether a reply is to a SNAT address is known from its session's
 	 * ring, or else looked up. */
-	if (p.icmp->type == ICMP_ECHOREPLY && p.icmp->code == 0)
-		return handle_reply(ctx, p.eth, p.ip, p.icmp);
-	{
-		enum icmp_error kind = error_kind(p.icmp);
+	if (p.icmp->type == reply && p.icmp->code == 0) {
+		int verdict = handle_reply(ctx, &p);
 
-		if (kind != ICMP_ERRORS)
-			return handle_error(ctx, p.eth, p.ip, p.icmp, kind);
+		return verdict == NOT_IN_RING ? reply_overflow(ctx, &p) : verdict;
 	}
+	kind = error_kind(&p);
+	if (kind != ICMP_ERRORS)
+		return handle_error(ctx, &p, kind);
+	/* Neighbour discovery above all: the kernel's. */
 	return count(REASON_NOT_ECHO, XDP_PASS);
 }
 

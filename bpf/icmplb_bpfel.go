@@ -15,10 +15,10 @@ import (
 
 type IcmplbBackend struct {
 	_     structs.HostLayout
-	Addr  uint32
+	Addr  IcmplbIpaddr
 	Mac   [6]uint8
 	Flags IcmplbBackendFlags
-	Vip   uint32
+	Vip   IcmplbIpaddr
 }
 
 type IcmplbBackendCounters struct {
@@ -52,19 +52,19 @@ type IcmplbEpochCount struct {
 
 type IcmplbFwdKey struct {
 	_      structs.HostLayout
-	Client uint32
-	Vip    uint32
+	Client IcmplbIpaddr
+	Vip    IcmplbIpaddr
 	EchoId uint16
 	Pad    uint16
 }
 
 type IcmplbFwdVal struct {
 	_          structs.HostLayout
-	Backend    uint32
+	Backend    IcmplbIpaddr
 	BackendIdx uint32
 	NatId      uint16
 	ClientMac  [6]uint8
-	Snat       uint32
+	Snat       IcmplbIpaddr
 	Table      uint32
 	SvcGen     uint32
 }
@@ -80,7 +80,7 @@ const (
 
 type IcmplbInflightKey struct {
 	_       structs.HostLayout
-	Backend uint32
+	Backend IcmplbIpaddr
 	NatId   uint16
 	Seq     uint16
 }
@@ -89,14 +89,18 @@ type IcmplbInflightVal struct {
 	_          structs.HostLayout
 	SentNs     uint64
 	BackendIdx uint32
-	Client     uint32
+	Client     IcmplbIpaddr
 	EchoId     uint16
 	ReplyCsum  uint16
 	ClientMac  [6]uint8
 	Sampled    uint16
-	Vip        uint32
-	Snat       uint32
-	_          [4]byte
+	Vip        IcmplbIpaddr
+	Snat       IcmplbIpaddr
+}
+
+type IcmplbIpaddr struct {
+	_ structs.HostLayout
+	W [4]uint32
 }
 
 type IcmplbLayout uint32
@@ -130,7 +134,7 @@ type IcmplbReason uint32
 const (
 	IcmplbReasonREASON_REQUEST_FORWARDED    IcmplbReason = 0
 	IcmplbReasonREASON_REPLY_RETURNED       IcmplbReason = 1
-	IcmplbReasonREASON_NOT_IPV4             IcmplbReason = 2
+	IcmplbReasonREASON_NOT_IP               IcmplbReason = 2
 	IcmplbReasonREASON_NOT_ICMP             IcmplbReason = 3
 	IcmplbReasonREASON_NOT_ECHO             IcmplbReason = 4
 	IcmplbReasonREASON_NOT_VIP              IcmplbReason = 5
@@ -167,18 +171,18 @@ const (
 
 type IcmplbRevKey struct {
 	_       structs.HostLayout
-	Backend uint32
+	Backend IcmplbIpaddr
 	NatId   uint16
 	Pad     uint16
 }
 
 type IcmplbRevVal struct {
 	_          structs.HostLayout
-	Client     uint32
+	Client     IcmplbIpaddr
 	EchoId     uint16
 	ClientMac  [6]uint8
 	BackendIdx uint32
-	Vip        uint32
+	Vip        IcmplbIpaddr
 	Flags      IcmplbRevFlags
 	Sampled    uint8
 	Pad        uint8
@@ -189,17 +193,25 @@ type IcmplbRevVal struct {
 type IcmplbRingSlot struct {
 	_         structs.HostLayout
 	SentNs    uint64
-	Snat      uint32
+	Snat      IcmplbIpaddr
 	Seq       uint16
 	ReplyCsum uint16
+	Pad       uint32
+}
+
+type IcmplbScratch struct {
+	_        structs.HostLayout
+	Rev      IcmplbRevVal
+	Fwd      IcmplbFwdVal
+	_        [4]byte
+	Inflight IcmplbInflightVal
 }
 
 type IcmplbService struct {
 	_     structs.HostLayout
-	Snat  uint32
+	Snat  IcmplbIpaddr
 	Table uint32
 	Flags IcmplbServiceFlags
-	Pad   uint32
 }
 
 type IcmplbServiceFlags uint32
@@ -224,8 +236,8 @@ type IcmplbTraceEvent struct {
 	_          structs.HostLayout
 	SentNs     uint64
 	RttNs      uint64
-	Client     uint32
-	Backend    uint32
+	Client     IcmplbIpaddr
+	Backend    IcmplbIpaddr
 	EchoId     uint16
 	Seq        uint16
 	BackendIdx uint32
@@ -261,6 +273,7 @@ const (
 	IcmplbMapMaglevTables     = "maglev_tables"
 	IcmplbMapNatPools         = "nat_pools"
 	IcmplbMapRttHist          = "rtt_hist"
+	IcmplbMapScratch          = "scratch"
 	IcmplbMapServiceGens      = "service_gens"
 	IcmplbMapServices         = "services"
 	IcmplbMapSlotSessions     = "slot_sessions"
@@ -346,6 +359,7 @@ type IcmplbMapSpecs struct {
 	MaglevTables     *ebpf.MapSpec `ebpf:"maglev_tables"`
 	NatPools         *ebpf.MapSpec `ebpf:"nat_pools"`
 	RttHist          *ebpf.MapSpec `ebpf:"rtt_hist"`
+	Scratch          *ebpf.MapSpec `ebpf:"scratch"`
 	ServiceGens      *ebpf.MapSpec `ebpf:"service_gens"`
 	Services         *ebpf.MapSpec `ebpf:"services"`
 	SlotSessions     *ebpf.MapSpec `ebpf:"slot_sessions"`
@@ -403,6 +417,7 @@ type IcmplbMaps struct {
 	MaglevTables     *ebpf.Map `ebpf:"maglev_tables"`
 	NatPools         *ebpf.Map `ebpf:"nat_pools"`
 	RttHist          *ebpf.Map `ebpf:"rtt_hist"`
+	Scratch          *ebpf.Map `ebpf:"scratch"`
 	ServiceGens      *ebpf.Map `ebpf:"service_gens"`
 	Services         *ebpf.Map `ebpf:"services"`
 	SlotSessions     *ebpf.Map `ebpf:"slot_sessions"`
@@ -429,6 +444,7 @@ func (m *IcmplbMaps) Close() error {
 		m.MaglevTables,
 		m.NatPools,
 		m.RttHist,
+		m.Scratch,
 		m.ServiceGens,
 		m.Services,
 		m.SlotSessions,

@@ -306,7 +306,7 @@ var reasonTable = [IcmplbReasonREASON_MAX]struct {
 }{
 	IcmplbReasonREASON_REQUEST_FORWARDED:    {xdpTX, "request_forwarded"},
 	IcmplbReasonREASON_REPLY_RETURNED:       {xdpTX, "reply_returned"},
-	IcmplbReasonREASON_NOT_IPV4:             {xdpPass, "not_ipv4"},
+	IcmplbReasonREASON_NOT_IP:               {xdpPass, "not_ip"},
 	IcmplbReasonREASON_NOT_ICMP:             {xdpPass, "not_icmp"},
 	IcmplbReasonREASON_NOT_ECHO:             {xdpPass, "not_echo"},
 	IcmplbReasonREASON_NOT_VIP:              {xdpPass, "not_vip"},
@@ -425,11 +425,13 @@ func loadTestObjects(t testing.TB) *IcmplbTestObjects {
 	if err := spec.Variables[IcmplbTestVarCfgRttBounds].Set(RTTBounds()); err != nil {
 		t.Fatalf("set %s: %v", IcmplbTestVarCfgRttBounds, err)
 	}
-	// The stateless DNAT serves the harness's VIP with backends A and B.
+	// The stateless DNAT serves the harness's VIP with backends A and B,
+	// IPv4 addresses as its __be32 words.
+	word := func(a netip.Addr) uint32 { b := a.As4(); return binary.NativeEndian.Uint32(b[:]) }
 	for name, v := range map[string]any{
-		IcmplbTestVarDnatVip:     Addr(vip),
-		IcmplbTestVarDnatSnat:    Addr(vip),
-		IcmplbTestVarDnatBackend: [2]uint32{Addr(backendA.addr), Addr(backendB.addr)},
+		IcmplbTestVarDnatVip:     word(vip),
+		IcmplbTestVarDnatSnat:    word(vip),
+		IcmplbTestVarDnatBackend: [2]uint32{word(backendA.addr), word(backendB.addr)},
 		IcmplbTestVarDnatMac:     [2][6]byte{backendA.mac, backendB.mac},
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -1138,8 +1140,8 @@ func TestPassUntouched(t *testing.T) {
 		setup  func(t *testing.T, h *harness)
 		reason IcmplbReason
 	}{
-		{name: "ARP", frame: func() []byte { return arp }, reason: IcmplbReasonREASON_NOT_IPV4},
-		{name: "IPv6 echo", frame: func() []byte { return ipv6 }, reason: IcmplbReasonREASON_NOT_IPV4},
+		{name: "ARP", frame: func() []byte { return arp }, reason: IcmplbReasonREASON_NOT_IP},
+		{name: "IPv6 echo to no VIP", frame: func() []byte { return ipv6 }, reason: IcmplbReasonREASON_NOT_VIP},
 		{name: "802.1Q tagged echo", frame: func() []byte { return vlan(0x8100) }, reason: IcmplbReasonREASON_VLAN},
 		{name: "802.1ad tagged echo", frame: func() []byte { return vlan(0x88a8) }, reason: IcmplbReasonREASON_VLAN},
 		{name: "802.1ad tag around 802.1Q tag", reason: IcmplbReasonREASON_VLAN, frame: func() []byte {

@@ -22,7 +22,7 @@ volatile const __u32 cfg_trace_sample;
 /* services: VIP -> its SNAT address and Maglev table. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __be32);
+	__type(key, struct ipaddr);
 	__type(value, struct service);
 	__uint(max_entries, 1);
 } services SEC(".maps");
@@ -41,7 +41,7 @@ struct {
  * come back to them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __be32);
+	__type(key, struct ipaddr);
 	__type(value, __u32);
 	__uint(max_entries, 1);
 } snat_addrs SEC(".maps");
@@ -79,18 +79,19 @@ struct {
  * (unmatched) or someone spoofing it? */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __be32);
+	__type(key, struct ipaddr);
 	__type(value, __u32);
 	__uint(max_entries, 1);
 } backend_addrs SEC(".maps");
 
 /* src_deny: source addresses no client can have -> 1: the balancer's own
  * (every VIP and SNAT address) and those of the interface's subnets that
- * depend on the host (its addresses, network and broadcast addresses),
+ * depend on the host (its addresses, IPv4 network and broadcast addresses,
+ * IPv6 subnet-router anycast addresses),
  * kept by the agent, so that a request's source costs one lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __be32);
+	__type(key, struct ipaddr);
 	__type(value, __u8);
 	__uint(max_entries, 1);
 } src_deny SEC(".maps");
@@ -117,6 +118,22 @@ struct {
 	__type(value, struct rev_val);
 	__uint(max_entries, 1);
 } ct_rev SEC(".maps");
+
+/* Map values built per CPU: on the stack they would not fit beside the
+ * request path's (the verifier's 512 bytes cover a chain of calls). */
+struct scratch {
+	struct rev_val rev;
+	struct fwd_val fwd;
+	struct inflight_val inflight;
+};
+
+/* scratch: [0] -> this CPU's struct scratch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct scratch);
+	__uint(max_entries, 1);
+} scratch SEC(".maps");
 
 /* nat_pools: backend index -> key and counter of its NAT id permutation. */
 struct {

@@ -11,6 +11,7 @@
 #include "abi.h"
 #include "csum.h"
 #include "maps.h"
+#include "parse.h"
 #include "proto.h"
 #include "rtt.h"
 
@@ -21,8 +22,8 @@ static __always_inline struct epoch_count *epoch_slot(__u32 idx, __u64 epoch)
 	return bpf_map_lookup_elem(&epochs, &key);
 }
 
-static __always_inline void trace(enum trace_kind kind, __u64 sent_ns, __u64 rtt_ns, __be32 client,
-				  __be32 backend, __be16 echo_id, __be16 seq, __u32 idx, __u32 late,
+static __always_inline void trace(enum trace_kind kind, __u64 sent_ns, __u64 rtt_ns, const struct ipaddr *client,
+				  const struct ipaddr *backend, __be16 echo_id, __be16 seq, __u32 idx, __u32 late,
 				  enum icmp_error error)
 {
 	struct trace_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -37,8 +38,8 @@ static __always_inline void trace(enum trace_kind kind, __u64 sent_ns, __u64 rtt
 	}
 	e->sent_ns = sent_ns;
 	e->rtt_ns = rtt_ns;
-	e->client = client;
-	e->backend = backend;
+	e->client = *client;
+	e->backend = *backend;
 	e->echo_id = echo_id;
 	e->seq = seq;
 	e->backend_idx = idx;
@@ -76,47 +77,63 @@ static __always_inline int ring_awaited(const struct rev_val *rv, __u64 now)
 	return 0;
 }
 
-/* Keeps a request that found its ring slot taken in the inflight map. Never
- * overwrites another session's request: its reply would then go to the
- * wrong client. */
-static __always_inline enum track overflow(struct backend *be, __u32 idx, struct fwd_key *fk, __be32 snat,
-					   const __u8 *client_mac, struct icmp_echo *icmp, __u16 sampled, __u64 now)
+/* A forwarded request's own fields, for the inflight map. */
+struct sent_req {
+	__u64 now;
+	__be16 nat_id;
+	__be16 seq;
+	__sum16 reply_csum; /* what its reply's ICMP checksum must be */
+	__u16 sampled;
+};
+
+/* Keeps a request of session rv that found its ring slot taken in the
+ * inflight map. Never overwrites another session's request: its reply
+ * would then go to the wrong client. Not inlined, its entry built in this
+ * CPU's scratch space: a rare path, kept off the request's stack. */
+static __noinline enum track overflow(const struct ipaddr *backend, const struct rev_val *rv,
+				      const struct ipaddr *snat, const struct sent_req *r)
 {
-	struct inflight_key ik = { .backend = be->addr, .nat_id = icmp->id, .seq = icmp->seq };
-	struct inflight_val iv = {
-		.sent_ns = now,
-		.backend_idx = idx,
-		.client = fk->client,
-		.echo_id = fk->echo_id,
-		.reply_csum = reply_csum_of(icmp->checksum),
-		.sampled = sampled,
-		.vip = fk->vip,
-		.snat = snat,
-	};
+	struct inflight_key ik = { .backend = *backend, .nat_id = r->nat_id, .seq = r->seq };
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct inflight_val *iv;
 	long err;
 
-	__builtin_memcpy(iv.client_mac, client_mac, ETH_ALEN);
-	err = bpf_map_update_elem(&inflight, &ik, &iv, BPF_NOEXIST);
+	if (!s)
+		return TRACK_FULL;
+	iv = &s->inflight;
+	__builtin_memset(iv, 0, sizeof(*iv));
+	iv->sent_ns = r->now;
+	iv->backend_idx = rv->backend_idx;
+	iv->client = rv->client;
+	iv->echo_id = rv->echo_id;
+	iv->reply_csum = r->reply_csum;
+	iv->sampled = r->sampled;
+	iv->vip = rv->vip;
+	iv->snat = *snat;
+	__builtin_memcpy(iv->client_mac, rv->client_mac, ETH_ALEN);
+	err = bpf_map_update_elem(&inflight, &ik, iv, BPF_NOEXIST);
 	if (err == -17 /* EEXIST */) {
 		struct inflight_val *old = bpf_map_lookup_elem(&inflight, &ik);
 
 		/* A request older than the sweeper's horizon is already lost: its
 		 * key may be taken over, by its own session too (the sequence
 		 * wrapped), which makes a new, counted request. */
-		if (old && awaited(old->sent_ns, now)) {
-			if (old->client == fk->client && old->echo_id == fk->echo_id && old->vip == fk->vip)
+		if (old && awaited(old->sent_ns, r->now)) {
+			if (addr_eq(&old->client, &rv->client) && old->echo_id == rv->echo_id &&
+			    addr_eq(&old->vip, &rv->vip))
 				return TRACK_DUP;
 			return TRACK_COLLISION;
 		}
-		err = bpf_map_update_elem(&inflight, &ik, &iv, BPF_ANY);
+		err = bpf_map_update_elem(&inflight, &ik, iv, BPF_ANY);
 	}
 	return err ? TRACK_FULL : TRACK_NEW;
 }
 
 /* Remembers a forwarded request (already rewritten) until its reply, in its
  * session's ring (rv) or else the inflight map, and counts it in its epoch. */
-static __always_inline enum track track_request(struct backend *be, __u32 idx, struct rev_val *rv, struct fwd_key *fk,
-						__be32 snat, const __u8 *client_mac, struct icmp_echo *icmp, __u64 now)
+static __always_inline enum track track_request(struct backend *be, __u32 idx, struct rev_val *rv, const struct fwd_key *fk,
+						const struct ipaddr *snat, struct icmp_echo *icmp, int v6, __u64 now)
 {
 	__u32 i = bpf_ntohs(icmp->seq) & (INFLIGHT_RING - 1);
 	struct ring_slot *slot = &rv->ring[i];
@@ -128,13 +145,21 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 
 		if (slot->seq == icmp->seq)
 			return TRACK_DUP;
-		t = overflow(be, idx, fk, snat, client_mac, icmp, sampled, now);
+		struct sent_req r = {
+			.now = now,
+			.nat_id = icmp->id,
+			.seq = icmp->seq,
+			.reply_csum = reply_csum_of(icmp->checksum, v6),
+			.sampled = sampled,
+		};
+
+		t = overflow(&be->addr, rv, snat, &r);
 		if (t != TRACK_NEW)
 			return t;
 	} else {
-		slot->snat = snat;
+		slot->snat = *snat;
 		slot->seq = icmp->seq;
-		slot->reply_csum = reply_csum_of(icmp->checksum);
+		slot->reply_csum = reply_csum_of(icmp->checksum, v6);
 		if (sampled)
 			rv->sampled |= 1 << i;
 		else
@@ -155,7 +180,7 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 		ep->sent++;
 	}
 	if (sampled)
-		trace(TRACE_REQUEST, now, 0, fk->client, be->addr, fk->echo_id, icmp->seq, idx, 0, 0);
+		trace(TRACE_REQUEST, now, 0, &fk->client, &be->addr, fk->echo_id, icmp->seq, idx, 0, 0);
 	return TRACK_NEW;
 }
 
@@ -179,7 +204,8 @@ static __always_inline void epoch_answered(__u32 idx, __u64 sent)
 /* Counts a matched reply: RTT into the histogram and answer into the
  * request's epoch, or late when past the loss timeout. */
 static __always_inline void reply_measured(struct backend_counters *bs, __u32 idx, __u64 sent, __u16 sampled,
-					   __be32 client, __be16 echo_id, __be32 backend, __be16 seq, __u64 now)
+					   const struct ipaddr *client, __be16 echo_id, const struct ipaddr *backend,
+					   __be16 seq, __u64 now)
 {
 	__u64 rtt = now - sent;
 	__u32 late = rtt > cfg_loss_timeout_ns;
@@ -204,8 +230,8 @@ static __always_inline void reply_measured(struct backend_counters *bs, __u32 id
  * time is not the backend's round trip (a router on the way may have sent
  * it): it stays out of the RTT histogram. */
 static __always_inline void error_measured(struct backend_counters *bs, __u32 idx, __u64 sent, __u16 sampled,
-					   __be32 client, __be16 echo_id, __be32 backend, __be16 seq, __u64 now,
-					   enum icmp_error kind)
+					   const struct ipaddr *client, __be16 echo_id, const struct ipaddr *backend,
+					   __be16 seq, __u64 now, enum icmp_error kind)
 {
 	__u32 late = now - sent > cfg_loss_timeout_ns;
 

@@ -12,6 +12,7 @@
 #include "csum.h"
 #include "maps.h"
 #include "measure.h"
+#include "parse.h"
 #include "proto.h"
 
 #define NAT_ID_TRIES 8
@@ -46,12 +47,39 @@ static __always_inline void rewrite_macs(struct ethhdr *eth, const __u8 *dst_mac
 	__builtin_memcpy(eth->h_dest, dst_mac, ETH_ALEN);
 }
 
-static __always_inline void rewrite(struct ethhdr *eth, struct iphdr *ip, struct icmp_echo *icmp,
-				    const __u8 *dst_mac, __be32 saddr, __be32 daddr, __be16 echo_id)
+/* Replaces an IPv6 header's addresses and an echo message's identifier.
+ * ICMPv6's checksum covers the addresses through its pseudo-header. */
+static __always_inline void rewrite6(struct ipv6hdr *ip6, struct icmp_echo *icmp, const struct ipaddr *saddr,
+				     const struct ipaddr *daddr, __be16 echo_id)
 {
-	rewrite_macs(eth, dst_mac);
-	rewrite_addrs(ip, saddr, daddr);
-	rewrite_echo_id(icmp, echo_id);
+	__u32 sum = (__u16)~icmp->checksum;
+
+	sum = csum_add128(sum, ip6->saddr, saddr->w);
+	sum = csum_add128(sum, ip6->daddr, daddr->w);
+	sum = csum_add16(sum, icmp->id, echo_id);
+	icmp->checksum = ~csum_fold(sum);
+	icmp->id = echo_id;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		ip6->saddr[i] = saddr->w[i];
+		ip6->daddr[i] = daddr->w[i];
+	}
+}
+
+/* Sends an echo on from saddr to daddr with echo_id, to dst_mac, every
+ * checksum updated. */
+static __always_inline void rewrite(struct icmp_pkt *p, const __u8 *dst_mac, const struct ipaddr *saddr,
+				    const struct ipaddr *daddr, __be16 echo_id)
+{
+	rewrite_macs(p->eth, dst_mac);
+	if (p->ip6) {
+		rewrite6(p->ip6, p->icmp, saddr, daddr, echo_id);
+		return;
+	}
+	if (p->ip) {
+		rewrite_addrs(p->ip, saddr->w[3], daddr->w[3]);
+		rewrite_echo_id(p->icmp, echo_id);
+	}
 }
 
 /* A 4-round Feistel network on the two bytes of x: a permutation of the 16-bit
@@ -82,7 +110,7 @@ static __always_inline void drop_session(const struct rev_key *rk, const struct 
 	struct fwd_key fk = { .client = rv->client, .vip = rv->vip, .echo_id = rv->echo_id };
 	struct fwd_val *fv = bpf_map_lookup_elem(&ct_fwd, &fk);
 
-	if (fv && fv->backend == rk->backend && fv->nat_id == rk->nat_id)
+	if (fv && addr_eq(&fv->backend, &rk->backend) && fv->nat_id == rk->nat_id)
 		bpf_map_delete_elem(&ct_fwd, &fk);
 }
 

@@ -11,6 +11,7 @@
 
 #define ETH_ALEN 6
 #define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
 #define ETH_P_8021Q 0x8100
 #define ETH_P_8021AD 0x88a8
 #define IPPROTO_ICMP 1
@@ -19,6 +20,22 @@
 #define ICMP_DEST_UNREACH 3
 #define ICMP_FRAG_NEEDED 4 /* code of ICMP_DEST_UNREACH */
 #define ICMP_TIME_EXCEEDED 11
+#define IPPROTO_ICMPV6 58
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PKT_TOOBIG 2
+#define ICMPV6_TIME_EXCEED 3
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY 129
+/* Next headers that are IPv6 extension headers (RFC 8200 4, RFC 7045). */
+#define IPV6_NH_HOPOPTS 0
+#define IPV6_NH_ROUTING 43
+#define IPV6_NH_FRAGMENT 44
+#define IPV6_NH_ESP 50
+#define IPV6_NH_AH 51
+#define IPV6_NH_DSTOPTS 60
+#define IPV6_NH_MOBILITY 135
+#define IPV6_NH_HIP 139
+#define IPV6_NH_SHIM6 140
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
@@ -41,6 +58,18 @@ struct iphdr {
 	__be32 daddr;
 };
 
+struct ipv6hdr {
+	__u8 priority : 4, version : 4;
+	__u8 flow_lbl[3];
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__be32 saddr[4];
+	__be32 daddr[4];
+};
+
+/* The echo header of ICMPv4 (RFC 792) and ICMPv6 (RFC 4443): the same
+ * layout, and for errors the same 8-byte header before the quote. */
 struct icmp_echo {
 	__u8 type;
 	__u8 code;
@@ -54,6 +83,14 @@ struct icmp_echo {
  * payload, here those of an echo request. */
 struct icmp_quote {
 	struct iphdr ip;
+	struct icmp_echo icmp;
+};
+
+/* The same for ICMPv6 (RFC 4443 3): as much of the packet as fits in the
+ * minimum MTU, so at least its header and echo header when it has no
+ * extension header. */
+struct icmp6_quote {
+	struct ipv6hdr ip;
 	struct icmp_echo icmp;
 };
 

@@ -109,18 +109,31 @@ func NewSpec(c Config) (*ebpf.CollectionSpec, error) {
 	return spec, nil
 }
 
-// Addr returns an IPv4 address as the data plane stores it: a uint32 whose
-// in-memory bytes are in network order.
-func Addr(a netip.Addr) uint32 {
-	b := a.As4()
-	return binary.NativeEndian.Uint32(b[:])
+// Addr returns an address as the data plane stores it (struct ipaddr): IPv6,
+// or IPv4 mapped into IPv6, in network byte order in memory. The zero
+// netip.Addr is the zero ipaddr, which is no address of either family.
+func Addr(a netip.Addr) IcmplbIpaddr {
+	var v IcmplbIpaddr
+	if !a.IsValid() {
+		return v
+	}
+	b := a.As16()
+	for i := range v.W {
+		v.W[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return v
 }
 
-// AddrFrom is the inverse of Addr.
-func AddrFrom(v uint32) netip.Addr {
-	var b [4]byte
-	binary.NativeEndian.PutUint32(b[:], v)
-	return netip.AddrFrom4(b)
+// AddrFrom is the inverse of Addr: an IPv4 address comes back unmapped.
+func AddrFrom(v IcmplbIpaddr) netip.Addr {
+	if v == (IcmplbIpaddr{}) {
+		return netip.Addr{}
+	}
+	var b [16]byte
+	for i, w := range v.W {
+		binary.NativeEndian.PutUint32(b[4*i:], w)
+	}
+	return netip.AddrFrom16(b).Unmap()
 }
 
 // Net16 returns a 16-bit protocol field (such as an echo identifier) as the

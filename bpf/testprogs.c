@@ -55,7 +55,7 @@ int stateless_dnat(struct xdp_md *ctx)
 	struct icmp_pkt p;
 	__u32 sum, i;
 
-	if (parse_icmp(ctx, &p) != PARSED || p.icmp->type != ICMP_ECHO || p.ip->daddr != dnat_vip)
+	if (parse_icmp(ctx, &p) != PARSED || !p.ip || p.icmp->type != ICMP_ECHO || p.ip->daddr != dnat_vip)
 		return XDP_PASS;
 	i = (p.ip->saddr ^ p.icmp->id) & 1;
 	__builtin_memcpy(p.eth->h_source, p.eth->h_dest, ETH_ALEN);
