@@ -104,7 +104,7 @@ func (d *dataPlane) Close() error {
 }
 
 // backendState is what the agent knows of a backend host, whatever the
-// services it serves: its next hop and whether that answers ARP.
+// services it serves: its next hop and whether that answers ARP or NDP.
 type backendState struct {
 	nextHop netip.Addr
 	mac     net.HardwareAddr
@@ -173,7 +173,7 @@ func New(cfg config.Config, log *slog.Logger) (*Balancer, error) {
 	}
 	ok = true
 	if b.upCount() == 0 {
-		log.Warn("no backend's next hop is resolved yet: echo requests pass to this host's kernel until one answers ARP")
+		log.Warn("no backend's next hop is resolved yet: echo requests pass to this host's kernel until one answers ARP or NDP")
 	}
 	svcs := cfg.ServiceList()
 	attrs := []any{"iface", iface.Name, "mode", b.mode, "services", len(svcs), "backends", len(b.hosts), "up", b.upCount(),

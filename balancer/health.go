@@ -309,7 +309,7 @@ func (b *Balancer) stateOf(k slotKey, sl *slot) (state, why string) {
 	case sl.weight == 0:
 		return telemetry.StateDraining, "weight 0"
 	case !b.hosts[k.addr].up:
-		state, why = telemetry.StateUnresolved, fmt.Sprintf("next hop %s does not answer ARP", b.hosts[k.addr].nextHop)
+		state, why = telemetry.StateUnresolved, fmt.Sprintf("next hop %s does not answer %s", b.hosts[k.addr].nextHop, resolvedBy(b.hosts[k.addr].nextHop))
 	case !sl.probeUp:
 		state, why = telemetry.StateProbeFailed, sl.probeWhy
 	case sl.out.ejected:

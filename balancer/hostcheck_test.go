@@ -16,16 +16,23 @@ import (
 )
 
 // seedHost is what the seed balancer knows of itself: eth0 holds
-// 10.0.0.10/24 and the VIP as a /32.
+// 10.0.0.10/24 and fd00:1cb::10/64, the VIPs as a /32 and a /128, a /31, a
+// /127 and a link-local address.
 func seedHost() hostAddrs {
-	return hostAddrs{
-		iface:   "eth0",
-		subnets: []netip.Prefix{netip.MustParsePrefix("10.0.0.10/24"), netip.MustParsePrefix("10.0.0.100/32"), netip.MustParsePrefix("10.0.1.0/31")},
-		local: map[netip.Addr]bool{
-			netip.MustParseAddr("10.0.0.10"): true, netip.MustParseAddr("10.0.0.100"): true,
-			netip.MustParseAddr("10.0.1.0"): true, netip.MustParseAddr("127.0.0.1"): true,
-		},
+	h := hostAddrs{iface: "eth0", local: map[netip.Addr]bool{}}
+	for _, p := range []string{"10.0.0.10/24", "10.0.0.100/32", "10.0.1.0/31",
+		"fd00:1cb::10/64", "fd00:1cb::100/128", "fd00:2::/127", "fe80::10/64"} {
+		h.subnets = append(h.subnets, netip.MustParsePrefix(p))
+		h.local[netip.MustParsePrefix(p).Addr()] = true
 	}
+	h.local[netip.MustParseAddr("127.0.0.1")], h.local[netip.IPv6Loopback()] = true, true
+	return h
+}
+
+// seed6 makes c the seed topology's IPv6 service.
+func seed6(c *config.Config) {
+	c.VIP = topology.SeedVIP6
+	c.Backends = []config.Backend{{Addr: topology.SeedH2v6, Weight: 1}, {Addr: topology.SeedH3v6, Weight: 1}}
 }
 
 // TestHostCheckAddrs: one line per case; an error or a warning must name
@@ -46,9 +53,22 @@ func TestHostCheckAddrs(t *testing.T) {
 		{"backend off-link", func(c *config.Config) { c.Backends[1].Addr = a("192.0.2.1") }, nil, nil},
 		{"VIP broadcast", func(c *config.Config) { c.VIP = a("10.0.0.255") }, []string{"VIP 10.0.0.255 is the broadcast address", "(--vip, ICMPLB_VIP)"}, nil},
 		{"SNAT network", func(c *config.Config) { c.SNAT = a("10.0.0.0") }, []string{"SNAT address 10.0.0.0 is the network address", "(--snat, ICMPLB_SNAT)"}, nil},
-		{"VIP on-link, not here", func(c *config.Config) { c.VIP = a("10.0.0.200") }, nil, []string{"VIP 10.0.0.200 is in eth0's subnet 10.0.0.0/24 but not an address of this host", "ip addr add 10.0.0.200/32 dev eth0"}},
+		{"VIP on-link, not here", func(c *config.Config) { c.VIP = a("10.0.0.200") }, nil, []string{"VIP 10.0.0.200 is in eth0's subnet 10.0.0.0/24 but not an address of this host", "find it by ARP", "ip addr add 10.0.0.200/32 dev eth0"}},
 		{"SNAT on-link, not here", func(c *config.Config) { c.SNAT = a("10.0.0.201") }, nil, []string{"SNAT address 10.0.0.201", "backends' replies", "ip addr add 10.0.0.201/32 dev eth0"}},
 		{"VIP routed here", func(c *config.Config) { c.VIP = a("192.0.2.100") }, nil, nil},
+
+		{"IPv6 seed", seed6, nil, nil},
+		{"backend subnet-router anycast", func(c *config.Config) { seed6(c); c.Backends[1].Addr = a("fd00:1cb::") },
+			[]string{"backend fd00:1cb:: is the subnet-router anycast address of fd00:1cb::/64 on eth0 (--backend, ICMPLB_BACKENDS)", "give a host's address"}, nil},
+		{"backend IPv6 is this host", func(c *config.Config) { seed6(c); c.Backends[1].Addr = a("fd00:1cb::10") },
+			[]string{"backend fd00:1cb::10 is an address of this host"}, nil},
+		{"backend on a /127", func(c *config.Config) { seed6(c); c.Backends[1].Addr = a("fd00:2::1") }, nil, nil},
+		{"backend IPv6 off-link", func(c *config.Config) { seed6(c); c.Backends[1].Addr = a("2001:db8::1") }, nil, nil},
+		{"SNAT subnet-router anycast", func(c *config.Config) { seed6(c); c.SNAT = a("fd00:1cb::") },
+			[]string{"SNAT address fd00:1cb:: is the subnet-router anycast address", "(--snat, ICMPLB_SNAT)"}, nil},
+		{"VIP IPv6 on-link, not here", func(c *config.Config) { seed6(c); c.VIP = a("fd00:1cb::200") }, nil,
+			[]string{"VIP fd00:1cb::200 is in eth0's subnet fd00:1cb::/64 but not an address of this host", "find it by NDP", "ip addr add fd00:1cb::200/128 dev eth0"}},
+		{"VIP IPv6 routed here", func(c *config.Config) { seed6(c); c.VIP = a("2001:db8::100") }, nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := seedConfig()
@@ -107,35 +127,63 @@ func TestHostCheckInNamespace(t *testing.T) {
 		!strings.Contains(log, "level=WARN") || !strings.Contains(log, "ip addr add 10.0.0.200/32 dev eth0") {
 		t.Errorf("VIP not on the balancer: error %v, log %q", err, log)
 	}
+	if log, err := check(seed6); err != nil || log != "" {
+		t.Errorf("IPv6 seed configuration: error %v, log %q", err, log)
+	}
+	if _, err := check(func(c *config.Config) { seed6(c); c.Backends[1].Addr = topology.SeedNet6.Addr() }); err == nil ||
+		!strings.Contains(err.Error(), "subnet-router anycast address of "+topology.SeedNet6.String()+" on eth0") {
+		t.Errorf("subnet-router anycast backend: error %v", err)
+	}
+	if _, err := check(func(c *config.Config) { seed6(c); c.Backends[1].Addr = topology.SeedLB6 }); err == nil ||
+		!strings.Contains(err.Error(), "address of this host") {
+		t.Errorf("the balancer's IPv6 address as backend: error %v", err)
+	}
+	if log, err := check(func(c *config.Config) { seed6(c); c.VIP = netip.MustParseAddr("fd00:1cb::200") }); err != nil ||
+		!strings.Contains(log, "level=WARN") || !strings.Contains(log, "ip addr add fd00:1cb::200/128 dev eth0") {
+		t.Errorf("IPv6 VIP not on the balancer: error %v, log %q", err, log)
+	}
 }
 
 // TestHostUnresolvedBackendWarns starts the balancer with a backend nobody
-// answers ARP for: it starts (backends may come up later) and names that
-// backend in a warning.
+// answers ARP (or NDP, for IPv6) for: it starts (backends may come up
+// later) and names that backend in a warning.
 func TestHostUnresolvedBackendWarns(t *testing.T) {
 	testenv.Privileged(t)
 	topo := topology.NewT(t, topology.Seed())
-	c := seedConfig()
-	c.Backends[1].Addr = netip.MustParseAddr("10.0.0.50")
-	var log bytes.Buffer
-	err := topo.InNS(topology.SeedBalancer, func() error {
-		b, err := New(c, slog.New(slog.NewTextHandler(&log, nil)))
-		if err != nil {
-			return err
-		}
-		return b.Close()
-	})
-	if err != nil {
-		t.Fatalf("New with one backend down: %v", err)
-	}
-	var warned string
-	for line := range strings.SplitSeq(log.String(), "\n") {
-		if strings.Contains(line, "did not answer ARP") {
-			warned += line + "\n"
-		}
-	}
-	if !strings.Contains(warned, "backend=10.0.0.50") || strings.Contains(warned, "backend=10.0.0.2 ") {
-		t.Errorf("want one warning naming 10.0.0.50 only; log:\n%s", log.String())
+	for _, tc := range []struct {
+		family, by string
+		set        func(*config.Config)
+		absent     netip.Addr
+	}{
+		{"IPv4", "ARP", func(*config.Config) {}, netip.MustParseAddr("10.0.0.50")},
+		{"IPv6", "NDP", seed6, netip.MustParseAddr("fd00:1cb::50")},
+	} {
+		t.Run(tc.family, func(t *testing.T) {
+			c := seedConfig()
+			tc.set(&c)
+			present := c.Backends[0].Addr
+			c.Backends[1].Addr = tc.absent
+			var log bytes.Buffer
+			err := topo.InNS(topology.SeedBalancer, func() error {
+				b, err := New(c, slog.New(slog.NewTextHandler(&log, nil)))
+				if err != nil {
+					return err
+				}
+				return b.Close()
+			})
+			if err != nil {
+				t.Fatalf("New with one backend down: %v", err)
+			}
+			var warned string
+			for line := range strings.SplitSeq(log.String(), "\n") {
+				if strings.Contains(line, "did not answer "+tc.by) {
+					warned += line + "\n"
+				}
+			}
+			if !strings.Contains(warned, "backend="+tc.absent.String()) || strings.Contains(warned, "backend="+present.String()+" ") {
+				t.Errorf("want one warning naming %s only; log:\n%s", tc.absent, log.String())
+			}
+		})
 	}
 }
 

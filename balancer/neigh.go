@@ -45,9 +45,20 @@ func (b *Balancer) resolveLocked(addrs []netip.Addr, timeout time.Duration) {
 }
 
 func (b *Balancer) neighbours() (map[netip.Addr]netlink.Neigh, error) {
-	neighs, err := netlink.NeighList(b.iface.Index, netlink.FAMILY_V4)
+	byIP, err := neighboursOf(b.iface.Index)
 	if err != nil {
 		return nil, fmt.Errorf("list neighbours of %s: %w", b.iface.Name, err)
+	}
+	return byIP, nil
+}
+
+// neighboursOf reads the ARP and the NDP entries of an interface in one
+// dump: a next hop is of either family, whatever its backend's (an IPv4
+// route may go via an IPv6 router).
+func neighboursOf(ifindex int) (map[netip.Addr]netlink.Neigh, error) {
+	neighs, err := netlink.NeighList(ifindex, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
 	}
 	byIP := make(map[netip.Addr]netlink.Neigh, len(neighs))
 	for _, n := range neighs {
@@ -56,6 +67,14 @@ func (b *Balancer) neighbours() (map[netip.Addr]netlink.Neigh, error) {
 		}
 	}
 	return byIP, nil
+}
+
+// neighFamily is the neighbour table addr is resolved in: ARP's or NDP's.
+func neighFamily(addr netip.Addr) int {
+	if addr.Unmap().Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
 }
 
 // refreshNeighbours reads the kernel's neighbour table for the interface,
@@ -128,18 +147,23 @@ func (b *Balancer) refreshLocked(byIP map[netip.Addr]netlink.Neigh, only []netip
 }
 
 // solicit makes the kernel resolve addr as if it had a packet for it
-// (NTF_USE), without adding a permanent entry to the neighbour table.
+// (NTF_USE: an ARP request or an NDP neighbour solicitation), without
+// adding a permanent entry to the neighbour table.
 func (b *Balancer) solicit(addr netip.Addr) error {
-	err := netlink.NeighSet(&netlink.Neigh{
-		LinkIndex: b.iface.Index,
-		Family:    netlink.FAMILY_V4,
-		IP:        addr.AsSlice(),
-		Flags:     netlink.NTF_USE,
-	})
-	if err != nil {
+	if err := solicitOn(b.iface.Index, addr); err != nil {
 		return fmt.Errorf("resolve neighbour %s on %s: %w", addr, b.iface.Name, err)
 	}
 	return nil
+}
+
+func solicitOn(ifindex int, addr netip.Addr) error {
+	addr = addr.Unmap()
+	return netlink.NeighSet(&netlink.Neigh{
+		LinkIndex: ifindex,
+		Family:    neighFamily(addr),
+		IP:        addr.AsSlice(),
+		Flags:     netlink.NTF_USE,
+	})
 }
 
 func neighState(n netlink.Neigh, found bool) string {

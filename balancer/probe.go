@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/bpf"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 
 	ebpf "github.com/icmplb/icmplb/bpf"
 	"github.com/icmplb/icmplb/config"
@@ -32,14 +33,15 @@ const probeID = int(ebpf.IcmplbLayoutPROBE_ECHO_ID)
 // for it without seeing the probe.
 const probeToken = 16
 
-// prober pings backends from the agent's own raw ICMP socket: one sender
-// per (service, backend), one reader for all replies.
+// prober pings backends from the agent's own raw ICMP sockets, one per
+// family that has probed backends: one sender per (service, backend), one
+// reader per socket.
 type prober struct {
-	conn   *icmp.PacketConn
 	result func(k slotKey, ok bool, rtt time.Duration)
 
-	wg      sync.WaitGroup // the reader and the senders
+	wg      sync.WaitGroup // the readers and the senders
 	mu      sync.Mutex
+	conns   map[*probeFamily]*icmp.PacketConn // opened by open, guarded by mu
 	seq     uint16
 	pending map[uint16]*probeReq
 	targets map[slotKey]probeTarget
@@ -57,43 +59,120 @@ type probeTarget struct {
 	stop context.CancelFunc
 }
 
-// newProber opens the raw socket (it needs CAP_NET_RAW) and reports each
-// probe's outcome to result.
-func newProber(result func(k slotKey, ok bool, rtt time.Duration)) (*prober, error) {
-	conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+// probeFamily is what differs between ICMPv4 and ICMPv6 probes; the
+// probes' id, data and metrics are the same.
+type probeFamily struct {
+	name            string
+	network, listen string // of icmp.ListenPacket
+	proto           int    // of icmp.ParseMessage
+	request, reply  icmp.Type
+	// filter keeps the probes' echo replies; its program's offsets
+	// depend on what the socket delivers (see probeFilter4, probeFilter6).
+	filter []bpf.Instruction
+}
+
+var (
+	probeV4 = &probeFamily{name: "ICMP", network: "ip4:icmp", listen: "0.0.0.0", proto: 1,
+		request: ipv4.ICMPTypeEcho, reply: ipv4.ICMPTypeEchoReply, filter: probeFilter4}
+	// The kernel fills in the ICMPv6 checksum (with its pseudo-header) of
+	// whatever a raw ICMPv6 socket sends, so requests are sent without.
+	probeV6 = &probeFamily{name: "ICMPv6", network: "ip6:ipv6-icmp", listen: "::", proto: 58,
+		request: ipv6.ICMPTypeEchoRequest, reply: ipv6.ICMPTypeEchoReply, filter: probeFilter6}
+)
+
+func probeFamilyOf(a netip.Addr) *probeFamily {
+	if a.Unmap().Is4() {
+		return probeV4
+	}
+	return probeV6
+}
+
+// newProber makes a prober without sockets: open adds them. It reports
+// each probe's outcome to result.
+func newProber(result func(k slotKey, ok bool, rtt time.Duration)) *prober {
+	return &prober{result: result, conns: map[*probeFamily]*icmp.PacketConn{},
+		pending: map[uint16]*probeReq{}, targets: map[slotKey]probeTarget{}}
+}
+
+// open opens the raw socket (it needs CAP_NET_RAW) that probes addresses
+// of a's family, unless it is open. Only families in use get one: a host
+// booted with ipv6.disable=1 cannot open an ICMPv6 socket, and an IPv4-only
+// agent must run there.
+func (p *prober) open(a netip.Addr) error {
+	f := probeFamilyOf(a)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns[f] != nil {
+		return nil
+	}
+	conn, err := icmp.ListenPacket(f.network, f.listen)
 	if err != nil {
-		return nil, fmt.Errorf("open the probe socket (raw ICMP needs CAP_NET_RAW; or disable probes with %s 0): %w",
-			"--probe.interval", err)
+		return fmt.Errorf("open the %s probe socket (raw %s needs CAP_NET_RAW; or disable probes with %s 0): %w",
+			f.name, f.name, "--probe.interval", err)
 	}
 	// A raw ICMP socket gets a copy of every ICMP message to this host: a
 	// flood of them would bury the probes' replies in its queue. The
 	// kernel keeps only echo replies with the probes' id.
-	if err := conn.IPv4PacketConn().SetBPF(probeFilter); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("filter the probe socket: %w", err)
+	raw, err := bpf.Assemble(f.filter)
+	if err == nil {
+		if f == probeV4 {
+			err = conn.IPv4PacketConn().SetBPF(raw)
+		} else {
+			err = conn.IPv6PacketConn().SetBPF(raw)
+		}
 	}
-	p := &prober{conn: conn, result: result, pending: map[uint16]*probeReq{}, targets: map[slotKey]probeTarget{}}
-	p.wg.Go(p.read)
-	return p, nil
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("filter the %s probe socket: %w", f.name, err)
+	}
+	p.conns[f] = conn
+	p.wg.Go(func() { p.read(conn, f) })
+	return nil
 }
 
-// probeFilter accepts ICMP echo replies (type 0) with the probes' echo id;
-// the socket sees each from its IPv4 header on.
-var probeFilter = func() []bpf.RawInstruction {
-	raw, err := bpf.Assemble([]bpf.Instruction{
-		bpf.LoadMemShift{Off: 0},                                              // X = IPv4 header length
-		bpf.LoadIndirect{Off: 0, Size: 1},                                     // ICMP type
-		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: 0, SkipTrue: 3},               // not an echo reply
-		bpf.LoadIndirect{Off: 4, Size: 2},                                     // echo id
-		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(probeID), SkipTrue: 1}, // not a probe's
-		bpf.RetConstant{Val: 0xffff},
-		bpf.RetConstant{Val: 0},
-	})
-	if err != nil {
-		panic(fmt.Sprintf("probe filter: %v", err)) // fixed program: a bug
+// probeFilter4 accepts ICMP echo replies (type 0) with the probes' echo id;
+// a raw IPv4 socket sees each from its IPv4 header on.
+var probeFilter4 = []bpf.Instruction{
+	bpf.LoadMemShift{Off: 0},                                              // X = IPv4 header length
+	bpf.LoadIndirect{Off: 0, Size: 1},                                     // ICMP type
+	bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: 0, SkipTrue: 3},               // not an echo reply
+	bpf.LoadIndirect{Off: 4, Size: 2},                                     // echo id
+	bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(probeID), SkipTrue: 1}, // not a probe's
+	bpf.RetConstant{Val: 0xffff},
+	bpf.RetConstant{Val: 0},
+}
+
+// probeFilter6 accepts ICMPv6 echo replies (type 129) with the probes' echo
+// id. A raw IPv6 socket sees each from its ICMPv6 header on: the kernel has
+// pulled the IPv6 header and any extension headers before raw delivery.
+var probeFilter6 = []bpf.Instruction{
+	bpf.LoadAbsolute{Off: 0, Size: 1}, // ICMPv6 type
+	bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(ipv6.ICMPTypeEchoReply), SkipTrue: 3},
+	bpf.LoadAbsolute{Off: 4, Size: 2},                                     // echo id
+	bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(probeID), SkipTrue: 1}, // not a probe's
+	bpf.RetConstant{Val: 0xffff},
+	bpf.RetConstant{Val: 0},
+}
+
+// echoRequest is a probe: the probes' id, seq, and the token as data.
+func (f *probeFamily) echoRequest(seq uint16, token []byte) ([]byte, error) {
+	msg := icmp.Message{Type: f.request, Body: &icmp.Echo{ID: probeID, Seq: int(seq), Data: token}}
+	return msg.Marshal(nil)
+}
+
+// echoReply reads a probe's reply from what the socket gave: ok is false
+// for anything else.
+func (f *probeFamily) echoReply(b []byte) (seq uint16, data []byte, ok bool) {
+	m, err := icmp.ParseMessage(f.proto, b)
+	if err != nil || m.Type != f.reply {
+		return 0, nil, false
 	}
-	return raw
-}()
+	echo, isEcho := m.Body.(*icmp.Echo)
+	if !isEcho || echo.ID != probeID {
+		return 0, nil, false
+	}
+	return uint16(echo.Seq), echo.Data, true
+}
 
 // set makes targets the probed backends: new ones start, gone ones stop,
 // and one whose settings changed restarts.
@@ -119,7 +198,11 @@ func (p *prober) set(targets map[slotKey]config.Probe) {
 // close stops every probe and waits until none can report any more.
 func (p *prober) close() {
 	p.set(nil)
-	p.conn.Close()
+	p.mu.Lock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
 	p.wg.Wait()
 }
 
@@ -159,13 +242,19 @@ func (p *prober) probe(ctx context.Context, to netip.Addr, timeout time.Duration
 		delete(p.pending, seq)
 		p.mu.Unlock()
 	}()
-	msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: probeID, Seq: int(seq), Data: r.token[:]}}
-	b, err := msg.Marshal(nil)
+	f := probeFamilyOf(to)
+	p.mu.Lock()
+	conn := p.conns[f]
+	p.mu.Unlock()
+	if conn == nil {
+		return 0, fmt.Errorf("no %s probe socket for %s", f.name, to)
+	}
+	b, err := f.echoRequest(seq, r.token[:])
 	if err != nil {
 		return 0, err
 	}
 	r.sent = time.Now()
-	if _, err := p.conn.WriteTo(b, &net.IPAddr{IP: to.AsSlice()}); err != nil {
+	if _, err := conn.WriteTo(b, &net.IPAddr{IP: to.AsSlice()}); err != nil {
 		return 0, err
 	}
 	select {
@@ -178,12 +267,13 @@ func (p *prober) probe(ctx context.Context, to netip.Addr, timeout time.Duration
 	}
 }
 
-// read hands each probe reply to its waiting probe. Everything else the
-// raw socket sees (every ICMP message to this host) is ignored.
-func (p *prober) read() {
+// read hands each probe reply that conn receives to its waiting probe.
+// Everything else the raw socket sees (every message of its family to this
+// host that the filter let through) is ignored.
+func (p *prober) read(conn *icmp.PacketConn, f *probeFamily) {
 	buf := make([]byte, 1500)
 	for {
-		n, peer, err := p.conn.ReadFrom(buf)
+		n, peer, err := conn.ReadFrom(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -191,12 +281,8 @@ func (p *prober) read() {
 			continue
 		}
 		at := time.Now()
-		m, err := icmp.ParseMessage(1, buf[:n])
-		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
-			continue
-		}
-		echo, ok := m.Body.(*icmp.Echo)
-		if !ok || echo.ID != probeID {
+		seq, data, ok := f.echoReply(buf[:n])
+		if !ok {
 			continue
 		}
 		from, ok := netip.AddrFromSlice(peer.(*net.IPAddr).IP)
@@ -204,9 +290,9 @@ func (p *prober) read() {
 			continue
 		}
 		p.mu.Lock()
-		r := p.pending[uint16(echo.Seq)]
-		if r != nil && r.to == from.Unmap() && bytes.Equal(echo.Data, r.token[:]) {
-			delete(p.pending, uint16(echo.Seq))
+		r := p.pending[seq]
+		if r != nil && r.to == from.Unmap() && bytes.Equal(data, r.token[:]) {
+			delete(p.pending, seq)
 			r.done <- at.Sub(r.sent)
 		}
 		p.mu.Unlock()

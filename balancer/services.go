@@ -134,18 +134,19 @@ func (b *Balancer) apply(svcs []config.Service, resolve time.Duration) error {
 		usedTables[next] = true
 	}
 
-	// The probe socket is the last thing that can be refused (it needs
-	// CAP_NET_RAW): open it before anything changes.
-	if b.prober == nil {
-		for _, svc := range svcs {
-			if svc.Probe.Interval > 0 {
-				p, err := newProber(func(k slotKey, ok bool, rtt time.Duration) { b.probeResult(k, ok, rtt) })
-				if err != nil {
-					return err
-				}
-				b.prober = p
-				break
-			}
+	// The probe sockets are the last thing that can be refused (they need
+	// CAP_NET_RAW): open those of the probed services' families before
+	// anything changes. A socket stays open once opened: a reload that
+	// brings its family back then cannot fail on it.
+	for _, svc := range svcs {
+		if svc.Probe.Interval == 0 {
+			continue
+		}
+		if b.prober == nil {
+			b.prober = newProber(func(k slotKey, ok bool, rtt time.Duration) { b.probeResult(k, ok, rtt) })
+		}
+		if err := b.prober.open(svc.VIP); err != nil {
+			return err
 		}
 	}
 
@@ -289,6 +290,13 @@ func (b *Balancer) route(addr netip.Addr) (netip.Addr, error) {
 	}
 	if gw, ok := netip.AddrFromSlice(r.Gw); ok && gw.Unmap().IsValid() && !gw.IsUnspecified() {
 		return gw.Unmap(), nil
+	}
+	// An IPv4 route via an IPv6 router (RFC 8950, `via inet6`) names its
+	// gateway in RTA_VIA instead: the MAC is that router's, found by NDP.
+	if v, ok := r.Via.(*netlink.Via); ok {
+		if gw, ok := netip.AddrFromSlice(v.Addr); ok && !gw.IsUnspecified() {
+			return gw.Unmap(), nil
+		}
 	}
 	return addr, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,7 +55,8 @@ func loaded(t *testing.T, maglevSize int) *Balancer {
 func know(b *Balancer, svcs ...config.Service) {
 	for _, s := range svcs {
 		for _, x := range s.Backends {
-			b.hosts[x.Addr] = &backendState{nextHop: x.Addr, up: true, mac: []byte{2, 0, 0, 0, 0, x.Addr.As4()[3]}}
+			ip := x.Addr.AsSlice()
+			b.hosts[x.Addr] = &backendState{nextHop: x.Addr, up: true, mac: []byte{2, 0, 0, 0, 0, ip[len(ip)-1]}}
 		}
 	}
 }
@@ -149,6 +151,45 @@ func TestApplyServicesShareABackend(t *testing.T) {
 	}
 	if len(snap.Services) != 2 || len(snap.Backends) != 3 || snap.Backends[2].Weight != 3 {
 		t.Errorf("snapshot: %d services, backends %+v", len(snap.Services), snap.Backends)
+	}
+}
+
+// An IPv4 and an IPv6 service side by side: each table points only at its
+// own family's backends, whose slots hold their addresses and VIP
+// unchanged, and both families' SNAT and front addresses reach the maps.
+func TestApplyDualStack(t *testing.T) {
+	vip6, snat6 := netip.MustParseAddr("fd00:1cb::100"), netip.MustParseAddr("fd00:1cb::101")
+	be6X, be6Y := netip.MustParseAddr("fd00:1cb::2"), netip.MustParseAddr("fd00:1cb::3")
+	b := newServices(t, svc(vipA, vipA, be(beX, 1)), svc(vip6, snat6, be(be6X, 1), be(be6Y, 1)))
+	if len(b.slots) != 3 {
+		t.Fatalf("%d slots, want 3", len(b.slots))
+	}
+	a, _ := kernelTable(t, b, vipA)
+	if c := sharesOf(a); c[slotKey{vipA, beX}] != len(a) {
+		t.Errorf("table of %s: %v, want every slot on %s", vipA, c, beX)
+	}
+	t6, _ := kernelTable(t, b, vip6)
+	c := sharesOf(t6)
+	if x, y := c[slotKey{vip6, be6X}], c[slotKey{vip6, be6Y}]; x+y != len(t6) || x == 0 || y == 0 {
+		t.Errorf("table of %s: %v, want it shared by %s and %s only", vip6, c, be6X, be6Y)
+	}
+	for _, snat := range []netip.Addr{vipA, snat6} {
+		var n uint32
+		if err := b.objs.SnatAddrs.Lookup(bpf.Addr(snat), &n); err != nil || n != 1 {
+			t.Errorf("snat_addrs[%s] = %d, %v; want 1", snat, n, err)
+		}
+	}
+	requireDenied(t, b, map[netip.Addr]bool{vipA: true, vip6: true, snat6: true, be6X: false})
+	snap, err := b.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vips []string
+	for _, s := range snap.Services {
+		vips = append(vips, s.VIP.String())
+	}
+	if !slices.Equal(vips, []string{"10.0.0.100", "fd00:1cb::100"}) || len(snap.Backends) != 3 {
+		t.Errorf("snapshot: VIPs %v, %d backends; want 10.0.0.100 and fd00:1cb::100, 3 backends", vips, len(snap.Backends))
 	}
 }
 

@@ -261,6 +261,88 @@ func BenchmarkPath(b *testing.B) {
 				sendReq(2*p + 3)
 			})
 	})
+	// The IPv6 paths, timed alike: a request of a known session, a new
+	// session, a matched reply and an error.
+	cfg6 := cfg
+	cfg6.VIP, cfg6.SNAT = vip6, vip6
+	ready6 := func(b *testing.B, c testCfg) *harness {
+		h := newHarness(b, c)
+		h.setBackend(b, backend6A, backendReady)
+		h.pointMaglev(b, backend6A.idx)
+		return h
+	}
+	seqReq6 := func(i uint32) packet6 { return echoRequest6(client6a, hop1MAC, 7, uint16(i)) }
+	natOf6 := func(out []byte) uint16 { return binary.BigEndian.Uint16(out[14+40+4:]) }
+	b.Run("request_new_session_v6", func(b *testing.B) {
+		fresh := cfg6
+		fresh.NATIdle = time.Nanosecond
+		fresh.LossTimeout = time.Nanosecond
+		h := ready6(b, fresh)
+		frame := func(i uint32) []byte {
+			// A new client every time, in a prefix of its own.
+			c := client6b.As16()
+			c[12], c[13], c[14], c[15] = 0x40, byte(i>>16), byte(i>>8), byte(i)
+			return echoRequest6(netip.AddrFrom16(c), hop1MAC, 1, 1).frame()
+		}
+		bench(b, h, frame, xdpTX, IcmplbReasonREASON_REQUEST_FORWARDED, func(p uint32) {
+			if p%512 == 511 {
+				h.sweep(b)
+			}
+		})
+	})
+	b.Run("request_known_session_v6", func(b *testing.B) {
+		h := ready6(b, cfg6)
+		natID := h.natID(b, backend6A.idx, h.pools[backend6A.idx].Next)
+		bench(b, h, func(i uint32) []byte { return seqReq6(i).frame() }, xdpTX, IcmplbReasonREASON_REQUEST_FORWARDED,
+			func(p uint32) {
+				for i := 2 * p; i < 2*p+2; i++ {
+					if v, _ := h.runRaw(b, replyTo6(seqReq6(i), backend6A, vip6, natID).frame()); v != xdpTX {
+						b.Fatalf("reply %d: verdict %d", i, v)
+					}
+				}
+			})
+	})
+	b.Run("reply_matched_v6", func(b *testing.B) {
+		h := ready6(b, cfg6)
+		var natID uint16
+		sendReq := func(i uint32) {
+			v, out := h.runRaw(b, seqReq6(i).frame())
+			if v != xdpTX {
+				b.Fatalf("request %d: verdict %d", i, v)
+			}
+			natID = natOf6(out)
+		}
+		sendReq(0)
+		sendReq(1)
+		bench(b, h, func(i uint32) []byte { return replyTo6(seqReq6(i), backend6A, vip6, natID).frame() }, xdpTX,
+			IcmplbReasonREASON_REPLY_RETURNED, func(p uint32) {
+				sendReq(2*p + 2)
+				sendReq(2*p + 3)
+			})
+	})
+	b.Run("error_returned_v6", func(b *testing.B) {
+		h := ready6(b, cfg6)
+		var natID uint16
+		sendReq := func(i uint32) {
+			v, out := h.runRaw(b, seqReq6(i).frame())
+			if v != xdpTX {
+				b.Fatalf("request %d: verdict %d", i, v)
+			}
+			natID = natOf6(out)
+		}
+		sendReq(0)
+		sendReq(1)
+		errFrame := func(i uint32) []byte {
+			fw := seqReq6(i)
+			fw.ethSrc, fw.ethDst = fw.ethDst, backend6A.mac
+			fw.src, fw.dst, fw.echoID = vip6, backend6A.addr, natID
+			return h.icmp6ErrorAbout(fw.frame(), 1, 3, 0, 1232).frame()
+		}
+		bench(b, h, errFrame, xdpTX, IcmplbReasonREASON_ERROR_RETURNED, func(p uint32) {
+			sendReq(2*p + 2)
+			sendReq(2*p + 3)
+		})
+	})
 	// The reply paths below leave the map as they find it.
 	inFlight := func(b *testing.B, h *harness) (packet, uint16) {
 		req := echoRequest(client1, hop1MAC, 7, 1)

@@ -35,7 +35,7 @@ func newWire(t *testing.T, h *harness, mtu int) *wire {
 	}})
 	lb := topo.Host("lb")
 	// Without IPv6, no router solicitation or MLD report of the new links
-	// reaches the program in the middle of an exchange (not_ipv4 +1).
+	// reaches the program in the middle of an exchange (not_unicast or not_echo +1).
 	for _, run := range []func(string, ...string) (string, error){
 		func(n string, a ...string) (string, error) { return topo.Run("lb", n, a...) }, topo.SwitchRun} {
 		if out, err := run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"); err != nil {

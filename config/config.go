@@ -94,12 +94,12 @@ type Config struct {
 // the rest of Config is per agent.
 type Service struct {
 	// VIP is the virtual address clients ping.
-	VIP netip.Addr `name:"vip" env:"ICMPLB_VIP" help:"Virtual IPv4 address clients ping (required unless --config.file is given)."`
+	VIP netip.Addr `name:"vip" env:"ICMPLB_VIP" help:"Virtual IPv4 or IPv6 address clients ping (required unless --config.file is given)."`
 	// Backends are the hosts echo requests are spread over.
-	Backends []Backend `name:"backend" env:"ICMPLB_BACKENDS" sep:"," help:"Backend IPv4 address, weight 1 (repeat the flag; comma-separated in the env var)."`
+	Backends []Backend `name:"backend" env:"ICMPLB_BACKENDS" sep:"," help:"Backend IPv4 or IPv6 address, of the VIP's family, weight 1 (repeat the flag; comma-separated in the env var)."`
 	// SNAT is the source address of requests sent to backends; the zero
 	// value means the VIP (see WithDefaults).
-	SNAT netip.Addr `name:"snat" env:"ICMPLB_SNAT" help:"Source address of requests sent to backends (default: the VIP)."`
+	SNAT netip.Addr `name:"snat" env:"ICMPLB_SNAT" help:"Source address of requests sent to backends, of the VIP's family (default: the VIP)."`
 	// Outlier and Probe judge the backends' health; AllDown says what
 	// happens when none is healthy. With --config.file, the flags are the
 	// defaults of every service of the file.
@@ -196,11 +196,12 @@ const (
 	// a few hundred entries evicts live sessions long before it is full.
 	MinMapSize = 1024
 	// MaxMapSize bounds the conntrack and in-flight maps. Their entries are
-	// preallocated when the agent starts, ~90-100 bytes each (88 and 104
-	// bytes per entry of ct_fwd and ct_rev by the kernel's memlock count),
-	// so 2^24 entries are ~1.5 GiB per map. Measured on a 2-core machine
-	// with all three maps at 2^24: 4.4 GiB, attached after 14 s, stopped in
-	// under 2 s; at 2^25 the start took 35 s, and the issue's 10^8 (~10 GiB
+	// preallocated when the agent starts: 160 bytes an entry of ct_fwd and
+	// of the in-flight map, 272 of ct_rev by the kernel's memlock count
+	// (addresses of both families in 16 bytes), so 2^24 entries are 2.5 to
+	// 4.25 GiB per map. Measured on a 2-core machine with all three maps at
+	// 2^24, when entries were about 100 bytes: 4.4 GiB, attached after 14
+	// s, stopped in under 2 s; at 2^25 the start took 35 s, and the issue's 10^8 (~10 GiB
 	// a map) took 77 s to stop. 2^24 sessions are also every NAT id of 256
 	// backends, beyond any real need.
 	MaxMapSize = 1 << 24

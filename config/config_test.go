@@ -76,7 +76,12 @@ func TestConfigValidate(t *testing.T) {
 		{"backend 0/8", func(c *Config) { c.Backends[1].Addr = netip.MustParseAddr("0.1.2.3") }, []string{"backend 0.1.2.3 is not a unicast host address (--backend, ICMPLB_BACKENDS)"}},
 		{"backend limited broadcast", func(c *Config) { c.Backends[1].Addr = netip.MustParseAddr("255.255.255.255") }, []string{"not a unicast"}},
 		{"backend class E", func(c *Config) { c.Backends[1].Addr = netip.MustParseAddr("240.0.0.1") }, []string{"not a unicast"}},
-		{"VIP IPv6", func(c *Config) { c.VIP = netip.MustParseAddr("::1") }, []string{"VIP ::1 is not an IPv4 address (--vip, ICMPLB_VIP)"}},
+		{"VIP loopback IPv6", func(c *Config) { c.VIP = netip.MustParseAddr("::1") }, []string{"VIP ::1 is not a unicast host address (--vip, ICMPLB_VIP)"}},
+		{"VIP IPv6, backends IPv4", func(c *Config) { c.VIP = netip.MustParseAddr("2001:db8::100") }, []string{"backend 10.0.0.2 is IPv4, the VIP 2001:db8::100 is IPv6 (--backend, ICMPLB_BACKENDS); a service is one family"}},
+		{"SNAT IPv6, VIP IPv4", func(c *Config) { c.SNAT = netip.MustParseAddr("2001:db8::101") }, []string{"SNAT address 2001:db8::101 is IPv6, the VIP 10.0.0.100 is IPv4 (--snat, ICMPLB_SNAT)"}},
+		{"backend link-local", func(c *Config) {
+			c.VIP, c.Backends = netip.MustParseAddr("2001:db8::100"), backends("2001:db8::2", "fe80::3")
+		}, []string{"backend fe80::3 is link-local (--backend, ICMPLB_BACKENDS)"}},
 		{"SNAT multicast", func(c *Config) { c.SNAT = netip.MustParseAddr("224.0.0.1") }, []string{"SNAT address 224.0.0.1", "--snat, ICMPLB_SNAT"}},
 
 		{"outlier window 1s", func(c *Config) { c.Outlier.Window = time.Second }, []string{"--outlier.window 1s (ICMPLB_OUTLIER_WINDOW): must be 2s..300s"}},

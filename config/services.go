@@ -21,7 +21,7 @@ import (
 // interfaces:
 //
 //	services:
-//	  - vip: 10.0.0.100
+//	  - vip: 10.0.0.100       # IPv4 or IPv6; a service is one family
 //	    snat: 10.0.0.101      # optional, default the VIP
 //	    backends:
 //	      - 10.0.0.2          # weight 1
@@ -415,10 +415,13 @@ func validateServices(svcs []Service, fromFile bool) error {
 
 // validate checks one service with its defaults applied.
 func (s Service) validate(w where) error {
-	if err := unicastV4(w, "vip", "VIP", SetVIP, s.VIP); err != nil {
+	if err := unicast(w, "vip", "VIP", SetVIP, s.VIP); err != nil {
 		return err
 	}
-	if err := unicastV4(w, "snat", "SNAT address", SetSNAT, s.SNAT); err != nil {
+	if err := unicast(w, "snat", "SNAT address", SetSNAT, s.SNAT); err != nil {
+		return err
+	}
+	if err := sameFamily(w, "snat", "SNAT address", SetSNAT, s.SNAT, s.VIP, "give one of the VIP's family, or none (the VIP)"); err != nil {
 		return err
 	}
 	if len(s.Backends) == 0 {
@@ -433,7 +436,10 @@ func (s Service) validate(w where) error {
 	seen := make(map[netip.Addr]bool, len(s.Backends))
 	for i, b := range s.Backends {
 		field := fmt.Sprintf("backends[%d]", i)
-		if err := unicastV4(w, field, "backend", SetBackend, b.Addr); err != nil {
+		if err := unicast(w, field, "backend", SetBackend, b.Addr); err != nil {
+			return err
+		}
+		if err := sameFamily(w, field, "backend", SetBackend, b.Addr, s.VIP, "balance it under a VIP of its family, in a service of its own"); err != nil {
 			return err
 		}
 		if b.Weight < 0 || b.Weight > MaxWeight {
@@ -507,21 +513,51 @@ func (s Service) validateP99(w where, lossTimeout time.Duration) error {
 		fmtDuration(MinOutlierMaxP99RTT), setLossTimeout.Flag, fmtDuration(lossTimeout))
 }
 
-func unicastV4(w where, field, what string, s Setting, a netip.Addr) error {
+// unicast refuses an address that cannot be one routable host: IPv4 or
+// IPv6, as the data plane balances both.
+func unicast(w where, field, what string, s Setting, a netip.Addr) error {
 	switch {
 	case !a.IsValid():
 		if w.file {
 			return w.errorf(field, what, s, "missing")
 		}
 		return fmt.Errorf("no %s given: set %s (%s)", what, s.Flag, s.Env)
-	case !a.Is4():
-		return w.errorf(field, what, s, "%s is not an IPv4 address; icmplb balances ICMPv4 echo", a)
+	// A zone scopes an address to one link of this host: the data plane
+	// keeps none, and no routable address needs one.
+	case a.Zone() != "":
+		return w.errorf(field, what, s, "%s has a zone; give the address without %%%s", a, a.Zone())
+	// The data plane keeps IPv4 as ::ffff:a.b.c.d: written so, the
+	// address would be IPv4 to it and IPv6 to every check here.
+	case a.Is4In6():
+		return w.errorf(field, what, s, "%s is an IPv4-mapped IPv6 address; write it as IPv4: %s", a, a.Unmap())
+	case a.IsUnspecified(), a.IsMulticast(), a.IsLoopback():
+		return w.errorf(field, what, s, "%s is not a unicast host address", a)
 	// 0/8 is "this network", 240/4 reserved and 255.255.255.255 the
 	// limited broadcast: the data plane refuses them as sources too.
-	case a.IsUnspecified(), a.IsMulticast(), a.IsLoopback(), a.As4()[0] == 0, a.As4()[0] >= 240:
+	case a.Is4() && (a.As4()[0] == 0 || a.As4()[0] >= 240):
 		return w.errorf(field, what, s, "%s is not a unicast host address", a)
+	// fe80::/10 exists on every link at once: which link a packet to it
+	// takes is the sender's choice, and a router never forwards it.
+	case a.Is6() && a.IsLinkLocalUnicast():
+		return w.errorf(field, what, s, "%s is link-local; give a routable (global or unique local) address", a)
 	}
 	return nil
+}
+
+// sameFamily refuses an address of another family than the service's VIP:
+// the data plane translates ICMPv4 to ICMPv4 and ICMPv6 to ICMPv6 only.
+func sameFamily(w where, field, what string, s Setting, a, vip netip.Addr, fix string) error {
+	if a.Is4() == vip.Is4() {
+		return nil
+	}
+	return w.errorf(field, what, s, "%s is %s, the VIP %s is %s; a service is one family: %s", a, family(a), vip, family(vip), fix)
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // Reload reads the services file again: the new configuration, or an error

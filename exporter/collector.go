@@ -78,7 +78,7 @@ func NewCollector(src Source, tracer *Tracer, version string) *Collector {
 		up:            d("icmplb_backend_up", "1 while the backend's next hop is resolved, else 0 (then it takes no new session). A draining backend (icmplb_backend_weight 0) may be up.", bl...),
 		weight:        d("icmplb_backend_weight", "The backend's configured share of the service's new sessions; 0 while it drains (weight 0, or removed by a reload until its sessions end).", bl...),
 		sessions:      d("icmplb_backend_sessions", "Ping sessions of the service on the backend: clients heard from within the NAT idle time.", bl...),
-		state:         d("icmplb_backend_state", "1 for the backend's state, 0 for the others: up (takes new sessions), draining (weight 0 or removed), ejected (loss or latency too high), probe_failed (the agent's probes failed), unresolved (no ARP answer).", append(bl, "state")...),
+		state:         d("icmplb_backend_state", "1 for the backend's state, 0 for the others: up (takes new sessions), draining (weight 0 or removed), ejected (loss or latency too high), probe_failed (the agent's probes failed), unresolved (no ARP or NDP answer).", append(bl, "state")...),
 		ejections:     d("icmplb_backend_ejections_total", "Times the backend was taken out of its service for its health, by reason: loss, latency (outlier ejection) or probe (probes failed).", append(bl, "reason")...),
 		moved:         d("icmplb_backend_sessions_moved_total", "Running sessions moved off the backend to another one because it left the service's pool (ejected, probes failed, next hop lost).", bl...),
 		allDown:       d("icmplb_service_all_down", "1 while no backend of the service is healthy, so that its --all-down mode (fail-open or pass) is in effect.", "vip"),

@@ -56,7 +56,7 @@ func bucketOf(h *telemetry.Histogram, d time.Duration) int {
 var testVerdicts = []telemetry.Verdict{
 	{Verdict: "tx", Reason: "request_forwarded"},
 	{Verdict: "tx", Reason: "reply_returned"},
-	{Verdict: "pass", Reason: "not_ipv4"},
+	{Verdict: "pass", Reason: "not_ip"},
 	{Verdict: "pass", Reason: "nat_exhausted", BalancerLoss: true},
 	{Verdict: "drop", Reason: "inflight_full", BalancerLoss: true},
 }

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 
 // Command icmplb-demo builds the seed topology in network namespaces, runs the
-// icmplb agent on the balancer host, pings the VIP from two clients and
-// shows what the agent measured. `make demo` runs it; it needs root.
+// icmplb agent on the balancer host with an IPv4 and an IPv6 service, pings
+// both VIPs from two clients and shows what the agent measured. `make demo`
+// runs it; it needs root.
 package main
 
 import (
@@ -13,9 +14,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,7 +66,7 @@ func run(bin string) error {
 	step("seed topology: bridge in %s", topo.SwitchNS)
 	for _, name := range topo.HostNames() {
 		h := topo.Host(name)
-		fmt.Printf("  %-3s %-16s %-14s %s\n", name, h.NS, h.Addr, h.MAC)
+		fmt.Printf("  %-3s %-16s %-14s %-17s %s\n", name, h.NS, h.Addr, h.Addr6, h.MAC)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -85,7 +88,12 @@ func run(bin string) error {
 	go slow.Serve()
 	defer slow.Close()
 
-	agent, attached, err := startAgent(topo, bin)
+	dir, err := os.MkdirTemp("", "icmplb-demo")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	agent, attached, err := startAgent(topo, bin, dir)
 	if err != nil {
 		return err
 	}
@@ -127,6 +135,26 @@ func run(bin string) error {
 	}
 	wg.Wait()
 	fmt.Printf("  %d of %d echo requests answered from the VIP\n", answered, sent)
+
+	step("h1 and h4 ping the IPv6 VIP %s with the same identifiers, at the same time", topology.SeedVIP6)
+	answered, sent = 0, 0
+	for _, client := range []string{topology.SeedClient, topology.SeedClient2} {
+		for i := 0; i < 16; i++ {
+			id := 4242 + i
+			wg.Go(func() {
+				out, _ := topo.Run(client, "ping", "-6", "-e", strconv.Itoa(id), "-c", "25", "-i", "0.02", "-W", "1", topology.SeedVIP6.String())
+				mu.Lock()
+				defer mu.Unlock()
+				sent += 25
+				answered += strings.Count(out, "bytes from "+topology.SeedVIP6.String()+":")
+			})
+		}
+	}
+	wg.Wait()
+	fmt.Printf("  %d of %d ICMPv6 echo requests answered from the VIP\n", answered, sent)
+	if answered == 0 {
+		return fmt.Errorf("no ICMPv6 echo request to %s was answered", topology.SeedVIP6)
+	}
 
 	step("waiting for the loss timeout (1s) so that unanswered requests count as lost")
 	time.Sleep(2500 * time.Millisecond)
@@ -273,20 +301,25 @@ func showMetrics(topo *topology.Topology, slow *responder.Responder) error {
 		return nil
 	}
 	step("per backend, as measured by the balancer")
-	fmt.Printf("  %-9s %-28s %8s %8s %6s %7s %9s %9s\n", "backend", "answers as", "requests", "replies", "lost", "loss", "p50 RTT", "p99 RTT")
+	fmt.Printf("  %-11s %-28s %8s %8s %6s %7s %9s %9s\n", "backend", "answers as", "requests", "replies", "lost", "loss", "p50 RTT", "p99 RTT")
 	var problems []string
-	for _, b := range []struct{ host, how string }{
-		{topology.SeedBackend1, "kernel (fast, no loss)"},
-		{topology.SeedBackend2, "responder: 20ms, 30% loss"},
+	for _, b := range []struct {
+		addr netip.Addr
+		how  string
+	}{
+		{topology.SeedH2, "kernel (fast, no loss)"},
+		{topology.SeedH3, "responder: 20ms, 30% loss"},
+		{topology.SeedH2v6, "kernel (fast, no loss)"},
+		{topology.SeedH3v6, "kernel (fast, no loss)"},
 	} {
-		addr := topo.Addr(b.host).String()
+		addr := b.addr.String()
 		req, rep, lost := value("icmplb_backend_requests_total", addr), value("icmplb_backend_replies_total", addr), value("icmplb_backend_lost_total", addr)
 		h := histogram(addr)
 		ratio := 0.0
 		if req > 0 {
 			ratio = lost / req
 		}
-		fmt.Printf("  %-9s %-28s %8.0f %8.0f %6.0f %6.1f%% %7.3fms %7.3fms\n", addr, b.how, req, rep, lost, ratio*100,
+		fmt.Printf("  %-11s %-28s %8.0f %8.0f %6.0f %6.1f%% %7.3fms %7.3fms\n", addr, b.how, req, rep, lost, ratio*100,
 			histquant.Quantile(0.5, h)*1e3, histquant.Quantile(0.99, h)*1e3)
 		if req == 0 {
 			problems = append(problems, fmt.Sprintf("backend %s got no requests", addr))
@@ -300,12 +333,26 @@ func showMetrics(topo *topology.Topology, slow *responder.Responder) error {
 	return nil
 }
 
-// startAgent runs icmplb on the balancer host, echoing its log, and reports
-// when the program is attached.
-func startAgent(topo *topology.Topology, bin string) (*exec.Cmd, <-chan struct{}, error) {
-	cmd := topo.Command(topology.SeedBalancer, bin, "run", "--iface", "eth0",
-		"--vip", topology.SeedVIP.String(),
-		"--backend", topology.SeedH2.String(), "--backend", topology.SeedH3.String(),
+// services is the demo's services file: one service per family, h2 and h3
+// behind both.
+const services = `services:
+  - vip: %s
+    backends: [%s, %s]
+  - vip: %s
+    backends: ["%s", "%s"]
+`
+
+// startAgent runs icmplb on the balancer host with the services file in dir,
+// echoing its log, and reports when the program is attached.
+func startAgent(topo *topology.Topology, bin, dir string) (*exec.Cmd, <-chan struct{}, error) {
+	file := filepath.Join(dir, "services.yml")
+	content := fmt.Sprintf(services, topology.SeedVIP, topology.SeedH2, topology.SeedH3,
+		topology.SeedVIP6, topology.SeedH2v6, topology.SeedH3v6)
+	if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
+		return nil, nil, err
+	}
+	step("services file %s:\n%s", file, indent(content))
+	cmd := topo.Command(topology.SeedBalancer, bin, "run", "--iface", "eth0", "--config.file", file,
 		"--web.listen-address", metricsAddr)
 	logs, err := cmd.StderrPipe()
 	if err != nil {

@@ -48,6 +48,9 @@ func run(args []string) error {
 	for _, name := range t.HostNames() {
 		h := t.Hosts[name]
 		addrs := []string{h.Addr.String()}
+		if h.Addr6.IsValid() {
+			addrs = append(addrs, h.Addr6.String())
+		}
 		for _, p := range h.Extra {
 			addrs = append(addrs, p.String())
 		}

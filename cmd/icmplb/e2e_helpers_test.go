@@ -272,7 +272,8 @@ func ping(topo *topology.Topology, host string, args ...string) pingResult {
 	}
 	for line := range strings.Lines(r.out) {
 		if _, rest, ok := strings.Cut(line, " bytes from "); ok {
-			src, _, _ := strings.Cut(rest, ":")
+			// ": " and not ":", which an IPv6 source holds.
+			src, _, _ := strings.Cut(rest, ": ")
 			r.from[src]++
 		}
 		if strings.Contains(line, "DUP!") {

@@ -126,12 +126,12 @@ func TestICMPErrorsTranslated(t *testing.T) {
 	t.Run("Unreachable", func(t *testing.T) {
 		routeOnR(t, "unreachable", far+"/32")
 		before := scrapeM(t, topo)
-		judgeErrors(t, topo, before, sameID("701"), "unreachable", "Destination Host Unreachable")
+		judgeErrors(t, topo, before, sameID("701"), far, vip, "unreachable", "Destination Host Unreachable")
 	})
 	t.Run("TimeExceeded", func(t *testing.T) {
 		routeOnR(t, far+"/32", "via", router2Add.String())
 		before := scrapeM(t, topo)
-		judgeErrors(t, topo, before, sameID("702"), "time_exceeded", "Time to live exceeded")
+		judgeErrors(t, topo, before, sameID("702"), far, vip, "time_exceeded", "Time to live exceeded")
 	})
 	t.Run("PacketTooBig", func(t *testing.T) {
 		const mtu = 1000
@@ -151,7 +151,7 @@ func TestICMPErrorsTranslated(t *testing.T) {
 			args := []string{"-n", "-e", strconv.Itoa(710 + i), "-M", "do", "-s", "1200", "-c", "1", "-W", "1", vip}
 			runs = append(runs, pingAll(topo, pingCmd{h1, args}, pingCmd{h4, args})...)
 		}
-		judgeErrors(t, topo, before, runs, "packet_too_big", fmt.Sprintf("Frag needed and DF set (mtu = %d)", mtu))
+		judgeErrors(t, topo, before, runs, far, vip, "packet_too_big", fmt.Sprintf("Frag needed and DF set (mtu = %d)", mtu))
 	})
 	t.Logf("wall time %v", time.Since(start).Round(10*time.Millisecond))
 }
@@ -177,14 +177,14 @@ func pingAll(topo *topology.Topology, cmds ...pingCmd) []pingResult {
 var errorTypes = []string{"unreachable", "packet_too_big", "time_exceeded"}
 
 // judgeErrors waits until the runs' requests are settled and judges the
-// balancer's counts of the far backend since before against what the
-// clients printed in the same runs: every error line from the VIP with the
-// text ping gives errors of typ, as many errors counted, and as lost
+// balancer's counts of the backend be since before against what the
+// clients printed in the same runs: every error line from the VIP vip with
+// the text ping gives errors of typ, as many errors counted, and as lost
 // exactly the requests that got neither a reply nor an error. before must
-// be taken once the earlier requests were settled.
-func judgeErrors(t *testing.T, topo *topology.Topology, before metrics, runs []pingResult, typ, text string) {
+// be taken once the earlier requests were settled. be and vip are of
+// either family, as the metrics' labels and ping -n print them.
+func judgeErrors(t *testing.T, topo *topology.Topology, before metrics, runs []pingResult, be, vip, typ, text string) {
 	t.Helper()
-	be := farBackend.String()
 	ended := time.Now()
 	var sent, received, printed int
 	for _, r := range runs {

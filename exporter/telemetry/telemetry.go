@@ -99,7 +99,7 @@ const (
 	// StateDraining: weight 0, or removed by a reload; running sessions
 	// stay, no new ones.
 	StateDraining = "draining"
-	// StateUnresolved: the next hop does not answer ARP.
+	// StateUnresolved: the next hop does not answer ARP or NDP.
 	StateUnresolved = "unresolved"
 	// StateProbeFailed: the agent's probes failed Fall times in a row.
 	StateProbeFailed = "probe_failed"

@@ -2,7 +2,8 @@
 
 // Package pingout parses the output of iputils ping for tests: the summary,
 // every reply line, with each reply's round trip as ping measured it, and
-// every ICMP error line ("From X icmp_seq=N Destination Host Unreachable").
+// every ICMP error line ("From X icmp_seq=N Destination Host Unreachable";
+// with ping -6, e.g. "Destination unreachable: No route").
 //
 // A client's round trip is the upper side of the truth a test judges a
 // balancer's measurement against: ping takes its send time before the
@@ -62,7 +63,8 @@ type Result struct {
 var (
 	countsRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received(?:, \+(\d+) duplicates)?(?:, \+\d+ corrupted)?(?:, \+(\d+) errors)?,`)
 	rttRE    = regexp.MustCompile(`rtt min/avg/max/mdev = ([\d.]+)/([\d.]+)/([\d.]+)/[\d.]+ ms`)
-	replyRE  = regexp.MustCompile(`bytes from ([^:]+): icmp_seq=(\d+)(?: .*)? time=([\d.]+) ms`)
+	// An IPv6 source has colons of its own: the first ": icmp_seq=" ends it.
+	replyRE = regexp.MustCompile(`bytes from (.+?): icmp_seq=(\d+)(?: .*)? time=([\d.]+) ms`)
 	// -D puts a "[seconds] " stamp first. A redirect, which is no error
 	// of a request, prints a colon after its source ("From X: icmp_seq=").
 	errorRE = regexp.MustCompile(`^(?:\[[\d.]+\] )?From (.*[^:]) icmp_seq=(\d+) (.+)$`)

@@ -103,6 +103,39 @@ ping: local error: message too long, mtu=1000
 `
 )
 
+// ipv6Errors is ping -6 (iputils 20221126) through a router that answered
+// with each ICMPv6 error in turn, then forwarded.
+const ipv6Errors = `PING fd00:1cb::100(fd00:1cb::100) 1200 data bytes
+From fd00:1cb::100 icmp_seq=1 Destination unreachable: No route
+From fd00:1cb::100 icmp_seq=2 Time exceeded: Hop limit
+From fd00:1cb::100 icmp_seq=3 Packet too big: mtu=1000
+From fd00:1cb::100 icmp_seq=4 Destination unreachable: Administratively prohibited
+1208 bytes from fd00:1cb::100: icmp_seq=5 ttl=63 time=0.101 ms
+1208 bytes from fd00::: icmp_seq=6 ttl=63 time=0.2 ms
+
+--- fd00:1cb::100 ping statistics ---
+6 packets transmitted, 2 received, +4 errors, 66.6667% packet loss, time 1001ms
+rtt min/avg/max/mdev = 0.101/0.150/0.200/0.050 ms
+`
+
+func TestParseIPv6(t *testing.T) {
+	r := Parse(ipv6Errors)
+	vip := "fd00:1cb::100"
+	want := []ErrorLine{{vip, 1, "Destination unreachable: No route"}, {vip, 2, "Time exceeded: Hop limit"},
+		{vip, 3, "Packet too big: mtu=1000"}, {vip, 4, "Destination unreachable: Administratively prohibited"}}
+	if !slices.Equal(r.Errors, want) {
+		t.Errorf("errors %+v\nwant   %+v", r.Errors, want)
+	}
+	// The address's own colons must not end it, not even a trailing "::".
+	if len(r.Replies) != 2 || r.Replies[0].From != vip || r.Replies[0].Seq != 5 || r.Replies[0].RTT != 101*time.Microsecond ||
+		r.Replies[1].From != "fd00::" || r.Replies[1].Seq != 6 {
+		t.Errorf("replies %+v, want seq 5 from %s in 101µs and seq 6 from fd00::", r.Replies, vip)
+	}
+	if r.Transmitted != 6 || r.Received != 2 || r.ErrorCount != 4 {
+		t.Errorf("summary %d transmitted, %d received, +%d errors; want 6, 2, +4", r.Transmitted, r.Received, r.ErrorCount)
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	unreach := func(from string, seq int) ErrorLine { return ErrorLine{from, seq, "Destination Host Unreachable"} }
 	for _, c := range []struct {

@@ -46,7 +46,8 @@ type Host struct {
 	Iface string           // interface inside NS, always "eth0"
 	Port  string           // the bridge-side veth in the switch namespace
 	Addr  netip.Prefix     // primary address, e.g. 10.0.0.1/24
-	Extra []netip.Prefix   // more addresses on eth0 (e.g. the VIP as /32)
+	Addr6 netip.Prefix     // primary IPv6 address, e.g. fd00:1cb::1/64; zero if none
+	Extra []netip.Prefix   // more addresses on eth0, either family (e.g. the VIP as /32)
 	MAC   net.HardwareAddr // MAC of eth0, read back after creation
 }
 
@@ -54,8 +55,13 @@ type Host struct {
 type HostSpec struct {
 	// Name is the logical name; it also appears in the namespace and port
 	// names, hence the short, plain alphabet (see New).
-	Name  string
-	Addr  netip.Prefix
+	Name string
+	Addr netip.Prefix
+	// Addr6 is optional and must be IPv6; it gives a dual-stack host a
+	// primary address of each family, so that tests can ask for either.
+	Addr6 netip.Prefix
+	// Extra may mix families: ip takes either, and a VIP is just one more
+	// address whichever its family.
 	Extra []netip.Prefix
 }
 
@@ -87,7 +93,8 @@ const (
 	// cmdTimeout bounds every ip invocation so that a wedged kernel or
 	// iproute2 turns into a test failure instead of a hung CI job.
 	cmdTimeout = 30 * time.Second
-	// upTimeout is how long links may take to report operstate UP.
+	// upTimeout is how long links may take to report operstate UP, and
+	// IPv6 addresses to leave the tentative state.
 	upTimeout = 5 * time.Second
 )
 
@@ -175,6 +182,11 @@ func plan(prefix string, spec Spec) (*Topology, error) {
 			return nil, fmt.Errorf("topology: duplicate host %q", hs.Name)
 		case !hs.Addr.IsValid():
 			return nil, fmt.Errorf("topology: host %q has no address", hs.Name)
+		case hs.Addr6.IsValid() && !hs.Addr6.Addr().Is6():
+			return nil, fmt.Errorf("topology: host %q: Addr6 %s is not IPv6", hs.Name, hs.Addr6)
+		case hs.Addr6.Addr().Is4In6():
+			// The kernel would take it as IPv6, but no test means that.
+			return nil, fmt.Errorf("topology: host %q: Addr6 %s is an IPv4-mapped address", hs.Name, hs.Addr6)
 		}
 		for _, p := range hs.Extra {
 			if !p.IsValid() {
@@ -187,6 +199,7 @@ func plan(prefix string, spec Spec) (*Topology, error) {
 			Iface: hostIface,
 			Port:  "p" + hs.Name,
 			Addr:  hs.Addr,
+			Addr6: hs.Addr6,
 			Extra: slices.Clone(hs.Extra),
 		}
 		t.order = append(t.order, hs.Name)
@@ -265,18 +278,73 @@ func (t *Topology) addNS(ns string) error {
 	return nil
 }
 
+// addrs returns every address of the host in the order they are added.
+func (h *Host) addrs() []netip.Prefix {
+	all := []netip.Prefix{h.Addr}
+	if h.Addr6.IsValid() {
+		all = append(all, h.Addr6)
+	}
+	return append(all, h.Extra...)
+}
+
+func (h *Host) hasIPv6() bool {
+	return slices.ContainsFunc(h.addrs(), func(p netip.Prefix) bool { return p.Addr().Is6() })
+}
+
 // configure addresses the host, brings it up and waits until the kernel
-// reports eth0 operationally UP, which needs the bridge-side port up too.
+// reports eth0 operationally UP, which needs the bridge-side port up too,
+// and, on a host with IPv6 addresses, until none of them is tentative.
 func (h *Host) configure() error {
+	v6 := h.hasIPv6()
+	if v6 {
+		if err := h.noDAD(); err != nil {
+			return fmt.Errorf("host %s: %w", h.Name, err)
+		}
+	}
 	cmds := []string{"link set lo up"}
-	for _, p := range append([]netip.Prefix{h.Addr}, h.Extra...) {
-		cmds = append(cmds, fmt.Sprintf("addr add %s dev %s", p, h.Iface))
+	for _, p := range h.addrs() {
+		// Without nodad an IPv6 address is tentative for about a second
+		// (DAD), and a socket cannot bind or send from it meanwhile.
+		nodad := ""
+		if p.Addr().Is6() {
+			nodad = " nodad"
+		}
+		cmds = append(cmds, fmt.Sprintf("addr add %s dev %s%s", p, h.Iface, nodad))
 	}
 	cmds = append(cmds, fmt.Sprintf("link set %s up", h.Iface))
 	if err := ipBatch(h.NS, cmds); err != nil {
 		return fmt.Errorf("host %s: %w", h.Name, err)
 	}
+	if err := h.waitUp(); err != nil {
+		return err
+	}
+	if v6 {
+		return h.waitIPv6()
+	}
+	return nil
+}
 
+// noDAD turns duplicate address detection off on eth0 before it comes up:
+// nodad covers only the addresses configure adds, not the link-local
+// address the kernel makes when the link comes up, which NDP may use. It
+// also makes sure IPv6 is on for eth0, whatever the kernel's defaults for a
+// new namespace are.
+func (h *Host) noDAD() error {
+	return InNetNS(h.NS, func() error {
+		// /proc/sys/net shows the namespace of the thread that opens it,
+		// which InNetNS has switched.
+		for _, kv := range [][2]string{{"disable_ipv6", "0"}, {"accept_dad", "0"}} {
+			p := filepath.Join("/proc/sys/net/ipv6/conf", h.Iface, kv[0])
+			if err := os.WriteFile(p, []byte(kv[1]), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s=%s: %w", p, kv[1], err)
+			}
+		}
+		return nil
+	})
+}
+
+// waitUp waits until eth0 reports operstate UP and reads its MAC.
+func (h *Host) waitUp() error {
 	deadline := time.Now().Add(upTimeout)
 	for {
 		out, err := ip(h.NS, "-j", "link", "show", "dev", h.Iface)
@@ -301,6 +369,64 @@ func (h *Host) configure() error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("host %s: %s in %s is %s after %v, want UP",
 				h.Name, h.Iface, h.NS, links[0].OperState, upTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitIPv6 waits until every IPv6 address of the host is on eth0 and none
+// there is tentative, the link-local address included, so that the host can
+// send from each of them and answer neighbour solicitations at once.
+func (h *Host) waitIPv6() error {
+	want := map[netip.Addr]bool{}
+	for _, p := range h.addrs() {
+		if p.Addr().Is6() {
+			want[p.Addr()] = true
+		}
+	}
+	deadline := time.Now().Add(upTimeout)
+	for {
+		out, err := ip(h.NS, "-j", "-6", "addr", "show", "dev", h.Iface)
+		if err != nil {
+			return fmt.Errorf("host %s: %w", h.Name, err)
+		}
+		var links []struct {
+			AddrInfo []struct {
+				Local     netip.Addr `json:"local"`
+				Scope     string     `json:"scope"`
+				Tentative bool       `json:"tentative"`
+				DADFailed bool       `json:"dadfailed"`
+			} `json:"addr_info"`
+		}
+		if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+			return fmt.Errorf("host %s: parse ip -j addr output %q: %v", h.Name, out, err)
+		}
+		var pending []string
+		found, linkLocal := 0, false
+		for _, a := range links[0].AddrInfo {
+			if a.DADFailed {
+				return fmt.Errorf("host %s: %s on %s failed duplicate address detection", h.Name, a.Local, h.Iface)
+			}
+			if a.Tentative {
+				pending = append(pending, a.Local.String()+" tentative")
+				continue
+			}
+			if want[a.Local] {
+				found++
+			}
+			if a.Scope == "link" {
+				linkLocal = true
+			}
+		}
+		if found == len(want) && linkLocal && len(pending) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if !linkLocal {
+				pending = append(pending, "no usable link-local address")
+			}
+			return fmt.Errorf("host %s: IPv6 on %s not ready after %v: %d of %d addresses usable; %s",
+				h.Name, h.Iface, upTimeout, found, len(want), strings.Join(pending, ", "))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -423,6 +549,15 @@ func (t *Topology) Host(name string) *Host { return t.Hosts[name] }
 func (t *Topology) Addr(host string) netip.Addr {
 	if h := t.Hosts[host]; h != nil {
 		return h.Addr.Addr()
+	}
+	return netip.Addr{}
+}
+
+// Addr6 returns the primary IPv6 address of the named host, or the zero Addr
+// if there is no such host or it has none.
+func (t *Topology) Addr6(host string) netip.Addr {
+	if h := t.Hosts[host]; h != nil && h.Addr6.IsValid() {
+		return h.Addr6.Addr()
 	}
 	return netip.Addr{}
 }

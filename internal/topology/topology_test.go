@@ -22,6 +22,7 @@ func needRoot(t *testing.T) {
 	testenv.Privileged(t)
 }
 
+// ping pings to once from the host; ping picks the family from to.
 func ping(t *testing.T, topo *Topology, from string, to netip.Addr) {
 	t.Helper()
 	if _, err := topo.Run(from, "ping", "-c1", "-W5", to.String()); err != nil {
@@ -71,6 +72,84 @@ func TestSeedPingAllPairs(t *testing.T) {
 		}
 	}
 	wg.Wait()
+}
+
+// TestSeedIPv6 checks the seed's IPv6 side right after New returns: every
+// address usable at once (DAD off, nothing tentative), the VIP on lb as a
+// /128 answered by lb, and every pair of hosts reachable over IPv6.
+func TestSeedIPv6(t *testing.T) {
+	start := time.Now()
+	topo := NewT(t, Seed())
+	t.Logf("seed built in %v (prefix %s)", time.Since(start), topo.Prefix)
+
+	want := map[string]netip.Addr{SeedClient: SeedH1v6, SeedBackend1: SeedH2v6, SeedBackend2: SeedH3v6,
+		SeedClient2: SeedH4v6, SeedBalancer: SeedLB6}
+	names := topo.HostNames()
+	for _, n := range names {
+		if got := topo.Addr6(n); got != want[n] || !SeedNet6.Contains(got) {
+			t.Errorf("Addr6(%s) = %v, want %v in %v", n, got, want[n], SeedNet6)
+		}
+		out, err := topo.Run(n, "ip", "-6", "-o", "addr", "show", "dev", "eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Read before any ping: a test that pings at once must not find
+		// an address still in duplicate address detection.
+		if strings.Contains(out, "tentative") || !strings.Contains(out, want[n].String()+"/64") || !strings.Contains(out, "scope link") {
+			t.Errorf("%s: IPv6 addresses right after New:\n%s\nwant %v/64 and a link-local address, none tentative", n, out, want[n])
+		}
+	}
+	if got := topo.Addr6("nope"); got.IsValid() {
+		t.Errorf("Addr6 of an unknown host = %v", got)
+	}
+	out, err := topo.Run(SeedBalancer, "ip", "-6", "-br", "addr", "show", "dev", "eth0")
+	if err != nil || !strings.Contains(out, SeedVIP6.String()+"/128") {
+		t.Errorf("lb IPv6 addresses = %q, %v; want the VIP as /128", out, err)
+	}
+
+	var wg sync.WaitGroup
+	for _, from := range names {
+		for _, to := range names {
+			if from != to {
+				wg.Go(func() { ping(t, topo, from, topo.Addr6(to)) })
+			}
+		}
+		if from != SeedBalancer {
+			wg.Go(func() { ping(t, topo, from, SeedVIP6) })
+		}
+	}
+	wg.Wait()
+
+	// As for IPv4 (TestVIPAnsweredByLB): the neighbour entry shows which
+	// host answered for the VIP.
+	out, err = topo.Run(SeedClient, "ip", "-j", "-6", "neigh", "show", SeedVIP6.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lbMAC := topo.Hosts[SeedBalancer].MAC.String(); !strings.Contains(out, `"lladdr":"`+lbMAC+`"`) {
+		t.Errorf("h1 neighbour entry for the IPv6 VIP = %s, want lladdr %s (lb)", out, lbMAC)
+	}
+}
+
+// TestIPv4OnlyHost: a host without IPv6 addresses is built as before, and a
+// dual-stack neighbour reaches it over IPv4 only.
+func TestIPv4OnlyHost(t *testing.T) {
+	topo := NewT(t, Spec{Hosts: []HostSpec{
+		{Name: "a", Addr: netip.MustParsePrefix("10.0.0.1/24"), Addr6: netip.MustParsePrefix("fd00:1cb::1/64")},
+		{Name: "b", Addr: netip.MustParsePrefix("10.0.0.2/24"),
+			Extra: []netip.Prefix{netip.MustParsePrefix("fd00:1cb::2/64")}},
+		{Name: "c", Addr: netip.MustParsePrefix("10.0.0.3/24")},
+	}})
+	if got := topo.Addr6("c"); got.IsValid() {
+		t.Errorf("Addr6(c) = %v, want none", got)
+	}
+	ping(t, topo, "a", topo.Addr("c"))
+	// An IPv6 address among Extra gets the same treatment as Addr6.
+	ping(t, topo, "a", netip.MustParseAddr("fd00:1cb::2"))
+	out, err := topo.Run("c", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global")
+	if err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("c has global IPv6 addresses %q (%v), want none", out, err)
+	}
 }
 
 func TestVIPAnsweredByLB(t *testing.T) {
@@ -322,6 +401,9 @@ func TestSpecValidation(t *testing.T) {
 		"dash":      {Hosts: []HostSpec{{Name: "a-b", Addr: good}}},
 		"duplicate": {Hosts: []HostSpec{{Name: "a", Addr: good}, {Name: "a", Addr: good}}},
 		"noaddr":    {Hosts: []HostSpec{{Name: "a"}}},
+		"addr6v4":   {Hosts: []HostSpec{{Name: "a", Addr: good, Addr6: good}}},
+		"addr6map":  {Hosts: []HostSpec{{Name: "a", Addr: good, Addr6: netip.MustParsePrefix("::ffff:10.0.0.1/120")}}},
+		"badextra":  {Hosts: []HostSpec{{Name: "a", Addr: good, Extra: []netip.Prefix{{}}}}},
 	} {
 		if _, err := plan("tpx", spec); err == nil {
 			t.Errorf("%s: spec accepted", name)
