@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -153,5 +154,22 @@ func TestDecodeTraceError(t *testing.T) {
 	raw.Kind = bpf.IcmplbTraceKindTRACE_REPLY
 	if ev := b.decodeTrace(&raw, 0); ev.Kind != telemetry.TraceReply || ev.Error != "" {
 		t.Errorf("reply event decoded as %+v", ev)
+	}
+}
+
+// Addresses come out of an event in their own family: IPv4 unmapped, IPv6
+// as they are, so that spans name them in the same text as the metrics.
+func TestDecodeTraceAddresses(t *testing.T) {
+	b := &Balancer{byIdx: map[uint32]slotKey{}}
+	for _, tc := range []struct{ client, backend string }{
+		{"10.0.0.1", "10.0.0.2"},
+		{"fd00:1cb::1", "fd00:1cb::2"},
+	} {
+		raw := bpf.IcmplbTraceEvent{Kind: bpf.IcmplbTraceKindTRACE_REQUEST,
+			Client: bpf.Addr(netip.MustParseAddr(tc.client)), Backend: bpf.Addr(netip.MustParseAddr(tc.backend))}
+		ev := b.decodeTrace(&raw, 0)
+		if ev.Client.String() != tc.client || ev.Backend.String() != tc.backend {
+			t.Errorf("event of %s -> %s decoded as %v -> %v", tc.client, tc.backend, ev.Client, ev.Backend)
+		}
 	}
 }
