@@ -530,6 +530,9 @@ static __always_inline enum reason parse_quote(struct xdp_md *ctx, const struct 
 		q->ip6 = &q6->ip;
 		addr_from6(&q->src, q6->ip.saddr);
 		addr_from6(&q->dst, q6->ip.daddr);
+		/* Never on the wire: see parse_ipv6. */
+		if (addr_is4(&q->src) || addr_is4(&q->dst))
+			return REASON_ERROR_FOREIGN;
 	} else {
 		struct icmp_quote *q4 = (void *)(p->icmp + 1);
 

@@ -341,7 +341,10 @@ func TestIPv6PassUntouched(t *testing.T) {
 		{"from the unspecified address", IcmplbReasonREASON_BOGUS_SOURCE, xdpPass, with(func(p *packet6) { p.src = netip.IPv6Unspecified() })},
 		{"from loopback", IcmplbReasonREASON_BOGUS_SOURCE, xdpPass, with(func(p *packet6) { p.src = netip.IPv6Loopback() })},
 		{"from a multicast address", IcmplbReasonREASON_BOGUS_SOURCE, xdpPass, with(func(p *packet6) { p.src = netip.MustParseAddr("ff02::1") })},
-		{"from an IPv4-mapped address", IcmplbReasonREASON_BOGUS_SOURCE, xdpPass, with(func(p *packet6) { p.src = netip.MustParseAddr("::ffff:10.0.0.1") })},
+		// Never on the wire (RFC 4291 2.5.5.2), and the maps' form of IPv4
+		// addresses: such a packet must not pass for an IPv4 session's.
+		{"from an IPv4-mapped address", IcmplbReasonREASON_MALFORMED, xdpPass, with(func(p *packet6) { p.src = netip.MustParseAddr("::ffff:10.0.0.1") })},
+		{"to an IPv4-mapped address", IcmplbReasonREASON_MALFORMED, xdpPass, with(func(p *packet6) { p.dst = netip.MustParseAddr("::ffff:10.0.0.100") })},
 		{"from the VIP", IcmplbReasonREASON_BOGUS_SOURCE, xdpPass, with(func(p *packet6) { p.src = vip6 })},
 		{"to another address", IcmplbReasonREASON_NOT_VIP, xdpPass, with(func(p *packet6) { p.dst = router6 })},
 		{"reply to no SNAT address", IcmplbReasonREASON_NOT_VIP, xdpPass, func(h *harness) []byte {

@@ -141,6 +141,11 @@ static __always_inline enum reason parse_ipv6(struct xdp_md *ctx, struct icmp_pk
 	p->ip6 = ip6;
 	addr_from6(&p->src, ip6->saddr);
 	addr_from6(&p->dst, ip6->daddr);
+	/* IPv4-mapped addresses never appear on the wire (RFC 4291 2.5.5.2),
+	 * and the maps hold IPv4 addresses in that form: such a packet would
+	 * pass for one of an IPv4 session. */
+	if (addr_is4(&p->src) || addr_is4(&p->dst))
+		return REASON_MALFORMED;
 	p->off = sizeof(struct ethhdr) + sizeof(*ip6);
 	p->len = len;
 	p->v6 = 1;
