@@ -264,7 +264,7 @@ enum trace_kind {
 /* A sampled exchange, sent to userspace through the events ring buffer. */
 struct trace_event {
 	__u64 sent_ns;  /* bpf_ktime_get_ns() when the request was forwarded */
-	__u64 rtt_ns;   /* TRACE_REPLY only */
+	__u64 rtt_ns;   /* TRACE_REPLY, TRACE_ERROR: when the answer came, after sent_ns */
 	struct ipaddr client;
 	struct ipaddr backend;
 	__be16 echo_id; /* the client's */

@@ -152,6 +152,31 @@ static __noinline int open_session(const struct fwd_key *fk, struct opening *o)
 	return 1;
 }
 
+/* Caches a known session's service (o's SNAT address and table, of
+ * generation gen) in its ct_fwd entry. Written by key, not through the
+ * pointer the lookup gave: another CPU may have evicted that LRU element
+ * and handed it to another session meanwhile. Only after a service was
+ * written: rare, and not inlined. */
+static __noinline void cache_service(const struct fwd_key *fk, const struct opening *o, __u32 gen)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct fwd_val *fv = bpf_map_lookup_elem(&ct_fwd, fk);
+	struct fwd_val *nv;
+
+	if (!s || !fv)
+		return;
+	nv = &s->fwd;
+	*nv = *fv;
+	/* Still the session this request saw: same backend and NAT id. */
+	if (!addr_eq(&nv->backend, &o->rk.backend) || nv->nat_id != o->rk.nat_id)
+		return;
+	nv->snat = o->snat;
+	nv->table = o->table;
+	nv->svc_gen = gen;
+	bpf_map_update_elem(&ct_fwd, fk, nv, BPF_EXIST);
+}
+
 /* A request to a VIP: fk is its session's key, fv its ct_fwd entry if any;
  * snat, table and flags are its service's, and gen the generation of that
  * service to cache in the session (0: none known). */
@@ -194,11 +219,8 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p
 			if (be && (be->flags & BACKEND_F_UP) == BACKEND_F_UP && addr_eq(&be->addr, &fv->backend) &&
 			    addr_eq(&be->vip, &fk->vip)) {
 				cur->last_seen_ns = o.now;
-				if (fv->svc_gen != gen) {
-					fv->snat = o.snat;
-					fv->table = table;
-					fv->svc_gen = gen;
-				}
+				if (fv->svc_gen != gen)
+					cache_service(fk, &o, gen);
 				goto forward;
 			}
 			/* Its backend left the pool: the session moves. Its old
@@ -691,7 +713,10 @@ static __noinline int handle_echo_request(struct xdp_md *ctx, struct icmp_pkt *p
 		__u32 *g = bpf_map_lookup_elem(&service_gens, &table);
 
 		gen = g ? *g : 0;
-		if (gen && gen == fv->svc_gen)
+		/* The family check costs nothing and keeps an element another
+		 * session took over meanwhile from sending this one's request
+		 * from an address of the other family. */
+		if (gen && gen == fv->svc_gen && addr_is4(&fv->snat) != p->v6)
 			return handle_request(ctx, p, &fv->snat, table, 0, &fk, fv, gen);
 	}
 	svc = bpf_map_lookup_elem(&services, &fk.vip);

@@ -71,7 +71,7 @@ func NewCollector(src Source, tracer *Tracer, version string) *Collector {
 		lost:          d("icmplb_backend_lost_total", "Echo requests the backend did not answer within the loss timeout.", bl...),
 		late:          d("icmplb_backend_late_replies_total", "Replies that came after the loss timeout (up to twice it); their requests count as lost.", bl...),
 		unmatched:     d("icmplb_backend_unmatched_replies_total", "Replies from the backend that answered no request awaited (duplicates, or later than twice the loss timeout); passed to the kernel, not returned to a client.", bl...),
-		icmpErrors:    d("icmplb_backend_errors_total", "Echo requests to the backend answered by an ICMP error (from the backend or a router on its way) instead of a reply, by type: unreachable, packet_too_big or time_exceeded. The error is returned to the client; the request counts neither as replied nor as lost.", append(bl, "type")...),
+		icmpErrors:    d("icmplb_backend_errors_total", "Echo requests to the backend answered by an ICMP error (from the backend or a router on its way) instead of a reply, by type: unreachable, packet_too_big or time_exceeded. The error is returned to the client; the request counts neither as replied nor, if the error came within the loss timeout, as lost.", append(bl, "type")...),
 		requestBytes:  d("icmplb_backend_request_bytes_total", "Bytes of echo requests forwarded to the backend (Ethernet frames).", bl...),
 		replyBytes:    d("icmplb_backend_reply_bytes_total", "Bytes of echo replies from the backend (Ethernet frames).", bl...),
 		rtt:           d("icmplb_backend_rtt_seconds", "Time from a request leaving the balancer to its reply arriving, for replies within the loss timeout.", bl...),
