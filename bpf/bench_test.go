@@ -220,46 +220,43 @@ func BenchmarkPath(b *testing.B) {
 		}
 		bench(b, h, fixed(echoRequest(client1, hop1MAC, 7, 9).frame()), xdpDrop, IcmplbReasonREASON_INFLIGHT_FULL, nil)
 	})
-	b.Run("reply_matched", func(b *testing.B) {
-		h := readyHarness(b, cfg)
-		req := seqReq(98)
+	// answers times the answers (replies or errors) to a session's
+	// requests: request i is forwarded, untimed, before its answer(i,
+	// natID) is timed, natID being read at byte natAt of what was sent.
+	answers := func(b *testing.B, h *harness, request func(i uint32) []byte, natAt int,
+		answer func(i uint32, natID uint16) []byte, reason IcmplbReason) {
 		var natID uint16
-		sendReq := func(i uint32) {
-			v, out := h.runRaw(b, req(i).frame())
+		send := func(i uint32) {
+			v, out := h.runRaw(b, request(i))
 			if v != xdpTX {
 				b.Fatalf("request %d: verdict %d", i, v)
 			}
-			natID = binary.BigEndian.Uint16(out[38:40])
+			natID = binary.BigEndian.Uint16(out[natAt:])
 		}
-		sendReq(0)
-		sendReq(1)
-		bench(b, h, func(i uint32) []byte { return replyTo(req(i), backendA, vip, natID).frame() }, xdpTX, IcmplbReasonREASON_REPLY_RETURNED,
-			func(p uint32) {
-				sendReq(2*p + 2)
-				sendReq(2*p + 3)
-			})
+		send(0)
+		send(1)
+		bench(b, h, func(i uint32) []byte { return answer(i, natID) }, xdpTX, reason, func(p uint32) {
+			send(2*p + 2)
+			send(2*p + 3)
+		})
+	}
+	b.Run("reply_matched", func(b *testing.B) {
+		h := readyHarness(b, cfg)
+		req := seqReq(98)
+		answers(b, h, func(i uint32) []byte { return req(i).frame() }, 38,
+			func(i uint32, natID uint16) []byte { return replyTo(req(i), backendA, vip, natID).frame() },
+			IcmplbReasonREASON_REPLY_RETURNED)
 	})
 	// An ICMP error about a request in flight, from the backend's next hop,
 	// quoting the whole request: returned to the client like a reply.
 	b.Run("error_returned", func(b *testing.B) {
 		h := readyHarness(b, cfg)
 		req := seqReq(98)
-		var natID uint16
-		sendReq := func(i uint32) {
-			v, out := h.runRaw(b, req(i).frame())
-			if v != xdpTX {
-				b.Fatalf("request %d: verdict %d", i, v)
-			}
-			natID = binary.BigEndian.Uint16(out[38:40])
-		}
-		sendReq(0)
-		sendReq(1)
-		bench(b, h, func(i uint32) []byte { return h.errorAbout(req(i), backendA, natID, 3, 1, 0, 576).frame() },
-			xdpTX, IcmplbReasonREASON_ERROR_RETURNED,
-			func(p uint32) {
-				sendReq(2*p + 2)
-				sendReq(2*p + 3)
-			})
+		answers(b, h, func(i uint32) []byte { return req(i).frame() }, 38,
+			func(i uint32, natID uint16) []byte {
+				return h.errorAbout(req(i), backendA, natID, 3, 1, 0, 576).frame()
+			},
+			IcmplbReasonREASON_ERROR_RETURNED)
 	})
 	// The IPv6 paths, timed alike: a request of a known session, a new
 	// session, a matched reply and an error.
@@ -272,7 +269,6 @@ func BenchmarkPath(b *testing.B) {
 		return h
 	}
 	seqReq6 := func(i uint32) packet6 { return echoRequest6(client6a, hop1MAC, 7, uint16(i)) }
-	natOf6 := func(out []byte) uint16 { return binary.BigEndian.Uint16(out[14+40+4:]) }
 	b.Run("request_new_session_v6", func(b *testing.B) {
 		fresh := cfg6
 		fresh.NATIdle = time.Nanosecond
@@ -304,44 +300,19 @@ func BenchmarkPath(b *testing.B) {
 	})
 	b.Run("reply_matched_v6", func(b *testing.B) {
 		h := ready6(b, cfg6)
-		var natID uint16
-		sendReq := func(i uint32) {
-			v, out := h.runRaw(b, seqReq6(i).frame())
-			if v != xdpTX {
-				b.Fatalf("request %d: verdict %d", i, v)
-			}
-			natID = natOf6(out)
-		}
-		sendReq(0)
-		sendReq(1)
-		bench(b, h, func(i uint32) []byte { return replyTo6(seqReq6(i), backend6A, vip6, natID).frame() }, xdpTX,
-			IcmplbReasonREASON_REPLY_RETURNED, func(p uint32) {
-				sendReq(2*p + 2)
-				sendReq(2*p + 3)
-			})
+		answers(b, h, func(i uint32) []byte { return seqReq6(i).frame() }, 14+40+4,
+			func(i uint32, natID uint16) []byte { return replyTo6(seqReq6(i), backend6A, vip6, natID).frame() },
+			IcmplbReasonREASON_REPLY_RETURNED)
 	})
 	b.Run("error_returned_v6", func(b *testing.B) {
 		h := ready6(b, cfg6)
-		var natID uint16
-		sendReq := func(i uint32) {
-			v, out := h.runRaw(b, seqReq6(i).frame())
-			if v != xdpTX {
-				b.Fatalf("request %d: verdict %d", i, v)
-			}
-			natID = natOf6(out)
-		}
-		sendReq(0)
-		sendReq(1)
-		errFrame := func(i uint32) []byte {
-			fw := seqReq6(i)
-			fw.ethSrc, fw.ethDst = fw.ethDst, backend6A.mac
-			fw.src, fw.dst, fw.echoID = vip6, backend6A.addr, natID
-			return h.icmp6ErrorAbout(fw.frame(), 1, 3, 0, 1232).frame()
-		}
-		bench(b, h, errFrame, xdpTX, IcmplbReasonREASON_ERROR_RETURNED, func(p uint32) {
-			sendReq(2*p + 2)
-			sendReq(2*p + 3)
-		})
+		answers(b, h, func(i uint32) []byte { return seqReq6(i).frame() }, 14+40+4,
+			func(i uint32, natID uint16) []byte {
+				fw := seqReq6(i)
+				fw.ethSrc, fw.ethDst = fw.ethDst, backend6A.mac
+				fw.src, fw.dst, fw.echoID = vip6, backend6A.addr, natID
+				return h.icmp6ErrorAbout(fw.frame(), 1, 3, 0, 1232).frame()
+			}, IcmplbReasonREASON_ERROR_RETURNED)
 	})
 	// The reply paths below leave the map as they find it.
 	inFlight := func(b *testing.B, h *harness) (packet, uint16) {
