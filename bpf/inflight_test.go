@@ -4,8 +4,11 @@ package bpf
 
 import (
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // requireRequests checks how many requests backend be counted, in its
@@ -120,6 +123,11 @@ func TestNATCollision(t *testing.T) {
 // while running sessions go on, their requests in flight answered to their
 // own clients; sessions freed by the sweeper make room again.
 func TestSessionsFull(t *testing.T) {
+	// A forward LRU map this small hands its free entries to each CPU in
+	// batches: run on a CPU of its own, the test keeps a CPU switch from
+	// evicting session A's forward entry (it would then open anew, and the
+	// full sessions map refuse it), which is the LRU's doing, not this test's.
+	pinCPU(t)
 	cfg := testConfig(vip)
 	cfg.ConntrackSize = 64
 	cfg.NATIdle = 0
@@ -204,4 +212,30 @@ func TestStaleOwnRequestRenewed(t *testing.T) {
 		t.Errorf("in-flight send time %d is older than the renewed request (%d)", iv.SentNs, before)
 	}
 	h.returnReply(t, replyTo(req, backendA, vip, natID), client1, 0x4d4d, hop1MAC)
+}
+
+// pinCPU keeps the test's goroutine on one thread and that thread on one
+// CPU until the test ends: BPF_PROG_TEST_RUN runs the program on the
+// calling thread's CPU, and per-CPU state then stays on one CPU.
+func pinCPU(t *testing.T) {
+	t.Helper()
+	runtime.LockOSThread()
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		t.Fatalf("read CPU affinity: %v", err)
+	}
+	var one unix.CPUSet
+	for cpu := 0; cpu < 1024; cpu++ {
+		if old.IsSet(cpu) {
+			one.Set(cpu)
+			break
+		}
+	}
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatalf("pin to one CPU: %v", err)
+	}
+	t.Cleanup(func() {
+		unix.SchedSetaffinity(0, &old)
+		runtime.UnlockOSThread()
+	})
 }
