@@ -150,15 +150,6 @@ struct rev_key {
 	__u16 pad;
 };
 
-/* One request of a session awaiting its reply, in the session's ring. */
-struct ring_slot {
-	__u64 sent_ns;      /* 0: free; taken back by the reply that answers it */
-	struct ipaddr snat; /* the reply must come back to it */
-	__be16 seq;
-	__sum16 reply_csum; /* what the reply's ICMP checksum must be */
-	__u32 pad;
-};
-
 /* rev_val's flags. */
 enum rev_flags : __u16 {
 	/* The session moved to another backend, or went idle with requests
@@ -169,20 +160,32 @@ enum rev_flags : __u16 {
 
 /* ct_rev value: which session holds a NAT id, since when it is idle, and
  * its requests awaiting replies. A request and its reply then touch no map
- * but the session's: the requests that do not fit the ring (more than
- * INFLIGHT_RING at once, or two sequences a multiple of it apart) go to
- * the inflight map. */
+ * but the session's: request seq waits in slot seq % INFLIGHT_RING of the
+ * ring; those that do not fit (more than INFLIGHT_RING at once, two
+ * sequences a multiple of it apart, or sent from another SNAT address
+ * than the ring's while the ring awaits replies) go to the inflight map.
+ *
+ * Every field is read by both a request and a reply, so its size is what a
+ * packet of a session out of the cache pays for: the ring is three arrays,
+ * not an array of padded slots, and an entry of the map (the kernel's
+ * 48-byte header, the key and this value) is 192 bytes, three whole cache
+ * lines (checked by bpf/spec_test.go). */
 struct rev_val {
 	struct ipaddr client;
+	struct ipaddr vip;  /* replies leave from it */
+	struct ipaddr snat; /* the ring's requests went from it: their replies come back to it */
 	__be16 echo_id;
 	__u8 client_mac[ETH_ALEN]; /* replies go back to it */
 	__u32 backend_idx;
-	struct ipaddr vip; /* replies leave from it */
 	enum rev_flags flags;
-	__u8 sampled; /* bit i: ring[i]'s exchange is traced */
+	__u8 sampled; /* bit i: slot i's exchange is traced */
 	__u8 pad;
 	__u64 last_seen_ns;
-	struct ring_slot ring[INFLIGHT_RING];
+	/* The ring: when slot i's request was sent (0: free; a reply takes
+	 * it back), its sequence, and what its reply's ICMP checksum must be. */
+	__u64 sent_ns[INFLIGHT_RING];
+	__be16 seq[INFLIGHT_RING];
+	__sum16 reply_csum[INFLIGHT_RING];
 };
 
 /* nat_pools[idx]: NAT ids of one backend are a keyed permutation of a

@@ -11,6 +11,6 @@ package bpf
 // Headers come only from include/ (-nostdlibinc keeps the host's out), so the
 // objects are the same whatever machine builds them. IcmplbTest holds the
 // programs only tests load.
-//go:generate go tool bpf2go -tags linux -target bpfel -type backend -type backend_flags -type service -type service_flags -type backend_counters -type fwd_key -type fwd_val -type rev_key -type rev_val -type rev_flags -type ring_slot -type reason -type epoch_count -type inflight_key -type inflight_val -type nat_pool -type loss_state -type trace_event -type layout -type trace_kind -type icmp_error -type sweep_what -type sweep_args Icmplb icmplb.c -- -mcpu=v3 -nostdlibinc -Iinclude
+//go:generate go tool bpf2go -tags linux -target bpfel -type backend -type backend_flags -type service -type service_flags -type backend_counters -type fwd_key -type fwd_val -type rev_key -type rev_val -type rev_flags -type reason -type epoch_count -type inflight_key -type inflight_val -type nat_pool -type loss_state -type trace_event -type layout -type trace_kind -type icmp_error -type sweep_what -type sweep_args Icmplb icmplb.c -- -mcpu=v3 -nostdlibinc -Iinclude
 //go:generate go tool bpf2go -tags linux -target bpfel -type xdp_action IcmplbTest testprogs.c -- -mcpu=v3 -nostdlibinc -Iinclude
 //go:generate go tool bpf2go -tags linux -target bpfel -type loadgen_cfg -type sink_class IcmplbBench bench.c -- -mcpu=v3 -nostdlibinc -Iinclude

@@ -133,6 +133,7 @@ static __noinline int open_session(const struct fwd_key *fk, struct opening *o)
 	rv->echo_id = fk->echo_id;
 	rv->backend_idx = o->idx;
 	rv->vip = fk->vip;
+	rv->snat = o->snat;
 	rv->last_seen_ns = o->now;
 	__builtin_memcpy(rv->client_mac, o->client_mac, ETH_ALEN);
 	if (!nat_alloc(o->idx, &o->rk, rv, o->now))
@@ -397,14 +398,13 @@ static __always_inline void answered_from(struct answered *a, const struct infli
  * session's ring. */
 static __always_inline void answered_from_ring(struct answered *a, const struct rev_val *rv, __u32 i)
 {
-	const struct ring_slot *slot = &rv->ring[i & (INFLIGHT_RING - 1)];
-
+	i &= INFLIGHT_RING - 1;
 	a->idx = rv->backend_idx;
 	a->client = rv->client;
 	a->vip = rv->vip;
-	a->snat = slot->snat;
+	a->snat = rv->snat;
 	a->echo_id = rv->echo_id;
-	a->reply_csum = slot->reply_csum;
+	a->reply_csum = rv->reply_csum[i];
 	a->sampled = (rv->sampled >> i) & 1;
 	__builtin_memcpy(a->client_mac, rv->client_mac, ETH_ALEN);
 }
@@ -457,7 +457,6 @@ static __noinline int reply_overflow(struct xdp_md *ctx, struct icmp_pkt *p)
 static __noinline int handle_reply(struct xdp_md *ctx, struct icmp_pkt *p)
 {
 	struct rev_key rk = { .backend = p->src, .nat_id = p->icmp->id };
-	struct ring_slot *slot;
 	struct answered a;
 	struct rev_val *rv;
 	struct backend *be;
@@ -470,14 +469,13 @@ static __noinline int handle_reply(struct xdp_md *ctx, struct icmp_pkt *p)
 	if (!rv)
 		return NOT_IN_RING;
 	i = bpf_ntohs(p->icmp->seq) & (INFLIGHT_RING - 1);
-	slot = &rv->ring[i];
-	a.sent = slot->sent_ns;
+	a.sent = rv->sent_ns[i];
 	/* Read before the rest of the slot: see track_request. */
 	barrier();
-	if (!a.sent || slot->seq != p->icmp->seq)
+	if (!a.sent || rv->seq[i] != p->icmp->seq)
 		return NOT_IN_RING;
 	/* Its request went from another address than the reply comes to. */
-	other_snat = !addr_eq(&slot->snat, &p->dst);
+	other_snat = !addr_eq(&rv->snat, &p->dst);
 	if (other_snat && !bpf_map_lookup_elem(&snat_addrs, &p->dst))
 		return count(REASON_NOT_VIP, XDP_PASS);
 	r = reply_sane(ctx, p);
@@ -496,7 +494,7 @@ static __noinline int handle_reply(struct xdp_md *ctx, struct icmp_pkt *p)
 		return reply_unmatched(p);
 	/* Of two copies of a reply racing on two CPUs, only the one that takes
 	 * the slot back is returned and measured. */
-	if (__sync_val_compare_and_swap(&slot->sent_ns, a.sent, 0) != a.sent)
+	if (__sync_val_compare_and_swap(&rv->sent_ns[i], a.sent, 0) != a.sent)
 		return reply_unmatched(p);
 	return reply_return(ctx, p, &a, now);
 }
@@ -618,7 +616,7 @@ static __always_inline void translate_error(struct icmp_pkt *p, struct quoted *q
  * inlined: a rare path, kept off the stack of the request and reply ones. */
 static __noinline int handle_error(struct xdp_md *ctx, struct icmp_pkt *p, enum icmp_error kind)
 {
-	struct ring_slot *slot = NULL;
+	__u64 *slot = NULL; /* the request's sent_ns in its session's ring */
 	struct inflight_key ik = {};
 	struct backend_counters *bs;
 	struct answered a = {};
@@ -650,11 +648,11 @@ static __noinline int handle_error(struct xdp_md *ctx, struct icmp_pkt *p, enum 
 
 		rv = bpf_map_lookup_elem(&ct_rev, &rk);
 		if (rv) {
-			slot = &rv->ring[i];
-			a.sent = slot->sent_ns;
+			slot = &rv->sent_ns[i];
+			a.sent = *slot;
 			/* Read before the rest of the slot: see track_request. */
 			barrier();
-			if (a.sent && slot->seq == ik.seq)
+			if (a.sent && rv->seq[i] == ik.seq)
 				answered_from_ring(&a, rv, i);
 			else
 				slot = NULL;
@@ -682,7 +680,7 @@ static __noinline int handle_error(struct xdp_md *ctx, struct icmp_pkt *p, enum 
 	/* Of two copies racing on two CPUs, or an error racing the reply, only
 	 * the one that takes the request answers it. */
 	if (slot) {
-		if (__sync_val_compare_and_swap(&slot->sent_ns, a.sent, 0) != a.sent)
+		if (__sync_val_compare_and_swap(slot, a.sent, 0) != a.sent)
 			return count(REASON_ERROR_UNMATCHED, XDP_PASS);
 	} else if (bpf_map_delete_elem(&inflight, &ik)) {
 		return count(REASON_ERROR_UNMATCHED, XDP_PASS);

@@ -179,24 +179,18 @@ type IcmplbRevKey struct {
 type IcmplbRevVal struct {
 	_          structs.HostLayout
 	Client     IcmplbIpaddr
+	Vip        IcmplbIpaddr
+	Snat       IcmplbIpaddr
 	EchoId     uint16
 	ClientMac  [6]uint8
 	BackendIdx uint32
-	Vip        IcmplbIpaddr
 	Flags      IcmplbRevFlags
 	Sampled    uint8
 	Pad        uint8
 	LastSeenNs uint64
-	Ring       [4]IcmplbRingSlot
-}
-
-type IcmplbRingSlot struct {
-	_         structs.HostLayout
-	SentNs    uint64
-	Snat      IcmplbIpaddr
-	Seq       uint16
-	ReplyCsum uint16
-	Pad       uint32
+	SentNs     [4]uint64
+	Seq        [4]uint16
+	ReplyCsum  [4]uint16
 }
 
 type IcmplbScratch struct {

@@ -750,8 +750,8 @@ func (h *harness) ringOf(t testing.TB, be backendInfo, natID, seq uint16) (Icmpl
 		t.Fatalf("ct_rev[%v, %#04x]: %v", be.addr, natID, err)
 	}
 	i := int(seq) & (int(IcmplbLayoutINFLIGHT_RING) - 1)
-	s := rv.Ring[i]
-	return rv, i, s.SentNs != 0 && Host16(s.Seq) == seq && s.SentNs+2*uint64(h.cfg.LossTimeout) >= monotonicNow(t)
+	sent := rv.SentNs[i]
+	return rv, i, sent != 0 && Host16(rv.Seq[i]) == seq && sent+2*uint64(h.cfg.LossTimeout) >= monotonicNow(t)
 }
 
 // inflight returns request (be, natID, seq) awaiting its reply, if any, from
@@ -759,9 +759,8 @@ func (h *harness) ringOf(t testing.TB, be backendInfo, natID, seq uint16) (Icmpl
 func (h *harness) inflight(t testing.TB, be backendInfo, natID, seq uint16) (IcmplbInflightVal, bool) {
 	t.Helper()
 	if rv, i, ok := h.ringOf(t, be, natID, seq); ok {
-		s := rv.Ring[i]
-		return IcmplbInflightVal{SentNs: s.SentNs, BackendIdx: rv.BackendIdx, Client: rv.Client, EchoId: rv.EchoId,
-			ReplyCsum: s.ReplyCsum, ClientMac: rv.ClientMac, Sampled: uint16(rv.Sampled>>i) & 1, Vip: rv.Vip, Snat: s.Snat}, true
+		return IcmplbInflightVal{SentNs: rv.SentNs[i], BackendIdx: rv.BackendIdx, Client: rv.Client, EchoId: rv.EchoId,
+			ReplyCsum: rv.ReplyCsum[i], ClientMac: rv.ClientMac, Sampled: uint16(rv.Sampled>>i) & 1, Vip: rv.Vip, Snat: rv.Snat}, true
 	}
 	return h.overflowed(t, be, natID, seq)
 }
@@ -836,8 +835,8 @@ func (h *harness) inflightCount(t testing.TB) int {
 	now := monotonicNow(t)
 	rit := h.objs.CtRev.Iterate()
 	for rit.Next(&rk, &rv) {
-		for _, s := range rv.Ring {
-			if s.SentNs != 0 && s.SentNs+2*uint64(h.cfg.LossTimeout) >= now {
+		for _, sent := range rv.SentNs {
+			if sent != 0 && sent+2*uint64(h.cfg.LossTimeout) >= now {
 				n++
 			}
 		}
@@ -853,7 +852,7 @@ func (h *harness) inflightCount(t testing.TB) int {
 func (h *harness) backdate(t testing.TB, be backendInfo, natID, seq uint16, d time.Duration) {
 	t.Helper()
 	if rv, i, ok := h.ringOf(t, be, natID, seq); ok {
-		rv.Ring[i].SentNs -= uint64(d)
+		rv.SentNs[i] -= uint64(d)
 		if err := h.objs.CtRev.Put(IcmplbRevKey{Backend: Addr(be.addr), NatId: Net16(natID)}, rv); err != nil {
 			t.Fatalf("backdate ring: %v", err)
 		}

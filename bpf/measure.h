@@ -72,7 +72,7 @@ static __always_inline int ring_awaited(const struct rev_val *rv, __u64 now)
 {
 #pragma unroll
 	for (int i = 0; i < INFLIGHT_RING; i++)
-		if (awaited(rv->ring[i].sent_ns, now))
+		if (awaited(rv->sent_ns[i], now))
 			return 1;
 	return 0;
 }
@@ -136,15 +136,18 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 						const struct ipaddr *snat, struct icmp_echo *icmp, int v6, __u64 now)
 {
 	__u32 i = bpf_ntohs(icmp->seq) & (INFLIGHT_RING - 1);
-	struct ring_slot *slot = &rv->ring[i];
 	__u16 sampled = cfg_trace_sample && bpf_get_prandom_u32() % cfg_trace_sample == 0;
+	int busy = awaited(rv->sent_ns[i], now);
 	struct epoch_count *ep;
 
-	if (awaited(slot->sent_ns, now)) {
+	if (busy && rv->seq[i] == icmp->seq)
+		return TRACK_DUP;
+	/* The ring holds one SNAT address for all its requests: it follows
+	 * the service's once no request of the ring awaits its reply. */
+	if (!addr_eq(&rv->snat, snat) && !busy && !ring_awaited(rv, now))
+		rv->snat = *snat;
+	if (busy || !addr_eq(&rv->snat, snat)) {
 		enum track t;
-
-		if (slot->seq == icmp->seq)
-			return TRACK_DUP;
 		struct sent_req r = {
 			.now = now,
 			.nat_id = icmp->id,
@@ -157,9 +160,8 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 		if (t != TRACK_NEW)
 			return t;
 	} else {
-		slot->snat = *snat;
-		slot->seq = icmp->seq;
-		slot->reply_csum = reply_csum_of(icmp->checksum, v6);
+		rv->seq[i] = icmp->seq;
+		rv->reply_csum[i] = reply_csum_of(icmp->checksum, v6);
 		if (sampled)
 			rv->sampled |= 1 << i;
 		else
@@ -167,7 +169,7 @@ static __always_inline enum track track_request(struct backend *be, __u32 idx, s
 		/* A reply reads sent_ns before the rest and takes the slot only if
 		 * sent_ns is still what it read: the rest must be written first. */
 		barrier();
-		slot->sent_ns = now;
+		rv->sent_ns[i] = now;
 	}
 
 	ep = epoch_slot(idx, now >> EPOCH_SHIFT);

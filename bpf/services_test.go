@@ -198,6 +198,33 @@ func TestKnownSessionSeesServiceChange(t *testing.T) {
 	if src := netip.AddrFrom4([4]byte(out[26:30])); src != newSNAT {
 		t.Fatalf("the known session's request left from %v after its service's SNAT became %v", src, newSNAT)
 	}
+
+	// The ring holds one SNAT address: while requests 1 and 2 from the
+	// old one await replies, request 3 waits in the inflight map, and
+	// each reply is returned only from the address its request left from.
+	natID := binary.BigEndian.Uint16(out[38:40])
+	if _, _, ok := h.ringOf(t, backendA, natID, 3); ok {
+		t.Fatal("request 3 from the new SNAT address took a ring slot while the ring awaits replies to the old one")
+	}
+	if _, ok := h.overflowed(t, backendA, natID, 3); !ok {
+		t.Fatal("request 3 from the new SNAT address is neither in the ring nor in the inflight map")
+	}
+	third, first, second := req, req, req
+	first.seq, second.seq = 1, 2
+	h.requireUntouched(t, replyTo(third, backendA, vip, natID).frame(), xdpPass, IcmplbReasonREASON_REPLY_MISMATCH)
+	h.requireUntouched(t, replyTo(first, backendA, newSNAT, natID).frame(), xdpPass, IcmplbReasonREASON_REPLY_MISMATCH)
+	h.returnReply(t, replyTo(first, backendA, vip, natID), client1, 0x33, hop1MAC)
+	h.returnReply(t, replyTo(third, backendA, newSNAT, natID), client1, 0x33, hop1MAC)
+	h.returnReply(t, replyTo(second, backendA, vip, natID), client1, 0x33, hop1MAC)
+
+	// The ring awaits nothing: it takes the new address.
+	req.seq = 4
+	h.run(t, req.frame(), xdpTX, IcmplbReasonREASON_REQUEST_FORWARDED)
+	rv, _, ok := h.ringOf(t, backendA, natID, 4)
+	if !ok || rv.Snat != Addr(newSNAT) {
+		t.Fatalf("request 4, the ring empty: in the ring %v, the ring's SNAT %v; want it there, from %v", ok, rv.Snat, newSNAT)
+	}
+	h.returnReply(t, replyTo(req, backendA, newSNAT, natID), client1, 0x33, hop1MAC)
 }
 
 // A session whose backend becomes unhealthy moves to another backend: the

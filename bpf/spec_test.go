@@ -30,3 +30,21 @@ func TestAddrLayout(t *testing.T) {
 		t.Errorf("the zero address came back as %s", got)
 	}
 }
+
+// A ct_rev entry is what a packet of a session out of the cache reads
+// whole (struct rev_val): with the kernel's 48-byte element header (struct
+// htab_elem, x86-64) and the key, it fills three cache lines exactly, and
+// entries stay aligned to lines. A field added to either must come with a
+// field taken out, or a line more per packet, decided by measurement.
+func TestSessionEntrySize(t *testing.T) {
+	spec, err := LoadIcmplb()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := spec.Maps["ct_rev"]
+	round := func(n uint32) uint32 { return (n + 7) &^ 7 }
+	const header = 48
+	if got := header + round(m.KeySize) + round(m.ValueSize); got != 3*64 {
+		t.Errorf("a ct_rev entry is %d bytes (%d-byte key, %d-byte value), want 192: three cache lines", got, m.KeySize, m.ValueSize)
+	}
+}
