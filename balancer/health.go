@@ -136,23 +136,6 @@ func (b *Balancer) refreshService(vip netip.Addr) error {
 	if err := b.objs.Services.Put(bpf.Addr(vip), v); err != nil {
 		return fmt.Errorf("write service %s: %w", vip, err)
 	}
-	return b.bumpServiceGen(s.table)
-}
-
-// bumpServiceGen tells the data plane that the service of table changed:
-// its known sessions, which cache it, look it up again on their next
-// request. Called after every write of a service entry.
-func (b *Balancer) bumpServiceGen(table uint32) error {
-	var gen uint32
-	if err := b.objs.ServiceGens.Lookup(table, &gen); err != nil {
-		return fmt.Errorf("read service generation %d: %w", table, err)
-	}
-	if gen++; gen == 0 {
-		gen = 1 // 0 is no session's current generation
-	}
-	if err := b.objs.ServiceGens.Put(table, gen); err != nil {
-		return fmt.Errorf("write service generation %d: %w", table, err)
-	}
 	return nil
 }
 

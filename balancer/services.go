@@ -212,9 +212,6 @@ func (b *Balancer) apply(svcs []config.Service, resolve time.Duration) error {
 		if err := b.objs.Services.Delete(bpf.Addr(vip)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("remove service %s: %w", vip, err)
 		}
-		if err := b.bumpServiceGen(s.table); err != nil {
-			return err
-		}
 		if err := b.objs.MaglevTables.Delete(s.table); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("remove the Maglev table of %s: %w", vip, err)
 		}

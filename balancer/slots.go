@@ -73,10 +73,11 @@ func inOld[K comparable](old map[uint32]K, idx uint32) bool {
 	return ok
 }
 
-// newNATPool returns a pool with fresh secret keys and a random start, so
-// that NAT ids cannot be guessed from outside, nor after a restart.
+// newNATPool returns a pool with fresh secret keys, salt and a random
+// start, so that NAT ids cannot be guessed from outside, nor after a
+// restart.
 func newNATPool() (bpf.IcmplbNatPool, error) {
-	var buf [20]byte
+	var buf [24]byte
 	if _, err := rand.Read(buf[:]); err != nil {
 		return bpf.IcmplbNatPool{}, fmt.Errorf("read random NAT keys: %w", err)
 	}
@@ -85,5 +86,6 @@ func newNATPool() (bpf.IcmplbNatPool, error) {
 		p.Key[i] = binary.LittleEndian.Uint32(buf[4*i:])
 	}
 	p.Next = binary.LittleEndian.Uint32(buf[16:])
+	p.Salt = binary.LittleEndian.Uint32(buf[20:])
 	return p, nil
 }

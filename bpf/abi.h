@@ -68,6 +68,9 @@ enum layout {
 	/* Requests of a session awaiting replies in its ct_rev entry, slot
 	 * seq % INFLIGHT_RING (a power of two). */
 	INFLIGHT_RING = 4,
+	/* Permuted values below it are homes of sessions, the others the
+	 * counter's (see struct nat_pool). */
+	NAT_HOMES = 0x8000,
 };
 
 /* The ICMP errors translated back to the client whose request they are
@@ -129,18 +132,14 @@ struct fwd_key {
 };
 
 /* ct_fwd value: where that session goes, and the MAC that opened it: only
- * that MAC may send the session's requests, and its replies go back to it. */
+ * that MAC may send the session's requests, and its replies go back to it.
+ * Looked up only for sessions away from their home NAT id, and new ones
+ * (see handle_request). */
 struct fwd_val {
 	struct ipaddr backend;
 	__u32 backend_idx;
 	__be16 nat_id;
 	__u8 client_mac[ETH_ALEN];
-	/* The service as it was when service_gens[table] was svc_gen, so that
-	 * a request of a known session needs no lookup of its service while
-	 * that holds; svc_gen 0 is never current. */
-	struct ipaddr snat;
-	__u32 table;
-	__u32 svc_gen;
 };
 
 /* ct_rev key: what a backend's reply carries (source address, echo id). */
@@ -188,12 +187,15 @@ struct rev_val {
 	__sum16 reply_csum[INFLIGHT_RING];
 };
 
-/* nat_pools[idx]: NAT ids of one backend are a keyed permutation of a
- * counter, so an observer of some ids cannot predict the next ones. */
+/* nat_pools[idx]: the NAT ids of one backend are a keyed permutation of
+ * 16-bit values, so an observer of some ids cannot predict others. Half
+ * are homes (values below NAT_HOMES): a session's home is a keyed hash of
+ * the session (see nat_home). The other half are counted out by next, for
+ * sessions whose home is taken: the two never collide. */
 struct nat_pool {
 	__u32 key[4];
 	__u32 next;
-	__u32 pad;
+	__u32 salt; /* mixed into every home of the pool */
 };
 
 /* backend_stats[idx], per CPU. */

@@ -154,8 +154,8 @@ func BenchmarkPath(b *testing.B) {
 		b.Run("request_known_session_"+strconv.Itoa(size), func(b *testing.B) {
 			h := readyHarness(b, cfg)
 			req := seqReq(size)
-			// The session's id: the first the pool hands out.
-			natID := h.natID(b, backendA.idx, h.pools[backendA.idx].Next)
+			// The session's id: its home.
+			natID, _ := h.homeID(b, backendA.idx, vip, client1, 7)
 			// Each request is answered, untimed, so that the in-flight map
 			// stays small and sequence numbers may wrap.
 			bench(b, h, func(i uint32) []byte { return req(i).frame() }, xdpTX, IcmplbReasonREASON_REQUEST_FORWARDED,
@@ -200,11 +200,12 @@ func BenchmarkPath(b *testing.B) {
 		// ring holds sequence 1); then the owner is forgotten (see forget)
 		// and its NAT id given to the newcomer, whose sequence 5 then meets
 		// it there.
-		h.forceNATID(b, backendA.idx, 0x4242)
+		id := h.aHome(b, backendA.idx, 0x4242)
+		h.forceNATID(b, backendA.idx, id, echoRequest(client1, hop1MAC, 7, 1))
 		send(echoRequest(client1, hop1MAC, 7, 1))
 		send(echoRequest(client1, hop1MAC, 7, 5))
-		h.forget(b, backendA, 0x4242)
-		h.forceNATID(b, backendA.idx, 0x4242)
+		h.forget(b, backendA, id)
+		h.forceNATID(b, backendA.idx, id, echoRequest(client2, hop2MAC, 7, 1))
 		send(echoRequest(client2, hop2MAC, 7, 1))
 		bench(b, h, fixed(echoRequest(client2, hop2MAC, 7, 5).frame()), xdpDrop, IcmplbReasonREASON_NAT_COLLISION, nil)
 	})
@@ -288,7 +289,7 @@ func BenchmarkPath(b *testing.B) {
 	})
 	b.Run("request_known_session_v6", func(b *testing.B) {
 		h := ready6(b, cfg6)
-		natID := h.natID(b, backend6A.idx, h.pools[backend6A.idx].Next)
+		natID, _ := h.homeID(b, backend6A.idx, vip6, seqReq6(0).src, seqReq6(0).echoID)
 		bench(b, h, func(i uint32) []byte { return seqReq6(i).frame() }, xdpTX, IcmplbReasonREASON_REQUEST_FORWARDED,
 			func(p uint32) {
 				for i := 2 * p; i < 2*p+2; i++ {

@@ -110,7 +110,7 @@ struct opening {
 	struct ipaddr snat; /* its service's */
 	__u64 now;
 	__u32 idx;   /* its backend slot */
-	__u32 table; /* its service's */
+	__u32 home;  /* its home NAT id at Maglev's pick (nat_home), or NO_HOME */
 	__u8 client_mac[ETH_ALEN];
 };
 
@@ -136,63 +136,47 @@ static __noinline int open_session(const struct fwd_key *fk, struct opening *o)
 	rv->snat = o->snat;
 	rv->last_seen_ns = o->now;
 	__builtin_memcpy(rv->client_mac, o->client_mac, ETH_ALEN);
-	if (!nat_alloc(o->idx, &o->rk, rv, o->now))
+	if (!nat_alloc(o->idx, &o->rk, rv, o->now, o->home))
 		return 0;
-	/* Its service's generation is not known here (read after the
-	 * service, it could be newer than what was read): the session's next
-	 * request caches it. */
 	nv = &s->fwd;
 	__builtin_memset(nv, 0, sizeof(*nv));
 	nv->backend = o->rk.backend;
 	nv->backend_idx = o->idx;
 	nv->nat_id = o->rk.nat_id;
-	nv->snat = o->snat;
-	nv->table = o->table;
 	__builtin_memcpy(nv->client_mac, o->client_mac, ETH_ALEN);
 	bpf_map_update_elem(&ct_fwd, fk, nv, BPF_ANY);
 	return 1;
 }
 
-/* Caches a known session's service (o's SNAT address and table, of
- * generation gen) in its ct_fwd entry. Written by key, not through the
- * pointer the lookup gave: another CPU may have evicted that LRU element
- * and handed it to another session meanwhile. Only after a service was
- * written: rare, and not inlined. */
-static __noinline void cache_service(const struct fwd_key *fk, const struct opening *o, __u32 gen)
+/* Whether ct_rev entry rv is session fk's, live (not retired). */
+static __always_inline int session_is(const struct rev_val *rv, const struct fwd_key *fk)
 {
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-	struct fwd_val *fv = bpf_map_lookup_elem(&ct_fwd, fk);
-	struct fwd_val *nv;
-
-	if (!s || !fv)
-		return;
-	nv = &s->fwd;
-	*nv = *fv;
-	/* Still the session this request saw: same backend and NAT id. */
-	if (!addr_eq(&nv->backend, &o->rk.backend) || nv->nat_id != o->rk.nat_id)
-		return;
-	nv->snat = o->snat;
-	nv->table = o->table;
-	nv->svc_gen = gen;
-	bpf_map_update_elem(&ct_fwd, fk, nv, BPF_EXIST);
+	return addr_eq(&rv->client, &fk->client) && rv->echo_id == fk->echo_id && addr_eq(&rv->vip, &fk->vip) &&
+	       !(rv->flags & REV_F_RETIRED);
 }
 
-/* A request to a VIP: fk is its session's key, fv its ct_fwd entry if any;
- * snat, table and flags are its service's, and gen the generation of that
- * service to cache in the session (0: none known). */
-static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p, const struct ipaddr *snat,
-					  __u32 table, enum service_flags flags, const struct fwd_key *fk,
-					  struct fwd_val *fv, __u32 gen)
+/* A request to a VIP of service svc: fk is its session's key.
+ *
+ * A session opens at its home NAT id (nat_home) at the backend Maglev
+ * picks when that id is free, so a request of a known session is found
+ * with one lookup of ct_rev, where its ring is: a session's two entries
+ * are two cache misses each when its packets come far apart, and ct_fwd is
+ * looked up only for sessions away from their home (an id taken, a move, a
+ * Maglev table changed since they opened) and for new ones. */
+static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p, const struct service *svc,
+					  const struct fwd_key *fk)
 {
-	struct opening o = { .snat = *snat, .table = table };
+	struct opening o = { .snat = svc->snat, .home = NO_HOME };
+	__u32 table = svc->table, pick_idx = 0;
+	struct backend *pick = NULL, *be;
 	struct rev_key old_rk = {};
 	__u32 moved_from = NO_SLOT;
-	int moving = 0;
 	struct rev_val *cur;
-	struct backend *be;
+	struct fwd_val *fv;
+	int moving = 0;
+	__u32 h;
 
-	if (flags & SERVICE_F_PASS)
+	if (svc->flags & SERVICE_F_PASS)
 		return count_svc(table, REASON_ALL_DOWN, XDP_PASS);
 	if (p->ttl == 0)
 		return count_svc(table, REASON_TTL_ZERO, XDP_PASS);
@@ -202,15 +186,51 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p
 	__builtin_memcpy(o.client_mac, p->eth->h_source, ETH_ALEN);
 	o.now = bpf_ktime_get_ns();
 
+	h = session_hash(&fk->client, fk->echo_id);
+	{
+		__u32 slot = h % cfg_maglev_size;
+		void *tbl = bpf_map_lookup_elem(&maglev_tables, &table);
+		__u32 *idx = tbl ? bpf_map_lookup_elem(tbl, &slot) : NULL;
+
+		if (idx) {
+			pick_idx = *idx;
+			pick = bpf_map_lookup_elem(&backends, &pick_idx);
+		}
+	}
+	/* A backend of the other family would make a frame of neither: the
+	 * agent never configures one, and this keeps it so. */
+	if (pick && (!addr_eq(&pick->vip, &fk->vip) || addr_is4(&pick->addr) == p->v6 || addr_is4(&o.snat) == p->v6))
+		pick = NULL;
+	if (pick && (pick->flags & BACKEND_F_UP) == BACKEND_F_UP) {
+		struct nat_pool *pool = bpf_map_lookup_elem(&nat_pools, &pick_idx);
+
+		if (pool)
+			o.home = nat_home(pool, &fk->vip, h);
+		if (o.home != NO_HOME) {
+			o.rk.backend = pick->addr;
+			o.rk.nat_id = bpf_htons(o.home);
+			cur = bpf_map_lookup_elem(&ct_rev, &o.rk);
+			if (cur && session_is(cur, fk) && cur->backend_idx == pick_idx) {
+				/* The session is live: it belongs to the MAC that
+				 * opened it. Anyone else on the segment could otherwise
+				 * take its replies by sending one request with its
+				 * address. */
+				if (!mac_eq(cur->client_mac, o.client_mac))
+					return count_svc(table, REASON_SESSION_MAC_MISMATCH, XDP_DROP);
+				o.idx = pick_idx;
+				be = pick;
+				cur->last_seen_ns = o.now;
+				goto forward;
+			}
+		}
+	}
+
+	fv = bpf_map_lookup_elem(&ct_fwd, fk);
 	if (fv) {
 		o.rk.backend = fv->backend;
 		o.rk.nat_id = fv->nat_id;
 		cur = bpf_map_lookup_elem(&ct_rev, &o.rk);
-		if (cur && addr_eq(&cur->client, &fk->client) && cur->echo_id == fk->echo_id &&
-		    addr_eq(&cur->vip, &fk->vip) && !(cur->flags & REV_F_RETIRED)) {
-			/* The session is live: it belongs to the MAC that opened it.
-			 * Anyone else on the segment could otherwise take its
-			 * replies by sending one request with its address. */
+		if (cur && session_is(cur, fk)) {
 			if (!mac_eq(fv->client_mac, o.client_mac))
 				return count_svc(table, REASON_SESSION_MAC_MISMATCH, XDP_DROP);
 			o.idx = fv->backend_idx;
@@ -220,8 +240,6 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p
 			if (be && (be->flags & BACKEND_F_UP) == BACKEND_F_UP && addr_eq(&be->addr, &fv->backend) &&
 			    addr_eq(&be->vip, &fk->vip)) {
 				cur->last_seen_ns = o.now;
-				if (fv->svc_gen != gen)
-					cache_service(fk, &o, gen);
 				goto forward;
 			}
 			/* Its backend left the pool: the session moves. Its old
@@ -239,24 +257,9 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p
 	 * address is one a client had. */
 	if (bogus_source(p))
 		return count_svc(table, REASON_BOGUS_SOURCE, XDP_PASS);
-	{
-		__u32 slot = session_hash(&fk->client, fk->echo_id) % cfg_maglev_size;
-		void *tbl = bpf_map_lookup_elem(&maglev_tables, &table);
-		__u32 *pick;
-
-		if (!tbl)
-			return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
-		pick = bpf_map_lookup_elem(tbl, &slot);
-		if (!pick)
-			return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
-		o.idx = *pick;
-		be = bpf_map_lookup_elem(&backends, &o.idx);
-		/* A backend of the other family would make a frame of neither:
-		 * the agent never configures one, and this keeps it so. */
-		if (!be || !(be->flags & BACKEND_F_ACTIVE) || !addr_eq(&be->vip, &fk->vip) ||
-		    addr_is4(&be->addr) == p->v6 || addr_is4(&o.snat) == p->v6)
-			return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
-	}
+	be = pick;
+	if (!be || !(be->flags & BACKEND_F_ACTIVE))
+		return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
 	if (!(be->flags & BACKEND_F_NEIGH))
 		return count_svc(table, REASON_NEIGH_UNRESOLVED, XDP_PASS);
 	/* The agent takes an unhealthy backend out of the table before it
@@ -264,6 +267,7 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p
 	if (!(be->flags & BACKEND_F_HEALTHY))
 		return count_svc(table, REASON_NO_BACKEND, XDP_DROP);
 
+	o.idx = pick_idx;
 	o.rk.backend = be->addr;
 	if (!open_session(fk, &o))
 		return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
@@ -698,30 +702,11 @@ static __noinline int handle_error(struct xdp_md *ctx, struct icmp_pkt *p, enum 
 static __noinline int handle_echo_request(struct xdp_md *ctx, struct icmp_pkt *p)
 {
 	struct fwd_key fk = { .client = p->src, .vip = p->dst, .echo_id = p->icmp->id };
-	struct fwd_val *fv = bpf_map_lookup_elem(&ct_fwd, &fk);
-	const struct service *svc;
-	__u32 gen = 0;
+	const struct service *svc = bpf_map_lookup_elem(&services, &fk.vip);
 
-	/* A known session's service as it cached it, while current. The
-	 * generation is read before the service: a write between the two
-	 * leaves the cache stale by one generation, never current with an old
-	 * service. */
-	if (fv) {
-		__u32 table = fv->table;
-		__u32 *g = bpf_map_lookup_elem(&service_gens, &table);
-
-		gen = g ? *g : 0;
-		/* The family check costs nothing and keeps an element another
-		 * session took over meanwhile from sending this one's request
-		 * from an address of the other family. */
-		if (gen && gen == fv->svc_gen && addr_is4(&fv->snat) != p->v6)
-			return handle_request(ctx, p, &fv->snat, table, 0, &fk, fv, gen);
-	}
-	svc = bpf_map_lookup_elem(&services, &fk.vip);
 	if (!svc)
 		return count(REASON_NOT_VIP, XDP_PASS);
-	return handle_request(ctx, p, &svc->snat, svc->table, svc->flags, &fk, fv,
-			      fv && svc->table == fv->table ? gen : 0);
+	return handle_request(ctx, p, svc, &fk);
 }
 
 SEC("xdp")

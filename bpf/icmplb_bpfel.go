@@ -64,9 +64,6 @@ type IcmplbFwdVal struct {
 	BackendIdx uint32
 	NatId      uint16
 	ClientMac  [6]uint8
-	Snat       IcmplbIpaddr
-	Table      uint32
-	SvcGen     uint32
 }
 
 type IcmplbIcmpError uint32
@@ -114,6 +111,7 @@ const (
 	IcmplbLayoutICMP_MAX_LEN      IcmplbLayout = 9000
 	IcmplbLayoutPROBE_ECHO_ID     IcmplbLayout = 65534
 	IcmplbLayoutINFLIGHT_RING     IcmplbLayout = 4
+	IcmplbLayoutNAT_HOMES         IcmplbLayout = 32768
 )
 
 type IcmplbLossState struct {
@@ -126,7 +124,7 @@ type IcmplbNatPool struct {
 	_    structs.HostLayout
 	Key  [4]uint32
 	Next uint32
-	Pad  uint32
+	Salt uint32
 }
 
 type IcmplbReason uint32
@@ -268,7 +266,6 @@ const (
 	IcmplbMapNatPools         = "nat_pools"
 	IcmplbMapRttHist          = "rtt_hist"
 	IcmplbMapScratch          = "scratch"
-	IcmplbMapServiceGens      = "service_gens"
 	IcmplbMapServices         = "services"
 	IcmplbMapSlotSessions     = "slot_sessions"
 	IcmplbMapSnatAddrs        = "snat_addrs"
@@ -354,7 +351,6 @@ type IcmplbMapSpecs struct {
 	NatPools         *ebpf.MapSpec `ebpf:"nat_pools"`
 	RttHist          *ebpf.MapSpec `ebpf:"rtt_hist"`
 	Scratch          *ebpf.MapSpec `ebpf:"scratch"`
-	ServiceGens      *ebpf.MapSpec `ebpf:"service_gens"`
 	Services         *ebpf.MapSpec `ebpf:"services"`
 	SlotSessions     *ebpf.MapSpec `ebpf:"slot_sessions"`
 	SnatAddrs        *ebpf.MapSpec `ebpf:"snat_addrs"`
@@ -412,7 +408,6 @@ type IcmplbMaps struct {
 	NatPools         *ebpf.Map `ebpf:"nat_pools"`
 	RttHist          *ebpf.Map `ebpf:"rtt_hist"`
 	Scratch          *ebpf.Map `ebpf:"scratch"`
-	ServiceGens      *ebpf.Map `ebpf:"service_gens"`
 	Services         *ebpf.Map `ebpf:"services"`
 	SlotSessions     *ebpf.Map `ebpf:"slot_sessions"`
 	SnatAddrs        *ebpf.Map `ebpf:"snat_addrs"`
@@ -439,7 +434,6 @@ func (m *IcmplbMaps) Close() error {
 		m.NatPools,
 		m.RttHist,
 		m.Scratch,
-		m.ServiceGens,
 		m.Services,
 		m.SlotSessions,
 		m.SnatAddrs,

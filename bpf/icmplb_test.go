@@ -397,20 +397,6 @@ func (h *harness) addService(t testing.TB, vip, snat netip.Addr, table uint32) {
 			t.Fatalf("src_deny[%v]: %v", a, err)
 		}
 	}
-	h.bumpServiceGen(t, table)
-}
-
-// bumpServiceGen marks a service written, as the agent does after each
-// write: sessions that cached it look it up again.
-func (h *harness) bumpServiceGen(t testing.TB, table uint32) {
-	t.Helper()
-	var gen uint32
-	if err := h.objs.ServiceGens.Lookup(table, &gen); err != nil {
-		t.Fatalf("service_gens[%d]: %v", table, err)
-	}
-	if err := h.objs.ServiceGens.Put(table, gen+1); err != nil {
-		t.Fatalf("service_gens[%d]: %v", table, err)
-	}
 }
 
 // loadTestObjects loads the test-only programs (testprogs.c) with the RTT
@@ -484,15 +470,26 @@ func (h *harness) setPool(t testing.TB, idx uint32, pool IcmplbNatPool) {
 // setNATNext sets the counter of backend idx's NAT pool, keeping its keys.
 func (h *harness) setNATNext(t testing.TB, idx uint32, next uint32) {
 	t.Helper()
-	pool, ok := h.pools[idx]
-	if !ok {
-		t.Fatalf("test bug: no NAT pool for backend %d", idx)
-	}
+	pool := h.pool(t, idx)
 	pool.Next = next
 	if err := h.objs.NatPools.Put(idx, pool); err != nil {
 		t.Fatalf("nat_pools[%d]: %v", idx, err)
 	}
 	h.pools[idx] = pool
+}
+
+// pool is backend idx's NAT pool as the kernel holds it (its counter
+// moves with every counted id).
+func (h *harness) pool(t testing.TB, idx uint32) IcmplbNatPool {
+	t.Helper()
+	if _, ok := h.pools[idx]; !ok {
+		t.Fatalf("test bug: no NAT pool for backend %d", idx)
+	}
+	var pool IcmplbNatPool
+	if err := h.objs.NatPools.Lookup(idx, &pool); err != nil {
+		t.Fatalf("nat_pools[%d]: %v", idx, err)
+	}
+	return pool
 }
 
 // poolNext reads the counter of backend idx's NAT pool from the kernel.
@@ -505,20 +502,69 @@ func (h *harness) poolNext(t testing.TB, idx uint32) uint32 {
 	return pool.Next
 }
 
-// natID is the NAT id backend idx's pool gives for counter value n.
+// natID is the NAT id backend idx's pool counts out for counter value n,
+// to a session whose home is taken.
 func (h *harness) natID(t testing.TB, idx uint32, n uint32) uint16 {
 	t.Helper()
-	pool, ok := h.pools[idx]
-	if !ok {
-		t.Fatalf("test bug: no NAT pool for backend %d", idx)
-	}
-	return natPermute(pool.Key, uint16(n))
+	return natCounted(h.pool(t, idx).Key, n)
 }
 
-// forceNATID makes id the next NAT id backend idx's pool hands out.
-func (h *harness) forceNATID(t testing.TB, idx uint32, id uint16) {
+// homeID is the home NAT id at backend idx of the session of client and
+// echoID to vip, if it has one.
+func (h *harness) homeID(t testing.TB, idx uint32, vip, client netip.Addr, echoID uint16) (uint16, bool) {
 	t.Helper()
-	h.setNATNext(t, idx, uint32(natUnpermute(h.pools[idx].Key, id)))
+	return natHome(h.pool(t, idx), vip, client, echoID)
+}
+
+// aHome is a NAT id of the home half of backend idx's pool, from n: for
+// tests that need some home id to force (forceNATID).
+func (h *harness) aHome(t testing.TB, idx uint32, n uint16) uint16 {
+	t.Helper()
+	return natPermute(h.pool(t, idx).Key, n&(natHomes-1))
+}
+
+// forceNATID makes id the NAT id req's session gets when it opens at
+// backend idx. An id of the home half (aHome) becomes the session's home,
+// by the pool's salt (which moves every other session's home too: those
+// away from their home are found through ct_fwd, as in production after a
+// change of Maglev table). An id of the counted half becomes the counter's
+// next, and the session's home is taken by a request of another session,
+// still awaited.
+func (h *harness) forceNATID(t testing.TB, idx uint32, id uint16, req packet) {
+	t.Helper()
+	pool := h.pool(t, idx)
+	x := natUnpermute(pool.Key, id)
+	if x < natHomes {
+		pool.Salt = 0
+		c, _ := natHomeValue(pool, req.dst, req.src, req.echoID)
+		pool.Salt = uint32(c ^ x)
+		h.setPool(t, idx, pool)
+		if got, ok := h.homeID(t, idx, req.dst, req.src, req.echoID); !ok || got != id {
+			t.Fatalf("test bug: forcing home %#04x gave %#04x (%v)", id, got, ok)
+		}
+		return
+	}
+	pool.Next = uint32(x &^ natHomes)
+	h.setPool(t, idx, pool)
+	h.holdHome(t, idx, req)
+}
+
+// holdHome gives the home of req's session at backend idx, if it has one,
+// to another session with a request still awaited, so that req's session
+// opens with a counted id.
+func (h *harness) holdHome(t testing.TB, idx uint32, req packet) {
+	t.Helper()
+	home, ok := h.homeID(t, idx, req.dst, req.src, req.echoID)
+	if !ok {
+		return
+	}
+	now := monotonicNow(t)
+	holder := IcmplbRevVal{Client: Addr(netip.MustParseAddr("192.0.2.77")), EchoId: Net16(77), BackendIdx: idx,
+		Vip: Addr(req.dst), LastSeenNs: now}
+	holder.SentNs[0], holder.Seq[0] = now, Net16(4)
+	if err := h.objs.CtRev.Put(IcmplbRevKey{Backend: Addr(h.backends[idx].addr), NatId: Net16(home)}, holder); err != nil {
+		t.Fatalf("hold home %#04x: %v", home, err)
+	}
 }
 
 // pointMaglev fills every slot, cycling through idxs.
@@ -1105,6 +1151,7 @@ func TestFrameShorterThanEthernet(t *testing.T) {
 func TestPassUntouched(t *testing.T) {
 	requireRoot(t)
 	req := echoRequest(client1, hop1MAC, 0x1234, 1)
+	var homeA uint16 // the NAT id of req's session at A, once a setup opened it
 	reqFrame := func(mut func(p *packet)) []byte {
 		p := req
 		mut(&p)
@@ -1244,12 +1291,10 @@ func TestPassUntouched(t *testing.T) {
 		}},
 		{name: "reply with NAT id from another backend", reason: IcmplbReasonREASON_CONNTRACK_MISS,
 			setup: func(t *testing.T, h *harness) {
-				h.forceNATID(t, backendA.idx, 0x0abc)
-				if _, nat := h.forward(t, req); nat != 0x0abc {
-					t.Fatalf("setup: NAT id %#04x, want 0x0abc", nat)
-				}
+				_, homeA = h.forward(t, req)
 			},
-			frame: func() []byte { return replyTo(req, backendB, vip, 0x0abc).frame() },
+			// The id req's session got at A, from B.
+			frame: func() []byte { return replyTo(req, backendB, vip, homeA).frame() },
 		},
 		{name: "echo request with TTL 0", reason: IcmplbReasonREASON_TTL_ZERO, frame: func() []byte {
 			return reqFrame(func(p *packet) { p.ttl = 0 })
@@ -1364,7 +1409,7 @@ func TestChecksumCorners(t *testing.T) {
 					case "reply out":
 						req = zeroICMPChecksum(t, req, func(p packet) packet { return restored(replyIn(p)) })
 					}
-					h.forceNATID(t, backendA.idx, natID)
+					h.forceNATID(t, backendA.idx, natID, req)
 					if _, got := h.forward(t, req); got != natID {
 						t.Fatalf("NAT id %#04x, want %#04x", got, natID)
 					}

@@ -74,9 +74,9 @@ func TestNATCollision(t *testing.T) {
 	cfg := testConfig(vip)
 	h := readyHarness(t, cfg)
 
-	const natID = 0x4242
-	h.forceNATID(t, backendA.idx, natID)
+	natID := h.aHome(t, backendA.idx, 0x4242)
 	owner := echoRequest(client1, hop1MAC, 0x0101, 1)
+	h.forceNATID(t, backendA.idx, natID, owner)
 	h.forward(t, owner)
 	// Sequence 5 finds slot 1 of the ring taken by sequence 1.
 	owner5 := echoRequest(client1, hop1MAC, 0x0101, 5)
@@ -86,8 +86,8 @@ func TestNATCollision(t *testing.T) {
 	}
 	h.forget(t, backendA, natID)
 
-	h.forceNATID(t, backendA.idx, natID)
 	newcomer := echoRequest(client2, hop2MAC, 0x0202, 1)
+	h.forceNATID(t, backendA.idx, natID, newcomer)
 	if _, got := h.forward(t, newcomer); got != natID {
 		t.Fatalf("setup: newcomer got NAT id %#04x, want the forgotten %#04x", got, natID)
 	}
@@ -102,15 +102,15 @@ func TestNATCollision(t *testing.T) {
 	// A request older than twice the loss timeout is lost for good: its
 	// key may be taken over.
 	owner9 := echoRequest(client1, hop1MAC, 0x0303, 9)
-	h.forceNATID(t, backendA.idx, natID^1)
+	h.forceNATID(t, backendA.idx, h.aHome(t, backendA.idx, 0x4243), owner9)
 	_, ownerNAT := h.forward(t, owner9)
 	owner13 := echoRequest(client1, hop1MAC, 0x0303, 13)
 	h.forward(t, owner13)
 	h.backdate(t, backendA, ownerNAT, 13, 2*cfg.LossTimeout+time.Second)
 	h.backdate(t, backendA, ownerNAT, 9, 2*cfg.LossTimeout+time.Second)
 	h.forget(t, backendA, ownerNAT)
-	h.forceNATID(t, backendA.idx, ownerNAT)
 	taker := echoRequest(client2, hop2MAC, 0x0404, 9)
+	h.forceNATID(t, backendA.idx, ownerNAT, taker)
 	h.forward(t, taker)
 	taker13 := echoRequest(client2, hop2MAC, 0x0404, 13)
 	h.forward(t, taker13)

@@ -158,7 +158,7 @@ func TestJumboFrames(t *testing.T) {
 			requireFrame(t, "passed corrupt request", bad, w.exchange(t, bad, xdpPass, IcmplbReasonREASON_MALFORMED))
 
 			natID := uint16(0x5000 + i)
-			h.forceNATID(t, backendA.idx, natID)
+			h.forceNATID(t, backendA.idx, natID, req)
 			out := w.exchange(t, in, xdpTX, IcmplbReasonREASON_REQUEST_FORWARDED)
 			requireChecksumsVerify(t, out)
 			requireFrame(t, "forwarded request", h.forwardedFrame(req, backendA, natID), out)

@@ -27,16 +27,6 @@ struct {
 	__uint(max_entries, 1);
 } services SEC(".maps");
 
-/* service_gens: struct service's table -> its generation, which the agent
- * bumps after every write of that service (never 0 once written): a
- * session caches its service with the generation it saw. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, 1);
-} service_gens SEC(".maps");
-
 /* snat_addrs: the services' SNAT addresses -> services using it. Replies
  * come back to them. */
 struct {

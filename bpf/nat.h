@@ -100,6 +100,23 @@ static __always_inline __u16 nat_permute(const struct nat_pool *p, __u16 x)
 	return ((__u16)l << 8) | r;
 }
 
+/* What nat_home returns when a session has no home NAT id. */
+#define NO_HOME 0xffffffffU
+
+/* A session's home NAT id at a backend, from the session's hash h (the
+ * one Maglev picks its backend by), its VIP and the pool's salt: what
+ * nat_alloc tries first, so that a request finds its session at (backend,
+ * home id) with no lookup of ct_fwd. Through the pool's keyed permutation,
+ * so that it is no more predictable than the counted ids. Never
+ * PROBE_ECHO_ID: a session whose home would be that one has none. */
+static __always_inline __u32 nat_home(const struct nat_pool *pool, const struct ipaddr *vip, __u32 h)
+{
+	__u32 v = vip->w[0] ^ vip->w[1] ^ vip->w[2] ^ vip->w[3] ^ pool->salt;
+	__u16 id = nat_permute(pool, (__u16)(h ^ (h >> 16) ^ v ^ (v >> 16)) & (NAT_HOMES - 1));
+
+	return id == PROBE_ECHO_ID ? NO_HOME : id;
+}
+
 /* Ends the session that holds NAT id rk (rv): its ct_fwd entry goes, if it
  * still points there (a session that moved points elsewhere). Called
  * wherever a ct_rev entry stops being its session's, so that a session's
@@ -114,19 +131,28 @@ static __always_inline void drop_session(const struct rev_key *rk, const struct 
 		bpf_map_delete_elem(&ct_fwd, &fk);
 }
 
-/* Gives the session a NAT id no live session holds at this backend, or 0
- * when none of the ids tried is free or the sessions map is full. */
-static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_val *rv, __u64 now)
+/* Gives the session a NAT id no live session holds at this backend: its
+ * home (nat_home, unless NO_HOME), else the first free of NAT_ID_TRIES
+ * counted ids; returns 0 when none is free or the sessions map is full. */
+static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_val *rv, __u64 now, __u32 home)
 {
 	struct nat_pool *pool = bpf_map_lookup_elem(&nat_pools, &idx);
 
 	if (!pool)
 		return 0;
 #pragma unroll
-	for (int i = 0; i < NAT_ID_TRIES; i++) {
-		__u16 cand = nat_permute(pool, (__u16)__sync_fetch_and_add(&pool->next, 1));
+	for (int i = 0; i <= NAT_ID_TRIES; i++) {
+		__u16 cand;
 		struct rev_val *old;
 		long err;
+
+		if (i == 0) {
+			if (home == NO_HOME)
+				continue;
+			cand = home;
+		} else {
+			cand = nat_permute(pool, NAT_HOMES | (__sync_fetch_and_add(&pool->next, 1) & (NAT_HOMES - 1)));
+		}
 
 		if (cand == PROBE_ECHO_ID)
 			continue;
@@ -140,7 +166,10 @@ static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_v
 			continue;
 		if (old && !(old->flags & REV_F_RETIRED))
 			drop_session(rk, old);
-		err = bpf_map_update_elem(&ct_rev, rk, rv, BPF_ANY);
+		/* An id free when looked up may be taken by another CPU
+		 * before the update (the same session's home id above all):
+		 * it is not overwritten. */
+		err = bpf_map_update_elem(&ct_rev, rk, rv, old ? BPF_ANY : BPF_NOEXIST);
 		if (err == 0)
 			return 1;
 		/* The sessions map is full: no other id has room either. */

@@ -85,7 +85,6 @@ func NewSpec(c Config) (*ebpf.CollectionSpec, error) {
 		}
 	}
 	spec.Maps[IcmplbMapServices].MaxEntries = c.MaxServices
-	spec.Maps[IcmplbMapServiceGens].MaxEntries = c.MaxServices
 	// Every VIP and SNAT address, the SNAT addresses a reload retired and
 	// still keeps, and the interface's own (see balancer/srcdeny.go).
 	spec.Maps[IcmplbMapSrcDeny].MaxEntries = 3*c.MaxServices + srcDenyIface

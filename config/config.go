@@ -196,9 +196,9 @@ const (
 	// a few hundred entries evicts live sessions long before it is full.
 	MinMapSize = 1024
 	// MaxMapSize bounds the conntrack and in-flight maps. Their entries are
-	// preallocated when the agent starts: 160 bytes an entry of ct_fwd and
+	// preallocated when the agent starts: 136 bytes an entry of ct_fwd, 160
 	// of the in-flight map, 208 of ct_rev by the kernel's memlock count
-	// (addresses of both families in 16 bytes), so 2^24 entries are 2.5 to
+	// (addresses of both families in 16 bytes), so 2^24 entries are 2.1 to
 	// 3.25 GiB per map. Measured on a 2-core machine with all three maps at
 	// 2^24, when entries were about 100 bytes: 4.4 GiB, attached after 14
 	// s, stopped in under 2 s; at 2^25 the start took 35 s, and the 10^8 (~10 GiB
