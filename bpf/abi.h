@@ -71,6 +71,11 @@ enum layout {
 	/* Permuted values below it are homes of sessions, the others the
 	 * counter's (see struct nat_pool). */
 	NAT_HOMES = 0x8000,
+	/* A session found at its home looks up its ct_fwd entry once every
+	 * FWD_REFRESH units of 2^FWD_REFRESH_SHIFT ns (about a second), see
+	 * rev_val's fwd_ref. */
+	FWD_REFRESH_SHIFT = 24,
+	FWD_REFRESH = 64,
 };
 
 /* The ICMP errors translated back to the client whose request they are
@@ -150,7 +155,7 @@ struct rev_key {
 };
 
 /* rev_val's flags. */
-enum rev_flags : __u16 {
+enum rev_flags : __u8 {
 	/* The session moved to another backend, or went idle with requests
 	 * still awaited: the entry only waits for the replies of its ring,
 	 * then the sweeper frees it. */
@@ -178,7 +183,11 @@ struct rev_val {
 	__u32 backend_idx;
 	enum rev_flags flags;
 	__u8 sampled; /* bit i: slot i's exchange is traced */
-	__u8 pad;
+	/* When the session last looked up its ct_fwd entry, in units of
+	 * 2^FWD_REFRESH_SHIFT ns, wrapping. A session found at its home needs
+	 * none, but that entry is what finds it once Maglev picks another
+	 * backend, and an LRU entry never looked up is the first evicted. */
+	__u16 fwd_ref;
 	__u64 last_seen_ns;
 	/* The ring: when slot i's request was sent (0: free; a reply takes
 	 * it back), its sequence, and what its reply's ICMP checksum must be. */

@@ -114,19 +114,34 @@ struct opening {
 	__u8 client_mac[ETH_ALEN];
 };
 
+/* Points session fk's ct_fwd entry at o's backend and NAT id, built in
+ * this CPU's scratch space s. */
+static __always_inline void set_fwd(struct scratch *s, const struct fwd_key *fk, const struct opening *o)
+{
+	struct fwd_val *nv = &s->fwd;
+
+	__builtin_memset(nv, 0, sizeof(*nv));
+	nv->backend = o->rk.backend;
+	nv->backend_idx = o->idx;
+	nv->nat_id = o->rk.nat_id;
+	__builtin_memcpy(nv->client_mac, o->client_mac, ETH_ALEN);
+	bpf_map_update_elem(&ct_fwd, fk, nv, BPF_ANY);
+}
+
 /* Opens the session fk at backend slot o->idx: a NAT id (into o->rk) with
  * its ct_rev entry, then its ct_fwd entry, both built in this CPU's
- * scratch space. Not inlined: a path of its own for the verifier's stack
+ * scratch space; or adopts the entry another CPU just opened for it (see
+ * nat_take_home). Not inlined: a path of its own for the verifier's stack
  * limit. */
-static __noinline int open_session(const struct fwd_key *fk, struct opening *o)
+static __noinline enum nat_alloc_result open_session(const struct fwd_key *fk, struct opening *o)
 {
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	enum nat_alloc_result r;
 	struct rev_val *rv;
-	struct fwd_val *nv;
 
 	if (!s)
-		return 0;
+		return NAT_NONE;
 	rv = &s->rev;
 	__builtin_memset(rv, 0, sizeof(*rv));
 	rv->client = fk->client;
@@ -135,24 +150,36 @@ static __noinline int open_session(const struct fwd_key *fk, struct opening *o)
 	rv->vip = fk->vip;
 	rv->snat = o->snat;
 	rv->last_seen_ns = o->now;
+	rv->fwd_ref = o->now >> FWD_REFRESH_SHIFT;
 	__builtin_memcpy(rv->client_mac, o->client_mac, ETH_ALEN);
-	if (!nat_alloc(o->idx, &o->rk, rv, o->now, o->home))
-		return 0;
-	nv = &s->fwd;
-	__builtin_memset(nv, 0, sizeof(*nv));
-	nv->backend = o->rk.backend;
-	nv->backend_idx = o->idx;
-	nv->nat_id = o->rk.nat_id;
-	__builtin_memcpy(nv->client_mac, o->client_mac, ETH_ALEN);
-	bpf_map_update_elem(&ct_fwd, fk, nv, BPF_ANY);
-	return 1;
+	r = nat_alloc(o->idx, &o->rk, rv, o->now, o->home);
+	/* An adopted session's opener writes its ct_fwd entry. */
+	if (r == NAT_NEW)
+		set_fwd(s, fk, o);
+	return r;
 }
 
 /* Whether ct_rev entry rv is session fk's, live (not retired). */
 static __always_inline int session_is(const struct rev_val *rv, const struct fwd_key *fk)
 {
-	return addr_eq(&rv->client, &fk->client) && rv->echo_id == fk->echo_id && addr_eq(&rv->vip, &fk->vip) &&
-	       !(rv->flags & REV_F_RETIRED);
+	return rev_is(rv, &fk->client, &fk->vip, fk->echo_id);
+}
+
+/* Looks up the ct_fwd entry of session fk, found at its home o->rk, so
+ * that the LRU keeps it, and points it there again if it was evicted or
+ * points elsewhere (a second id the session took in a race, since
+ * freed). Once every FWD_REFRESH: rare, and not inlined. */
+static __noinline void refresh_fwd(const struct fwd_key *fk, const struct opening *o)
+{
+	struct fwd_val *fv = bpf_map_lookup_elem(&ct_fwd, fk);
+	__u32 zero = 0;
+	struct scratch *s;
+
+	if (fv && addr_eq(&fv->backend, &o->rk.backend) && fv->nat_id == o->rk.nat_id)
+		return;
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (s)
+		set_fwd(s, fk, o);
 }
 
 /* A request to a VIP of service svc: fk is its session's key.
@@ -220,6 +247,10 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p
 				o.idx = pick_idx;
 				be = pick;
 				cur->last_seen_ns = o.now;
+				if ((__u16)((o.now >> FWD_REFRESH_SHIFT) - cur->fwd_ref) >= FWD_REFRESH) {
+					cur->fwd_ref = o.now >> FWD_REFRESH_SHIFT;
+					refresh_fwd(fk, &o);
+				}
 				goto forward;
 			}
 		}
@@ -269,19 +300,26 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p
 
 	o.idx = pick_idx;
 	o.rk.backend = be->addr;
-	if (!open_session(fk, &o))
+	switch (open_session(fk, &o)) {
+	case NAT_NONE:
 		return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
+	case NAT_MAC_MISMATCH:
+		return count_svc(table, REASON_SESSION_MAC_MISMATCH, XDP_DROP);
+	default:
+		break;
+	}
 	cur = bpf_map_lookup_elem(&ct_rev, &o.rk);
 	/* Freed at once by a sweep on another CPU (an idle time shorter than
-	 * this packet's way here): no NAT id after all. */
-	if (!cur)
+	 * this packet's way here), or its element reused meanwhile: no NAT id
+	 * after all. The request is never sent with an id whose entry is
+	 * another session's: that one's client would get its reply. */
+	if (!cur || !session_is(cur, fk) || !mac_eq(cur->client_mac, o.client_mac))
 		return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
 	if (moving) {
 		/* Looked up again: the sweeper may have freed it meanwhile. */
 		struct rev_val *old = bpf_map_lookup_elem(&ct_rev, &old_rk);
 
-		if (old && addr_eq(&old->client, &fk->client) && old->echo_id == fk->echo_id &&
-		    addr_eq(&old->vip, &fk->vip))
+		if (old && session_is(old, fk))
 			old->flags |= REV_F_RETIRED;
 	}
 	if (moved_from != NO_SLOT) {

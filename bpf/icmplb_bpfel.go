@@ -112,6 +112,8 @@ const (
 	IcmplbLayoutPROBE_ECHO_ID     IcmplbLayout = 65534
 	IcmplbLayoutINFLIGHT_RING     IcmplbLayout = 4
 	IcmplbLayoutNAT_HOMES         IcmplbLayout = 32768
+	IcmplbLayoutFWD_REFRESH_SHIFT IcmplbLayout = 24
+	IcmplbLayoutFWD_REFRESH       IcmplbLayout = 64
 )
 
 type IcmplbLossState struct {
@@ -161,7 +163,7 @@ const (
 	IcmplbReasonREASON_MAX                  IcmplbReason = 28
 )
 
-type IcmplbRevFlags uint16
+type IcmplbRevFlags uint8
 
 const (
 	IcmplbRevFlagsREV_F_RETIRED IcmplbRevFlags = 1
@@ -184,7 +186,7 @@ type IcmplbRevVal struct {
 	BackendIdx uint32
 	Flags      IcmplbRevFlags
 	Sampled    uint8
-	Pad        uint8
+	FwdRef     uint16
 	LastSeenNs uint64
 	SentNs     [4]uint64
 	Seq        [4]uint16

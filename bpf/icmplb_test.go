@@ -527,7 +527,8 @@ func (h *harness) aHome(t testing.TB, idx uint32, n uint16) uint16 {
 // backend idx. An id of the home half (aHome) becomes the session's home,
 // by the pool's salt (which moves every other session's home too: those
 // away from their home are found through ct_fwd, as in production after a
-// change of Maglev table). An id of the counted half becomes the counter's
+// change of Maglev table), with a sweep if a session holds it. An id of
+// the counted half becomes the counter's
 // next, and the session's home is taken by a request of another session,
 // still awaited.
 func (h *harness) forceNATID(t testing.TB, idx uint32, id uint16, req packet) {
@@ -535,18 +536,40 @@ func (h *harness) forceNATID(t testing.TB, idx uint32, id uint16, req packet) {
 	pool := h.pool(t, idx)
 	x := natUnpermute(pool.Key, id)
 	if x < natHomes {
-		pool.Salt = 0
-		c, _ := natHomeValue(pool, req.dst, req.src, req.echoID)
-		pool.Salt = uint32(c ^ x)
-		h.setPool(t, idx, pool)
-		if got, ok := h.homeID(t, idx, req.dst, req.src, req.echoID); !ok || got != id {
-			t.Fatalf("test bug: forcing home %#04x gave %#04x (%v)", id, got, ok)
+		h.forceHome(t, idx, id, req)
+		// A home is never taken over, only freed by the sweeper: an idle
+		// session there (an earlier one of the test) goes as it would.
+		var held IcmplbRevVal
+		if h.objs.CtRev.Lookup(IcmplbRevKey{Backend: Addr(h.backends[idx].addr), NatId: Net16(id)}, &held) == nil {
+			h.sweep(t)
 		}
 		return
 	}
 	pool.Next = uint32(x &^ natHomes)
 	h.setPool(t, idx, pool)
 	h.holdHome(t, idx, req)
+}
+
+// forceHome makes id, of the home half of backend idx's pool (aHome), the
+// home of req's session there, by the pool's salt.
+func (h *harness) forceHome(t testing.TB, idx uint32, id uint16, req packet) {
+	t.Helper()
+	pool := h.pool(t, idx)
+	x := natUnpermute(pool.Key, id)
+	// The salt is mixed in before the home's bits are taken: search for
+	// one (about 32768 tries).
+	for pool.Salt = 0; ; pool.Salt++ {
+		if c, _ := natHomeValue(pool, req.dst, req.src, req.echoID); c == x {
+			break
+		}
+		if pool.Salt == 1<<24 {
+			t.Fatalf("test bug: no salt gives home value %#04x", x)
+		}
+	}
+	h.setPool(t, idx, pool)
+	if got, ok := h.homeID(t, idx, req.dst, req.src, req.echoID); !ok || got != id {
+		t.Fatalf("test bug: forcing home %#04x gave %#04x (%v)", id, got, ok)
+	}
 }
 
 // holdHome gives the home of req's session at backend idx, if it has one,

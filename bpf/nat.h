@@ -106,14 +106,24 @@ static __always_inline __u16 nat_permute(const struct nat_pool *p, __u16 x)
 /* A session's home NAT id at a backend, from the session's hash h (the
  * one Maglev picks its backend by), its VIP and the pool's salt: what
  * nat_alloc tries first, so that a request finds its session at (backend,
- * home id) with no lookup of ct_fwd. Through the pool's keyed permutation,
- * so that it is no more predictable than the counted ids. Never
+ * home id) with no lookup of ct_fwd. The salt goes in before the 15 bits
+ * are taken, through a bijective mix, so that which sessions share a home
+ * depends on the pool's secret: sessions crafted to share a victim's home
+ * cannot be chosen offline. Through the pool's keyed permutation, so that
+ * the id is no more predictable than the counted ones. Never
  * PROBE_ECHO_ID: a session whose home would be that one has none. */
 static __always_inline __u32 nat_home(const struct nat_pool *pool, const struct ipaddr *vip, __u32 h)
 {
-	__u32 v = vip->w[0] ^ vip->w[1] ^ vip->w[2] ^ vip->w[3] ^ pool->salt;
-	__u16 id = nat_permute(pool, (__u16)(h ^ (h >> 16) ^ v ^ (v >> 16)) & (NAT_HOMES - 1));
+	__u32 x = h ^ vip->w[0] ^ vip->w[1] ^ vip->w[2] ^ vip->w[3] ^ pool->salt;
+	__u16 id;
 
+	/* murmur3 fmix32 */
+	x ^= x >> 16;
+	x *= 0x85ebca6bU;
+	x ^= x >> 13;
+	x *= 0xc2b2ae35U;
+	x ^= x >> 16;
+	id = nat_permute(pool, (__u16)x & (NAT_HOMES - 1));
 	return id == PROBE_ECHO_ID ? NO_HOME : id;
 }
 
@@ -131,28 +141,73 @@ static __always_inline void drop_session(const struct rev_key *rk, const struct 
 		bpf_map_delete_elem(&ct_fwd, &fk);
 }
 
-/* Gives the session a NAT id no live session holds at this backend: its
- * home (nat_home, unless NO_HOME), else the first free of NAT_ID_TRIES
- * counted ids; returns 0 when none is free or the sessions map is full. */
-static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_val *rv, __u64 now, __u32 home)
+/* What nat_alloc did. */
+enum nat_alloc_result {
+	NAT_NONE,	  /* no id: none of those tried is free, or the map is full */
+	NAT_NEW,	  /* a new entry at rk */
+	NAT_ADOPTED,	  /* the session's own live entry at its home, opened by another CPU meanwhile */
+	NAT_MAC_MISMATCH, /* that entry is the session's, opened from another MAC */
+};
+
+/* Whether ct_rev entry rv is the live (not retired) entry of the session
+ * of client, vip and echo_id. */
+static __always_inline int rev_is(const struct rev_val *rv, const struct ipaddr *client, const struct ipaddr *vip,
+				  __be16 echo_id)
+{
+	return addr_eq(&rv->client, client) && rv->echo_id == echo_id && addr_eq(&rv->vip, vip) &&
+	       !(rv->flags & REV_F_RETIRED);
+}
+
+/* Tries the session rv's home NAT id at backend idx (rk's backend).
+ *
+ * A home is only ever inserted where none is, never taken over from an
+ * idle session as counted ids are: two CPUs may compute the same home at
+ * once (the same session's first requests, or two sessions sharing it),
+ * and an overwrite by one would let a reply of the other's session reach
+ * the wrong client. An idle session's home frees when the sweeper ends it.
+ * When the insert fails because another CPU just opened this very
+ * session there, the session adopts that entry instead of taking a second
+ * id, unless it came from another MAC (the first one owns it). */
+static __always_inline enum nat_alloc_result nat_take_home(__u32 idx, struct rev_key *rk, const struct rev_val *rv,
+							   __u32 home)
+{
+	struct rev_val *old;
+	long err;
+
+	rk->nat_id = bpf_htons(home);
+	err = bpf_map_update_elem(&ct_rev, rk, rv, BPF_NOEXIST);
+	if (err == 0)
+		return NAT_NEW;
+	if (err == -7 /* E2BIG */)
+		return NAT_NONE;
+	old = bpf_map_lookup_elem(&ct_rev, rk);
+	if (!old || !rev_is(old, &rv->client, &rv->vip, rv->echo_id) || old->backend_idx != idx)
+		return NAT_NONE;
+	return mac_eq(old->client_mac, rv->client_mac) ? NAT_ADOPTED : NAT_MAC_MISMATCH;
+}
+
+/* Gives the session rv a NAT id no live session holds at backend idx (rk's
+ * backend): its home (nat_home, unless NO_HOME) when free, else the first
+ * free of NAT_ID_TRIES counted ids. A counted id whose session is idle is
+ * taken over: the counter never gives two CPUs the same one at once. */
+static __always_inline enum nat_alloc_result nat_alloc(__u32 idx, struct rev_key *rk, struct rev_val *rv, __u64 now,
+						       __u32 home)
 {
 	struct nat_pool *pool = bpf_map_lookup_elem(&nat_pools, &idx);
 
 	if (!pool)
-		return 0;
+		return NAT_NONE;
+	if (home != NO_HOME) {
+		enum nat_alloc_result r = nat_take_home(idx, rk, rv, home);
+
+		if (r != NAT_NONE)
+			return r;
+	}
 #pragma unroll
-	for (int i = 0; i <= NAT_ID_TRIES; i++) {
-		__u16 cand;
+	for (int i = 0; i < NAT_ID_TRIES; i++) {
+		__u16 cand = nat_permute(pool, NAT_HOMES | (__sync_fetch_and_add(&pool->next, 1) & (NAT_HOMES - 1)));
 		struct rev_val *old;
 		long err;
-
-		if (i == 0) {
-			if (home == NO_HOME)
-				continue;
-			cand = home;
-		} else {
-			cand = nat_permute(pool, NAT_HOMES | (__sync_fetch_and_add(&pool->next, 1) & (NAT_HOMES - 1)));
-		}
 
 		if (cand == PROBE_ECHO_ID)
 			continue;
@@ -166,15 +221,14 @@ static __always_inline int nat_alloc(__u32 idx, struct rev_key *rk, struct rev_v
 			continue;
 		if (old && !(old->flags & REV_F_RETIRED))
 			drop_session(rk, old);
-		/* An id free when looked up may be taken by another CPU
-		 * before the update (the same session's home id above all):
-		 * it is not overwritten. */
+		/* An id free when looked up may be taken before the update
+		 * (after the counter wrapped): it is not overwritten. */
 		err = bpf_map_update_elem(&ct_rev, rk, rv, old ? BPF_ANY : BPF_NOEXIST);
 		if (err == 0)
-			return 1;
+			return NAT_NEW;
 		/* The sessions map is full: no other id has room either. */
 		if (err == -7 /* E2BIG */)
-			return 0;
+			return NAT_NONE;
 	}
-	return 0;
+	return NAT_NONE;
 }

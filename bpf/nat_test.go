@@ -68,11 +68,16 @@ func sessionHash(client netip.Addr, echoID uint16) uint32 {
 func natHomeValue(pool IcmplbNatPool, vip, client netip.Addr, echoID uint16) (uint16, uint32) {
 	h := sessionHash(client, echoID)
 	a := vip.As16()
-	v := pool.Salt
+	x := h ^ pool.Salt
 	for i := range 4 {
-		v ^= binary.NativeEndian.Uint32(a[4*i:])
+		x ^= binary.NativeEndian.Uint32(a[4*i:])
 	}
-	return uint16(h^h>>16^v^v>>16) & (natHomes - 1), h
+	x ^= x >> 16
+	x *= 0x85ebca6b
+	x ^= x >> 13
+	x *= 0xc2b2ae35
+	x ^= x >> 16
+	return uint16(x) & (natHomes - 1), h
 }
 
 // natHome is the tests' model of nat_home in nat.h: the session's home
@@ -397,7 +402,8 @@ func TestNATIDReusedByAnotherSession(t *testing.T) {
 			cfg.NATIdle = 0
 			h := readyHarness(t, cfg)
 
-			natID := h.aHome(t, backendA.idx, 40)
+			// A counted id: a home is never taken over (TestNATHomeNeverTakenOver).
+			natID := h.natID(t, backendA.idx, 40)
 			first := echoRequest(client1, hop1MAC, 5, 1)
 			h.forceNATID(t, backendA.idx, natID, first)
 			h.forward(t, first)
