@@ -71,6 +71,28 @@ func holdIdle(t *testing.T, addr string) net.Conn {
 	return c
 }
 
+// waitIdle waits until the server counts n connections waiting for a
+// request.
+func waitIdle(t *testing.T, s *Server, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		s.ln.mu.Lock()
+		idle := 0
+		for c := range s.ln.conns {
+			if c.idle {
+				idle++
+			}
+		}
+		s.ln.mu.Unlock()
+		if idle == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections idle, want %d", idle, n)
+		}
+	}
+}
+
 // closedByServer tells whether the server has closed c, waiting up to wait.
 func closedByServer(c net.Conn, wait time.Duration) bool {
 	c.SetReadDeadline(time.Now().Add(wait))
@@ -153,8 +175,11 @@ func TestServerEvictsOldestFirst(t *testing.T) {
 	s := startServer(t, WebConfig{MaxConnections: max}, testHandler(t))
 	addr := s.Addr().String()
 	var held []net.Conn
-	for range max {
+	for i := range max {
 		held = append(held, holdIdle(t, addr))
+		// The client reads its response before the server marks the
+		// connection idle: wait, so that the idle order is the test's.
+		waitIdle(t, s, i+1)
 	}
 	holdIdle(t, addr) // the newcomer
 	if !closedByServer(held[0], 5*time.Second) {
