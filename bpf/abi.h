@@ -138,8 +138,9 @@ struct fwd_key {
 
 /* ct_fwd value: where that session goes, and the MAC that opened it: only
  * that MAC may send the session's requests, and its replies go back to it.
- * Looked up only for sessions away from their home NAT id, and new ones
- * (see handle_request). */
+ * Looked up for sessions away from their home NAT id and new ones (see
+ * handle_request), by a session at its home once every FWD_REFRESH, and by
+ * the end of a session (drop_session). */
 struct fwd_val {
 	struct ipaddr backend;
 	__u32 backend_idx;

@@ -167,16 +167,26 @@ static __always_inline int session_is(const struct rev_val *rv, const struct fwd
 
 /* Looks up the ct_fwd entry of session fk, found at its home o->rk, so
  * that the LRU keeps it, and points it there again if it was evicted or
- * points elsewhere (a second id the session took in a race, since
- * freed). Once every FWD_REFRESH: rare, and not inlined. */
+ * points to no live entry of the session. One that points to another live
+ * entry is left: the session took a second id in a race, or another CPU
+ * just moved it off this backend. Once every FWD_REFRESH: rare, and not
+ * inlined. */
 static __noinline void refresh_fwd(const struct fwd_key *fk, const struct opening *o)
 {
 	struct fwd_val *fv = bpf_map_lookup_elem(&ct_fwd, fk);
 	__u32 zero = 0;
 	struct scratch *s;
 
-	if (fv && addr_eq(&fv->backend, &o->rk.backend) && fv->nat_id == o->rk.nat_id)
-		return;
+	if (fv) {
+		struct rev_key rk = { .backend = fv->backend, .nat_id = fv->nat_id };
+		struct rev_val *other;
+
+		if (addr_eq(&rk.backend, &o->rk.backend) && rk.nat_id == o->rk.nat_id)
+			return;
+		other = bpf_map_lookup_elem(&ct_rev, &rk);
+		if (other && session_is(other, fk))
+			return;
+	}
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (s)
 		set_fwd(s, fk, o);
@@ -198,6 +208,7 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p
 	struct backend *pick = NULL, *be;
 	struct rev_key old_rk = {};
 	__u32 moved_from = NO_SLOT;
+	enum nat_alloc_result opened;
 	struct rev_val *cur;
 	struct fwd_val *fv;
 	int moving = 0;
@@ -300,7 +311,8 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p
 
 	o.idx = pick_idx;
 	o.rk.backend = be->addr;
-	switch (open_session(fk, &o)) {
+	opened = open_session(fk, &o);
+	switch (opened) {
 	case NAT_NONE:
 		return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
 	case NAT_MAC_MISMATCH:
@@ -315,14 +327,16 @@ static __always_inline int handle_request(struct xdp_md *ctx, struct icmp_pkt *p
 	 * another session's: that one's client would get its reply. */
 	if (!cur || !session_is(cur, fk) || !mac_eq(cur->client_mac, o.client_mac))
 		return count_svc(table, REASON_NAT_EXHAUSTED, XDP_PASS);
-	if (moving) {
+	/* A session two CPUs move at once moves once: the one that adopted
+	 * the other's new entry leaves the old one and the count to it. */
+	if (moving && opened == NAT_NEW) {
 		/* Looked up again: the sweeper may have freed it meanwhile. */
 		struct rev_val *old = bpf_map_lookup_elem(&ct_rev, &old_rk);
 
 		if (old && session_is(old, fk))
 			old->flags |= REV_F_RETIRED;
 	}
-	if (moved_from != NO_SLOT) {
+	if (moved_from != NO_SLOT && opened == NAT_NEW) {
 		struct backend_counters *old = bpf_map_lookup_elem(&backend_stats, &moved_from);
 
 		if (old)

@@ -87,7 +87,8 @@ struct {
 } src_deny SEC(".maps");
 
 /* ct_fwd: (client, echo id) -> (backend, NAT id, client's MAC). An LRU:
- * losing an entry only makes its session open again with another NAT id. */
+ * losing an entry makes a session away from its home open again with
+ * another NAT id; a session at its home writes it again (refresh_fwd). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct fwd_key);

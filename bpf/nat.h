@@ -189,7 +189,7 @@ static __always_inline enum nat_alloc_result nat_take_home(__u32 idx, struct rev
 /* Gives the session rv a NAT id no live session holds at backend idx (rk's
  * backend): its home (nat_home, unless NO_HOME) when free, else the first
  * free of NAT_ID_TRIES counted ids. A counted id whose session is idle is
- * taken over: the counter never gives two CPUs the same one at once. */
+ * taken over, by one CPU at a time. */
 static __always_inline enum nat_alloc_result nat_alloc(__u32 idx, struct rev_key *rk, struct rev_val *rv, __u64 now,
 						       __u32 home)
 {
@@ -217,12 +217,25 @@ static __always_inline enum nat_alloc_result nat_alloc(__u32 idx, struct rev_key
 		 * by addition, since now - last_seen would wrap around. An id
 		 * whose holder still awaits a reply is not free either, whatever
 		 * the idle time: the reply would be taken for the new session's. */
-		if (old && (old->last_seen_ns + cfg_nat_idle_ns > now || ring_awaited(old, now)))
-			continue;
-		if (old && !(old->flags & REV_F_RETIRED))
-			drop_session(rk, old);
-		/* An id free when looked up may be taken before the update
-		 * (after the counter wrapped): it is not overwritten. */
+		if (old) {
+			__u64 seen = old->last_seen_ns;
+
+			if (seen + cfg_nat_idle_ns > now || ring_awaited(old, now))
+				continue;
+			/* Claimed by one CPU only: another pool of the same
+			 * backend address (the host serves another VIP) counts
+			 * over the same ids, so two CPUs may hold this one at
+			 * once, and two overwrites would let one session's reply
+			 * reach the other's client. The claim stamps the entry,
+			 * so the loser sees it live. */
+			if (__sync_val_compare_and_swap(&old->last_seen_ns, seen, now) != seen)
+				continue;
+			if (!(old->flags & REV_F_RETIRED))
+				drop_session(rk, old);
+		}
+		/* An id free when looked up may be taken before the update (by
+		 * another pool of the address, or this one's counter after a
+		 * wrap): it is not overwritten. */
 		err = bpf_map_update_elem(&ct_rev, rk, rv, old ? BPF_ANY : BPF_NOEXIST);
 		if (err == 0)
 			return NAT_NEW;
